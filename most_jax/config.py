@@ -1,0 +1,348 @@
+"""Configuration: frozen dataclasses, one default per field.
+
+YAML files hold only overrides of these defaults; `--set a.b.c=value` overrides
+come last. Every consistency rule lives in a `validate` method and names the
+offending field, so a bad config fails at load, not deep inside a jit trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value is missing, malformed or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+    theta: float = 10000.0
+    # "default" (plain RoPE) or "yarn" (DeepSeek-V2 YaRN scaling).
+    type: str = "default"
+    factor: float = 1.0
+    original_max_position_embeddings: int = 4096
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        _check(self.type in ("default", "yarn"), f"{prefix}.type", f"must be 'default' or 'yarn', got {self.type!r}")
+        _check(self.theta > 0, f"{prefix}.theta", "must be positive")
+        if self.type == "yarn":
+            _check(self.factor >= 1.0, f"{prefix}.factor", "YaRN factor must be >= 1")
+            _check(self.beta_fast > self.beta_slow, f"{prefix}.beta_fast", "must exceed beta_slow")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+    """Multi-head latent attention (DeepSeek-V2 MLA)."""
+
+    num_heads: int = 16
+    q_lora_rank: int | None = None  # None: a plain q_proj
+    kv_lora_rank: int = 512
+    qk_nope_head_dim: int = 128
+    qk_rope_head_dim: int = 64
+    v_head_dim: int = 128
+
+    def validate(self, prefix: str) -> None:
+        for name in ("num_heads", "kv_lora_rank", "qk_nope_head_dim", "v_head_dim"):
+            _check(getattr(self, name) > 0, f"{prefix}.{name}", "must be positive")
+        _check(self.qk_rope_head_dim > 0 and self.qk_rope_head_dim % 2 == 0, f"{prefix}.qk_rope_head_dim",
+               f"must be a positive even number (rope rotates pairs), got {self.qk_rope_head_dim}")
+        if self.q_lora_rank is not None:
+            _check(self.q_lora_rank > 0, f"{prefix}.q_lora_rank", "must be positive or null")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModalityGroup:
+    """Routed experts [first_expert, first_expert + num_experts) serve tokens of `modality`."""
+
+    name: str = "text"
+    modality: int = 0
+    first_expert: int = 0
+    num_experts: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+    num_experts: int = 64
+    top_k: int = 6
+    expert_ffn_dim: int = 1408
+    num_shared_experts: int = 2
+    # "softmax" (DeepSeek-V2 / MoST) or "sigmoid".
+    scoring: str = "softmax"
+    # "greedy" or "group_limited_greedy" (keep the `topk_group` best of `n_group` groups).
+    topk_method: str = "greedy"
+    n_group: int = 1
+    topk_group: int = 1
+    norm_topk_prob: bool = False
+    routed_scaling_factor: float = 1.0
+    # Empty: every token may use every expert (plain DeepSeek-V2). Otherwise the MAMoE mask.
+    modality_groups: tuple[ModalityGroup, ...] = ()
+    # Sequence-level (seq_aux=True) or batch-level balance loss weight (DeepSeek `aux_loss_alpha`).
+    aux_loss_alpha: float = 0.001
+    seq_aux: bool = True
+    z_loss_alpha: float = 0.0
+    # "auto" picks "capacity" on CPU and "dropless" elsewhere; "reference" is the slow per-expert loop.
+    dispatch: str = "auto"
+    capacity_factor: float = 1.25
+
+    def validate(self, prefix: str) -> None:
+        _check(self.num_experts > 0, f"{prefix}.num_experts", "must be positive")
+        _check(self.expert_ffn_dim > 0, f"{prefix}.expert_ffn_dim", "must be positive")
+        _check(self.num_shared_experts >= 0, f"{prefix}.num_shared_experts", "must be >= 0")
+        _check(0 < self.top_k <= self.num_experts, f"{prefix}.top_k",
+               f"must be in 1..num_experts={self.num_experts}, got {self.top_k}")
+        _check(self.scoring in ("softmax", "sigmoid"), f"{prefix}.scoring", f"unknown scoring {self.scoring!r}")
+        _check(self.topk_method in ("greedy", "group_limited_greedy"), f"{prefix}.topk_method",
+               f"unknown method {self.topk_method!r}")
+        _check(self.dispatch in ("auto", "dropless", "capacity", "reference"), f"{prefix}.dispatch",
+               f"unknown dispatch {self.dispatch!r}")
+        _check(self.capacity_factor > 0, f"{prefix}.capacity_factor", "must be positive")
+        if self.topk_method == "group_limited_greedy":
+            _check(self.n_group > 0 and self.num_experts % self.n_group == 0, f"{prefix}.n_group",
+                   f"must divide num_experts={self.num_experts}, got {self.n_group}")
+            _check(0 < self.topk_group <= self.n_group, f"{prefix}.topk_group",
+                   f"must be in 1..n_group={self.n_group}, got {self.topk_group}")
+            _check(self.top_k <= self.topk_group * (self.num_experts // self.n_group), f"{prefix}.top_k",
+                   "exceeds the experts left by group-limited selection (topk_group x experts per group)")
+        if not self.modality_groups:
+            return
+        owner = [None] * self.num_experts
+        seen_modalities = set()
+        for i, g in enumerate(self.modality_groups):
+            gp = f"{prefix}.modality_groups[{i}]"
+            _check(g.modality not in seen_modalities, f"{gp}.modality", f"modality {g.modality} has two groups")
+            seen_modalities.add(g.modality)
+            _check(g.modality >= 0, f"{gp}.modality", "must be >= 0 (negative ids mean 'no group')")
+            _check(g.num_experts > 0, f"{gp}.num_experts", "must be positive")
+            last = g.first_expert + g.num_experts
+            _check(0 <= g.first_expert and last <= self.num_experts, f"{gp}",
+                   f"experts {g.first_expert}..{last - 1} fall outside 0..{self.num_experts - 1}")
+            for e in range(g.first_expert, last):
+                _check(owner[e] is None, f"{gp}", f"expert {e} is also in group {owner[e]!r}")
+                owner[e] = g.name
+            _check(self.top_k <= g.num_experts, f"{prefix}.top_k",
+                   f"top_k={self.top_k} exceeds the {g.num_experts} experts of group {g.name!r}")
+            if self.topk_method == "group_limited_greedy":
+                per = self.num_experts // self.n_group
+                _check(g.first_expert % per == 0 and g.num_experts % per == 0, f"{gp}",
+                       f"must align with the routing groups of {per} experts (n_group={self.n_group})")
+                _check(self.top_k <= min(self.topk_group, g.num_experts // per) * per, f"{prefix}.top_k",
+                       f"exceeds the experts group-limited selection leaves inside group {g.name!r}")
+        missing = [e for e, o in enumerate(owner) if o is None]
+        _check(not missing, f"{prefix}.modality_groups", f"experts {missing} belong to no modality group")
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabConfig:
+    """Where text ids, special tokens and audio units sit in the token id space.
+
+    Defaults reproduce the original MoST layout (DeepSeek text ids, then 500 units).
+    Token id -> modality: text ids and the text specials are modality 0; audio units and
+    begin/end-of-audio are modality 1; anything else (waveform markers, unused rows) has no
+    modality group (-1).
+    """
+
+    text_size: int = 100002  # text ids are 0..text_size-1 (bos/eos included)
+    bos_id: int = 100000
+    eos_id: int = 100001
+    pad_id: int = 100001
+    audio_unit_offset: int = 100002
+    num_audio_units: int = 500
+    begin_audio_id: int = 100502
+    end_audio_id: int = 100503
+    begin_wave_id: int = 100504
+    end_wave_id: int = 100505
+
+    def validate(self, prefix: str, vocab_size: int) -> None:
+        for name in ("bos_id", "eos_id", "pad_id", "begin_audio_id", "end_audio_id", "begin_wave_id",
+                     "end_wave_id"):
+            value = getattr(self, name)
+            _check(0 <= value < vocab_size, f"{prefix}.{name}", f"{value} outside the vocabulary 0..{vocab_size - 1}")
+        _check(self.audio_unit_offset + self.num_audio_units <= vocab_size, f"{prefix}.num_audio_units",
+               f"units {self.audio_unit_offset}..{self.audio_unit_offset + self.num_audio_units - 1} "
+               f"exceed vocab_size={vocab_size}")
+        _check(self.text_size <= self.audio_unit_offset, f"{prefix}.audio_unit_offset",
+               "audio units overlap the text ids")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 102400
+    hidden_size: int = 2048
+    num_layers: int = 27
+    dense_ffn_dim: int = 10944
+    first_k_dense_replace: int = 1
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 163840
+    init_std: float = 0.02
+    # Compute and parameter dtypes: "float32" or "bfloat16".
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    # Rematerialisation of each scanned layer: "none", "full" or "dots" (save matmul outputs).
+    remat: str = "none"
+    scan_layers: bool = True
+    attention: AttentionConfig = AttentionConfig()
+    rope: RopeConfig = RopeConfig()
+    moe: MoEConfig = MoEConfig()
+    vocab: VocabConfig = VocabConfig()
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.first_k_dense_replace
+
+    def validate(self, prefix: str = "model") -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "dense_ffn_dim"):
+            _check(getattr(self, name) > 0, f"{prefix}.{name}", "must be positive")
+        _check(0 <= self.first_k_dense_replace <= self.num_layers, f"{prefix}.first_k_dense_replace",
+               f"must be in 0..num_layers={self.num_layers}")
+        _check(self.dtype in ("float32", "bfloat16"), f"{prefix}.dtype", f"unknown dtype {self.dtype!r}")
+        _check(self.param_dtype in ("float32", "bfloat16"), f"{prefix}.param_dtype",
+               f"unknown dtype {self.param_dtype!r}")
+        _check(self.remat in ("none", "full", "dots"), f"{prefix}.remat", f"unknown remat policy {self.remat!r}")
+        self.attention.validate(f"{prefix}.attention")
+        self.rope.validate(f"{prefix}.rope")
+        self.moe.validate(f"{prefix}.moe")
+        self.vocab.validate(f"{prefix}.vocab", self.vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole run. Later concerns (data, train, mesh) add their own sections."""
+
+    model: ModelConfig = ModelConfig()
+
+    def validate(self) -> None:
+        self.model.validate("model")
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{field}: {message}")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = ""):
+    """Builds dataclass `cls` from a (possibly partial) nested dict; unknown keys are errors."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data.pop(f.name), f"{prefix}{f.name}")
+    if data:
+        names = ", ".join(f"{prefix}{k}" for k in sorted(data))
+        raise ConfigError(f"{names}: unknown field(s) of {cls.__name__}")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, field: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{field}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, f"{field}.")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, field)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(tp) if a is not Ellipsis}
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{field}: expected a list, got {value!r}")
+        return tuple(_coerce(item, v, f"{field}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{field}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{field}: expected a number, got {value!r}")
+        try:
+            number = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{field}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and float(value) != number:
+            raise ConfigError(f"{field}: expected an integer, got {value!r}")
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{field}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{field}: unsupported type {tp}")
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """['model.moe.top_k=4', ...] -> nested dict; values are parsed as YAML scalars/lists."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is both a value and a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), suitable for YAML/JSON and `from_dict`."""
+
+    def plain(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, tuple):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(cfg)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                cls: type = Config):
+    """Loads YAML overrides from `path`, applies `--set` style overrides, validates."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping")
+        data = loaded or {}
+    data = _merge(data, parse_overrides(overrides))
+    cfg = from_dict(cls, data)
+    cfg.validate()
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any], cls: type = Config):
+    cfg = from_dict(cls, data)
+    cfg.validate()
+    return cfg
