@@ -1,0 +1,34 @@
+"""Dense SwiGLU feed-forward (DeepSeek-V2 MLP; also the shared experts of an MoE layer)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from most_jax.nn.params import DTYPES, normal_param
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel, kernel stored [in, out]; no bias (DeepSeek-V2 has none)."""
+
+    def __init__(self, d_in: int, d_out: int, names: tuple[str | None, str | None], *, rngs: nnx.Rngs,
+                 std: float, param_dtype: str, dtype: str):
+        self.kernel = normal_param(rngs, (d_in, d_out), names, std, param_dtype)
+        self.dtype = DTYPES[dtype]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+
+
+class SwiGLU(nnx.Module):
+    """down(silu(gate(x)) * up(x)); parameters gate_proj/up_proj [D, F], down_proj [F, D]."""
+
+    def __init__(self, dim: int, ffn_dim: int, *, rngs: nnx.Rngs, std: float, param_dtype: str, dtype: str):
+        kw = dict(rngs=rngs, std=std, param_dtype=param_dtype, dtype=dtype)
+        self.gate_proj = Linear(dim, ffn_dim, ("embed", "mlp"), **kw)
+        self.up_proj = Linear(dim, ffn_dim, ("embed", "mlp"), **kw)
+        self.down_proj = Linear(ffn_dim, dim, ("mlp", "embed"), **kw)
+
+    def __call__(self, x_ND: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x_ND)) * self.up_proj(x_ND))
