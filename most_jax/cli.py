@@ -12,6 +12,8 @@ import sys
 
 # Order here is the order of `most --help`.
 COMMAND_MODULES = (
+    "data",
+    "bench",
 )
 
 

@@ -1,0 +1,10 @@
+"""`most data ...`: corpus synthesis, tokenizer and unit training, record preparation, inspection."""
+
+from most_jax.commands.group import register_group
+
+# Each name X is the module most_jax/commands/data_X.py.
+MEMBERS: tuple[str, ...] = ()
+
+
+def register(subparsers) -> None:
+    register_group(subparsers, "data", "speech and text data tools", MEMBERS)
