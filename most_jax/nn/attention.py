@@ -1,0 +1,81 @@
+"""Multi-head latent attention (DeepSeek-V2 MLA) with packed-segment causal masking.
+
+Keys and values come from a compressed latent: kv_a_proj maps D -> M (latent) + R (one rope key
+shared by all heads); the latent is RMS-normalised and kv_b_proj expands it to per-head
+k_nope (Qn) and v (Dv). Queries are [q_nope (Qn) | q_rope (R)] per head, from q_proj or the
+low-rank q_a_proj -> q_a_norm -> q_b_proj.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from most_jax.config import ModelConfig
+from most_jax.nn.mlp import Linear
+from most_jax.nn.norms import RMSNorm
+from most_jax.nn.rope import apply_rope, softmax_scale
+
+_MASKED = -1e30  # finite, so a fully masked row (padding) gives a uniform softmax, not NaN
+
+
+def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
+    """[B, T, S] bool: causal within the row and only inside one segment (packed rows)."""
+    t = segment_ids_BT.shape[1]
+    causal_TS = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+    same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    return same_BTS & causal_TS[None]
+
+
+class MLAttention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        a = cfg.attention
+        self.num_heads = a.num_heads
+        self.nope_dim, self.rope_dim, self.v_dim = a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim
+        self.latent_dim = a.kv_lora_rank
+        self.scale = softmax_scale(a, cfg.rope)
+        self.dtype = cfg.dtype
+        d, h, q_dim = cfg.hidden_size, a.num_heads, a.qk_nope_head_dim + a.qk_rope_head_dim
+        kw = dict(rngs=rngs, std=cfg.init_std, param_dtype=cfg.param_dtype, dtype=cfg.dtype)
+        if a.q_lora_rank is None:
+            self.q_proj = Linear(d, h * q_dim, ("embed", "heads"), **kw)
+        else:
+            self.q_a_proj = Linear(d, a.q_lora_rank, ("embed", "latent"), **kw)
+            self.q_a_norm = RMSNorm(a.q_lora_rank, eps=cfg.rms_norm_eps, param_dtype=cfg.param_dtype, name="latent")
+            self.q_b_proj = Linear(a.q_lora_rank, h * q_dim, ("latent", "heads"), **kw)
+        self.kv_a_proj = Linear(d, a.kv_lora_rank + a.qk_rope_head_dim, ("embed", "latent"), **kw)
+        self.kv_a_norm = RMSNorm(a.kv_lora_rank, eps=cfg.rms_norm_eps, param_dtype=cfg.param_dtype, name="latent")
+        self.kv_b_proj = Linear(a.kv_lora_rank, h * (a.qk_nope_head_dim + a.v_head_dim), ("latent", "heads"), **kw)
+        self.o_proj = Linear(h * a.v_head_dim, d, ("heads", "embed"), **kw)
+
+    def queries(self, x_BTD: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(q_nope [B,T,H,Qn], rotated q_rope [B,T,H,R])."""
+        if hasattr(self, "q_proj"):
+            q = self.q_proj(x_BTD)
+        else:
+            q = self.q_b_proj(self.q_a_norm(self.q_a_proj(x_BTD)))
+        q_BTHQ = q.reshape(q.shape[:2] + (self.num_heads, self.nope_dim + self.rope_dim))
+        q_nope, q_rope = jnp.split(q_BTHQ, [self.nope_dim], axis=-1)
+        return q_nope, apply_rope(q_rope, cos_BTR, sin_BTR)
+
+    def latent(self, x_BTD: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """What a decoding cache holds per token: (normalised latent [B,T,M], rotated rope key [B,T,R])."""
+        kv = self.kv_a_proj(x_BTD)
+        c_BTM, k_rope_BTR = jnp.split(kv, [self.latent_dim], axis=-1)
+        return self.kv_a_norm(c_BTM), apply_rope(k_rope_BTR, cos_BTR, sin_BTR)
+
+    def __call__(self, x_BTD: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array, mask_BTS: jax.Array) -> jax.Array:
+        q_nope_BTHN, q_rope_BTHR = self.queries(x_BTD, cos_BTR, sin_BTR)
+        c_BSM, k_rope_BSR = self.latent(x_BTD, cos_BTR, sin_BTR)
+        kv = self.kv_b_proj(c_BSM)
+        kv_BSHK = kv.reshape(kv.shape[:2] + (self.num_heads, self.nope_dim + self.v_dim))
+        k_nope_BSHN, v_BSHV = jnp.split(kv_BSHK, [self.nope_dim], axis=-1)
+        # Scores in float32: the rope part uses the single shared key for every head.
+        f32 = jnp.float32
+        scores_BHTS = (jnp.einsum("BTHN,BSHN->BHTS", q_nope_BTHN, k_nope_BSHN, preferred_element_type=f32)
+                       + jnp.einsum("BTHR,BSR->BHTS", q_rope_BTHR, k_rope_BSR, preferred_element_type=f32))
+        scores_BHTS = jnp.where(mask_BTS[:, None], scores_BHTS * self.scale, _MASKED)
+        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHV.dtype)
+        out_BTHV = jnp.einsum("BHTS,BSHV->BTHV", probs_BHTS, v_BSHV)
+        return self.o_proj(out_BTHV.reshape(out_BTHV.shape[:2] + (-1,)))
