@@ -215,13 +215,58 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MixtureConfig:
+    """Sampling weights of the training tasks (0 switches a task off). Defaults: MoST stage 1."""
+
+    asr: float = 0.4
+    tts: float = 0.4
+    text_lm: float = 0.2
+    unit_lm: float = 0.0
+    spoken_qa_text: float = 0.0
+    spoken_qa_speech: float = 0.0
+    instruct: float = 0.0
+
+    def validate(self, prefix: str) -> None:
+        weights = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name, weight in weights.items():
+            _check(weight >= 0, f"{prefix}.{name}", f"weight must be >= 0, got {weight}")
+        _check(sum(weights.values()) > 0, prefix, "at least one task weight must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training data: prepared records (`most data prepare`) -> task mixture -> packed batches."""
+
+    records: str = "data/prepared"  # a directory written by `most data prepare`
+    seq_len: int = 2048  # packed row length (MoST max length)
+    batch_size: int = 8  # global rows per step, split evenly over JAX processes
+    seed: int = 0
+    mixture: MixtureConfig = MixtureConfig()
+    # Sequences waiting for a row in the first-fit packer; more bins pack tighter.
+    packing_bins: int = 32
+    num_workers: int = 0  # Grain worker processes per JAX process (0: in the main process)
+    max_audio_seconds: float = 30.0  # longer utterances are skipped by `most data prepare`
+
+    def validate(self, prefix: str = "data") -> None:
+        _check(self.seq_len >= 16, f"{prefix}.seq_len", f"must be >= 16, got {self.seq_len}")
+        _check(self.batch_size > 0, f"{prefix}.batch_size", f"must be positive, got {self.batch_size}")
+        _check(self.packing_bins > 0, f"{prefix}.packing_bins", f"must be positive, got {self.packing_bins}")
+        _check(self.num_workers >= 0, f"{prefix}.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(self.max_audio_seconds > 0, f"{prefix}.max_audio_seconds", "must be positive")
+        _check(bool(self.records), f"{prefix}.records", "must name a prepared records directory")
+        self.mixture.validate(f"{prefix}.mixture")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run. Later concerns (data, train, mesh) add their own sections."""
 
     model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
 
     def validate(self) -> None:
         self.model.validate("model")
+        self.data.validate("data")
 
 
 def _check(ok: bool, field: str, message: str) -> None:
