@@ -105,8 +105,12 @@ class MoST(nnx.Module):
 
     def hidden_states(self, tokens_BT: jax.Array, *, modality_BT: jax.Array | None = None,
                       segment_ids_BT: jax.Array | None = None,
-                      positions_BT: jax.Array | None = None) -> tuple[jax.Array, MoEStats | None]:
-        """Final-normed hidden states [B, T, D] and the MoE layers' stats (leading layer axis)."""
+                      positions_BT: jax.Array | None = None,
+                      embeds_BTD: jax.Array | None = None) -> tuple[jax.Array, MoEStats | None]:
+        """Final-normed hidden states [B, T, D] and the MoE layers' stats (leading layer axis).
+
+        `embeds_BTD`, when given, replaces the token embeddings (continuous inputs such as MoST-C's
+        projected speech features); `tokens_BT` still supplies the modality ids."""
         cfg = self.cfg
         b, t = tokens_BT.shape
         if segment_ids_BT is None:
@@ -117,7 +121,7 @@ class MoST(nnx.Module):
             modality_BT = modality_of_tokens(cfg.vocab, tokens_BT)
         cos_BTR, sin_BTR = rope_angles(cfg.rope, cfg.attention.qk_rope_head_dim, positions_BT)
         inputs = (cos_BTR, sin_BTR, attention_mask(segment_ids_BT), modality_BT, segment_ids_BT != 0)
-        x_BTD = self.embed(tokens_BT)
+        x_BTD = self.embed(tokens_BT) if embeds_BTD is None else embeds_BTD.astype(DTYPES[cfg.dtype])
         if self.dense_layers is not None:
             x_BTD, _ = _run_stack(self.dense_layers, cfg, x_BTD, *inputs)
         stats = None
@@ -131,7 +135,7 @@ class MoST(nnx.Module):
                           preferred_element_type=jnp.float32)
 
     def __call__(self, tokens_BT: jax.Array, **kwargs: Any) -> tuple[jax.Array, MoEStats | None]:
-        """Float32 logits [B, T, V] and MoE stats; kwargs: modality_BT, segment_ids_BT, positions_BT."""
+        """Float32 logits [B, T, V] and MoE stats; kwargs as for `hidden_states`."""
         h_BTD, stats = self.hidden_states(tokens_BT, **kwargs)
         return self.logits(h_BTD), stats
 
