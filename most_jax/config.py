@@ -258,15 +258,64 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and run control. The global batch is `data.batch_size` rows of `data.seq_len`
+    tokens, split into `micro_batches` equal micro-batches whose gradients are accumulated."""
+
+    steps: int = 1000  # total optimiser steps of the run (the schedule's horizon)
+    micro_batches: int = 1
+    lr: float = 3e-4  # peak learning rate, reached after warmup
+    warmup_steps: int = 100  # linear warmup from 0
+    # Decay after warmup: "cosine" or "linear" down to lr x min_lr_ratio at `steps`, or "constant".
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled (AdamW); never applied to norm scales or biases
+    # Embedding rows of rare tokens (most audio units) get gradient seldom but would be decayed
+    # every step, so the embedding table is left undecayed unless asked.
+    decay_embeddings: bool = False
+    clip_norm: float = 1.0  # global-norm gradient clipping; 0 switches it off
+    log_every: int = 10
+    checkpoint_every: int = 1000
+    keep: int = 3  # checkpoints kept (the oldest are deleted)
+    async_checkpoint: bool = True  # write checkpoints in a background thread while training goes on
+    max_nonfinite: int = 10  # this many non-finite steps in a row stop the run
+    seed: int = 0  # parameter initialisation and the training RNG
+
+    def validate(self, prefix: str = "train") -> None:
+        for name in ("steps", "micro_batches", "log_every", "checkpoint_every", "keep", "max_nonfinite"):
+            value = getattr(self, name)
+            _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
+        _check(self.lr > 0, f"{prefix}.lr", f"must be positive, got {self.lr}")
+        _check(0 <= self.warmup_steps <= self.steps, f"{prefix}.warmup_steps",
+               f"must be in 0..steps={self.steps}, got {self.warmup_steps}")
+        _check(self.schedule in ("cosine", "linear", "constant"), f"{prefix}.schedule",
+               f"must be 'cosine', 'linear' or 'constant', got {self.schedule!r}")
+        _check(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        for name in ("b1", "b2"):
+            value = getattr(self, name)
+            _check(0 <= value < 1, f"{prefix}.{name}", f"must be in [0, 1), got {value}")
+        _check(self.eps > 0, f"{prefix}.eps", f"must be positive, got {self.eps}")
+        _check(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.clip_norm >= 0, f"{prefix}.clip_norm", f"must be >= 0 (0: no clipping), got {self.clip_norm}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run. Later concerns (data, train, mesh) add their own sections."""
 
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
 
     def validate(self) -> None:
         self.model.validate("model")
         self.data.validate("data")
+        self.train.validate("train")
+        _check(self.data.batch_size % self.train.micro_batches == 0, "train.micro_batches",
+               f"{self.train.micro_batches} does not divide data.batch_size={self.data.batch_size}")
 
 
 def _check(ok: bool, field: str, message: str) -> None:
