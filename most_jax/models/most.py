@@ -7,7 +7,7 @@ pass runs them with `jax.lax.scan` (one compiled body) or an unrolled Python loo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,14 +42,24 @@ class DecoderLayer(nnx.Module):
             self.mlp = SwiGLU(cfg.hidden_size, cfg.dense_ffn_dim, rngs=rngs, std=cfg.init_std,
                               param_dtype=cfg.param_dtype, dtype=cfg.dtype)
 
-    def __call__(self, x_BTD, cos_BTR, sin_BTR, mask_BTS, modality_BT, valid_BT):
-        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos_BTR, sin_BTR, mask_BTS)
+    def _ffn(self, x_BTD, modality_BT, valid_BT):
         h_BTD = self.ffn_norm(x_BTD)
         if hasattr(self, "moe"):
             y_BTD, stats = self.moe(h_BTD, modality_BT, valid_BT)
         else:
             y_BTD, stats = self.mlp(h_BTD), None
         return x_BTD + y_BTD, stats
+
+    def __call__(self, x_BTD, cos_BTR, sin_BTR, mask_BTS, modality_BT, valid_BT):
+        x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), cos_BTR, sin_BTR, mask_BTS)
+        return self._ffn(x_BTD, modality_BT, valid_BT)
+
+    def decode(self, x_BTD, cos_BTR, sin_BTR, mask_BTS, modality_BT, valid_BT, index, latent_BSM, rope_key_BSR):
+        """Like __call__ for T new tokens over a latent cache; returns (x, (latent, rope_key))."""
+        attn_BTD, latent_BSM, rope_key_BSR = self.attn.decode(self.attn_norm(x_BTD), cos_BTR, sin_BTR, mask_BTS,
+                                                              latent_BSM, rope_key_BSR, index)
+        x_BTD, _ = self._ffn(x_BTD + attn_BTD, modality_BT, valid_BT)
+        return x_BTD, (latent_BSM, rope_key_BSR)
 
 
 def _layer_stack(cfg: ModelConfig, count: int, use_moe: bool, rngs: nnx.Rngs) -> DecoderLayer | None:
@@ -64,23 +74,37 @@ def _layer_stack(cfg: ModelConfig, count: int, use_moe: bool, rngs: nnx.Rngs) ->
     return create(rngs)
 
 
-def _run_stack(stack: DecoderLayer, cfg: ModelConfig, x_BTD, *inputs):
-    """Applies every layer of a stack in order; returns (x, per-layer stats stacked on axis 0)."""
+def _run_stack(stack: DecoderLayer, cfg: ModelConfig, x_BTD, inputs: tuple, method: str = "__call__",
+               per_layer: Any = None):
+    """Applies every layer of a stack in order.
+
+    `inputs` go to every layer; `per_layer` (a pytree with a leading layer axis, e.g. decode
+    caches) is sliced per layer. Returns (x, per-layer outputs stacked on axis 0).
+    """
     graphdef, state = nnx.split(stack)
 
-    def body(x, layer_state):
-        return nnx.merge(graphdef, layer_state)(x, *inputs)
+    def body(x, xs):
+        layer_state, layer_extra = xs
+        layer = nnx.merge(graphdef, layer_state)
+        return getattr(layer, method)(x, *inputs, *(layer_extra or ()))
 
     if cfg.remat != "none":
         body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
     if cfg.scan_layers:
-        return jax.lax.scan(body, x_BTD, state)
+        return jax.lax.scan(body, x_BTD, (state, per_layer))
     count = jax.tree.leaves(state)[0].shape[0]
-    per_layer = []
+    outputs = []
     for i in range(count):
-        x_BTD, stats = body(x_BTD, jax.tree.map(lambda a: a[i], state))
-        per_layer.append(stats)
-    return x_BTD, jax.tree.map(lambda *s: jnp.stack(s), *per_layer) if per_layer[0] is not None else None
+        x_BTD, out = body(x_BTD, jax.tree.map(lambda a: a[i], (state, per_layer)))
+        outputs.append(out)
+    return x_BTD, None if outputs[0] is None else jax.tree.map(lambda *o: jnp.stack(o), *outputs)
+
+
+class DecodeCache(NamedTuple):
+    """MLA latent cache: per stack (dense, moe) latent [L, B, S, M] and rope key [L, B, S, R]."""
+
+    dense: tuple[jax.Array, jax.Array] | None
+    moe: tuple[jax.Array, jax.Array] | None
 
 
 class Embed(nnx.Module):
@@ -123,10 +147,10 @@ class MoST(nnx.Module):
         inputs = (cos_BTR, sin_BTR, attention_mask(segment_ids_BT), modality_BT, segment_ids_BT != 0)
         x_BTD = self.embed(tokens_BT) if embeds_BTD is None else embeds_BTD.astype(DTYPES[cfg.dtype])
         if self.dense_layers is not None:
-            x_BTD, _ = _run_stack(self.dense_layers, cfg, x_BTD, *inputs)
+            x_BTD, _ = _run_stack(self.dense_layers, cfg, x_BTD, inputs)
         stats = None
         if self.moe_layers is not None:
-            x_BTD, stats = _run_stack(self.moe_layers, cfg, x_BTD, *inputs)
+            x_BTD, stats = _run_stack(self.moe_layers, cfg, x_BTD, inputs)
         return self.final_norm(x_BTD), stats
 
     def logits(self, h_BTD: jax.Array) -> jax.Array:
@@ -138,6 +162,43 @@ class MoST(nnx.Module):
         """Float32 logits [B, T, V] and MoE stats; kwargs as for `hidden_states`."""
         h_BTD, stats = self.hidden_states(tokens_BT, **kwargs)
         return self.logits(h_BTD), stats
+
+
+    def init_cache(self, batch: int, length: int, dtype: str | None = None) -> DecodeCache:
+        """An empty latent cache for `batch` rows of up to `length` tokens."""
+        cfg = self.cfg
+        dt = DTYPES[dtype or cfg.dtype]
+
+        def zeros(count):
+            if count == 0:
+                return None
+            return (jnp.zeros((count, batch, length, cfg.attention.kv_lora_rank), dt),
+                    jnp.zeros((count, batch, length, cfg.attention.qk_rope_head_dim), dt))
+
+        return DecodeCache(dense=zeros(cfg.first_k_dense_replace), moe=zeros(cfg.num_moe_layers))
+
+    def decode(self, tokens_BT: jax.Array, cache: DecodeCache, *, index: jax.Array, slot_valid_BS: jax.Array,
+               positions_BT: jax.Array, modality_BT: jax.Array | None = None) -> tuple[jax.Array, DecodeCache]:
+        """Logits [B, T, V] of T new tokens written at cache slots index..index+T-1.
+
+        `slot_valid_BS` marks the cache slots holding real tokens (the new ones included); each new
+        token attends to the valid slots at or before its own slot.
+        """
+        cfg = self.cfg
+        t, s = tokens_BT.shape[1], slot_valid_BS.shape[1]
+        if modality_BT is None:
+            modality_BT = modality_of_tokens(cfg.vocab, tokens_BT)
+        slot_T = index + jnp.arange(t)
+        mask_BTS = slot_valid_BS[:, None, :] & (jnp.arange(s)[None, :] <= slot_T[:, None])[None]
+        valid_BT = jax.lax.dynamic_slice_in_dim(slot_valid_BS, index, t, axis=1)
+        cos_BTR, sin_BTR = rope_angles(cfg.rope, cfg.attention.qk_rope_head_dim, positions_BT)
+        inputs = (cos_BTR, sin_BTR, mask_BTS, modality_BT, valid_BT, index)
+        x_BTD = self.embed(tokens_BT)
+        new = {}
+        for name, stack in (("dense", self.dense_layers), ("moe", self.moe_layers)):
+            if stack is not None:
+                x_BTD, new[name] = _run_stack(stack, cfg, x_BTD, inputs, "decode", getattr(cache, name))
+        return self.logits(self.final_norm(x_BTD)), DecodeCache(dense=new.get("dense"), moe=new.get("moe"))
 
 
 def count_params(cfg: ModelConfig) -> int:

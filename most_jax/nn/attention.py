@@ -65,6 +65,16 @@ class MLAttention(nnx.Module):
         c_BTM, k_rope_BTR = jnp.split(kv, [self.latent_dim], axis=-1)
         return self.kv_a_norm(c_BTM), apply_rope(k_rope_BTR, cos_BTR, sin_BTR)
 
+    def _attend(self, scores_BHTS: jax.Array, mask_BTS: jax.Array) -> jax.Array:
+        """Softmax in float32 over masked, scaled scores."""
+        return jax.nn.softmax(jnp.where(mask_BTS[:, None], scores_BHTS * self.scale, _MASKED), axis=-1)
+
+    def _kv_b_heads(self) -> tuple[jax.Array, jax.Array]:
+        """kv_b_proj split per head: (W_uk [M, H, Qn], W_uv [M, H, Dv])."""
+        w = self.kv_b_proj.kernel[...].astype(self.kv_b_proj.dtype)
+        w_MHK = w.reshape(self.latent_dim, self.num_heads, self.nope_dim + self.v_dim)
+        return w_MHK[..., : self.nope_dim], w_MHK[..., self.nope_dim:]
+
     def __call__(self, x_BTD: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array, mask_BTS: jax.Array) -> jax.Array:
         q_nope_BTHN, q_rope_BTHR = self.queries(x_BTD, cos_BTR, sin_BTR)
         c_BSM, k_rope_BSR = self.latent(x_BTD, cos_BTR, sin_BTR)
@@ -75,7 +85,31 @@ class MLAttention(nnx.Module):
         f32 = jnp.float32
         scores_BHTS = (jnp.einsum("BTHN,BSHN->BHTS", q_nope_BTHN, k_nope_BSHN, preferred_element_type=f32)
                        + jnp.einsum("BTHR,BSR->BHTS", q_rope_BTHR, k_rope_BSR, preferred_element_type=f32))
-        scores_BHTS = jnp.where(mask_BTS[:, None], scores_BHTS * self.scale, _MASKED)
-        probs_BHTS = jax.nn.softmax(scores_BHTS, axis=-1).astype(v_BSHV.dtype)
+        probs_BHTS = self._attend(scores_BHTS, mask_BTS).astype(v_BSHV.dtype)
         out_BTHV = jnp.einsum("BHTS,BSHV->BTHV", probs_BHTS, v_BSHV)
         return self.o_proj(out_BTHV.reshape(out_BTHV.shape[:2] + (-1,)))
+
+    def decode(self, x_BTD: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array, mask_BTS: jax.Array,
+               latent_BSM: jax.Array, rope_key_BSR: jax.Array, index: jax.Array):
+        """Attention of T new tokens over a latent cache; returns (out, latent cache, rope-key cache).
+
+        The new tokens are written at cache slots index..index+T-1. kv_b_proj is absorbed into the
+        query (W_uk) and output (W_uv) sides, so the cache keeps only M + R numbers per token instead
+        of H x (Qn + R + Dv): per head, q_nope . (c W_uk) == (q_nope W_uk^T) . c.
+        """
+        q_nope_BTHN, q_rope_BTHR = self.queries(x_BTD, cos_BTR, sin_BTR)
+        c_BTM, k_rope_BTR = self.latent(x_BTD, cos_BTR, sin_BTR)
+        latent_BSM = jax.lax.dynamic_update_slice_in_dim(latent_BSM, c_BTM.astype(latent_BSM.dtype), index, axis=1)
+        rope_key_BSR = jax.lax.dynamic_update_slice_in_dim(rope_key_BSR, k_rope_BTR.astype(rope_key_BSR.dtype),
+                                                           index, axis=1)
+        w_uk_MHN, w_uv_MHV = self._kv_b_heads()
+        f32 = jnp.float32
+        q_latent_BTHM = jnp.einsum("BTHN,MHN->BTHM", q_nope_BTHN, w_uk_MHN)
+        scores_BHTS = (jnp.einsum("BTHM,BSM->BHTS", q_latent_BTHM, latent_BSM.astype(q_latent_BTHM.dtype),
+                                  preferred_element_type=f32)
+                       + jnp.einsum("BTHR,BSR->BHTS", q_rope_BTHR, rope_key_BSR.astype(q_rope_BTHR.dtype),
+                                    preferred_element_type=f32))
+        probs_BHTS = self._attend(scores_BHTS, mask_BTS).astype(q_latent_BTHM.dtype)
+        out_latent_BTHM = jnp.einsum("BHTS,BSM->BTHM", probs_BHTS, latent_BSM.astype(probs_BHTS.dtype))
+        out_BTHV = jnp.einsum("BTHM,MHV->BTHV", out_latent_BTHM, w_uv_MHV)
+        return self.o_proj(out_BTHV.reshape(out_BTHV.shape[:2] + (-1,))), latent_BSM, rope_key_BSR

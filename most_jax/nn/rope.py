@@ -62,7 +62,7 @@ def softmax_scale(attn: AttentionConfig, rope: RopeConfig) -> float:
 def rope_angles(cfg: RopeConfig, dim: int, positions_BT: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(cos, sin) [B, T, dim // 2] in float32, magnitude-scaled as YaRN prescribes."""
     inv_freq = jnp.asarray(inverse_frequencies(cfg, dim))
-    angles_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    angles_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
     scale = cos_sin_scale(cfg)
     return jnp.cos(angles_BTR) * scale, jnp.sin(angles_BTR) * scale
 
