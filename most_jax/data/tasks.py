@@ -112,13 +112,19 @@ class Formatter:
     def unit_lm(self, units) -> Example:
         return self._language_model("unit_lm", self.audio(units))
 
-    def spoken_qa_text(self, question_units, answer_text_ids) -> Example:
-        return self.prompt_response("spoken_qa_text", self._instruction["spoken_qa_text"],
+    def spoken_qa_text(self, question_units, answer_text_ids, instruction_ids=None) -> Example:
+        """Speech question -> text answer; the record's own instruction, if any, replaces the default."""
+        return self.prompt_response("spoken_qa_text", self._instruction_or("spoken_qa_text", instruction_ids),
                                     self.audio(question_units), self.text(answer_text_ids))
 
-    def spoken_qa_speech(self, question_units, answer_units) -> Example:
-        return self.prompt_response("spoken_qa_speech", self._instruction["spoken_qa_speech"],
+    def spoken_qa_speech(self, question_units, answer_units, instruction_ids=None) -> Example:
+        return self.prompt_response("spoken_qa_speech", self._instruction_or("spoken_qa_speech", instruction_ids),
                                     self.audio(question_units), self.audio(answer_units))
+
+    def _instruction_or(self, task: str, instruction_ids) -> np.ndarray:
+        if instruction_ids is None or len(instruction_ids) == 0:
+            return self._instruction[task]
+        return self.text(instruction_ids)
 
     def instruct(self, instruction_ids, prompt_text_ids=None, prompt_units=None, response_text_ids=None,
                  response_units=None) -> Example:

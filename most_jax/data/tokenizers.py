@@ -20,6 +20,7 @@ import numpy as np
 
 SPM_FILE = "spm.model"
 HF_FILE = "tokenizer.json"
+EXTRA_LINE_WEIGHT = 100
 # DeepSeek-V2's sentence markers (full-width bars, U+2581 spaces): the MoST bos/eos.
 DEEPSEEK_BOS = "<\uff5cbegin\u2581of\u2581sentence\uff5c>"
 DEEPSEEK_EOS = "<\uff5cend\u2581of\u2581sentence\uff5c>"
@@ -137,7 +138,9 @@ def train_sentencepiece(text_files: Sequence[str | os.PathLike], out_dir: str | 
         inputs = [str(p) for p in paths]
         if extra_lines:
             extra = Path(tmp) / "extra.txt"
-            extra.write_text("".join(line.replace("\n", " ") + "\n" for line in extra_lines), encoding="utf-8")
+            # The template occurs in every training sequence; weight it like a frequent sentence.
+            lines = "".join(line.replace("\n", " ") + "\n" for line in extra_lines)
+            extra.write_text(lines * EXTRA_LINE_WEIGHT, encoding="utf-8")
             inputs.append(str(extra))
         try:
             spm.SentencePieceTrainer.train(

@@ -1,0 +1,76 @@
+"""Prepared records: the byte format inside the ArrayRecord shards and the directory layout.
+
+A prepared directory (written by `most data prepare`) holds
+
+    layout.json                      the vocabulary layout (`VocabLayout.to_dict`)
+    tokenizer/                       a copy of the text tokenizer used
+    {kind}-SSSSS-of-NNNNN.array_record   records of each kind: "pair" (speech + transcript),
+                                     "text" (text only), "dialog" (prompt -> response)
+    report.json                      counts, hours, skips by reason
+
+A record is a JSON header line followed by little-endian int32 arrays, so reading one costs a
+`json.loads` and a few `np.frombuffer` calls (the pipeline decodes every record it uses).
+Header: {"id", "kind", "seconds", "arrays": {name: length}}. Array names: "text" and "units"
+(pair, text); "instruction", "prompt_text" | "prompt_units", "response_text" | "response_units"
+(dialog). Text arrays hold text token ids, unit arrays hold unit ids 0..K-1 (not token ids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+KINDS = ("pair", "text", "dialog")
+LAYOUT_FILE = "layout.json"
+TOKENIZER_DIR = "tokenizer"
+REPORT_FILE = "report.json"
+
+
+class RecordError(ValueError):
+    """A record's bytes do not decode."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    id: str
+    kind: str
+    arrays: dict[str, np.ndarray]
+    seconds: float = 0.0
+
+    def get(self, name: str) -> np.ndarray | None:
+        return self.arrays.get(name)
+
+
+def encode_record(record: Record) -> bytes:
+    if record.kind not in KINDS:
+        raise RecordError(f"record {record.id!r}: unknown kind {record.kind!r}")
+    arrays = {k: np.ascontiguousarray(v, "<i4") for k, v in record.arrays.items()}
+    header = {"id": record.id, "kind": record.kind, "seconds": record.seconds,
+              "arrays": {k: int(v.shape[0]) for k, v in arrays.items()}}
+    return json.dumps(header).encode() + b"\n" + b"".join(v.tobytes() for v in arrays.values())
+
+
+def decode_record(data: bytes) -> Record:
+    end = data.find(b"\n")
+    try:
+        header = json.loads(data[:end])
+        offset, arrays = end + 1, {}
+        for name, length in header["arrays"].items():
+            arrays[name] = np.frombuffer(data, "<i4", count=length, offset=offset).astype(np.int32)
+            offset += 4 * length
+        if end < 0 or offset != len(data):
+            raise ValueError(f"{len(data) - offset} bytes left over after the arrays")
+        return Record(header["id"], header["kind"], arrays, float(header["seconds"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RecordError(f"undecodable record ({len(data)} bytes): {err}") from None
+
+
+def shard_paths(directory: str | Path, kind: str) -> list[Path]:
+    return sorted(Path(directory).glob(f"{kind}-*-of-*.array_record"))
+
+
+def shard_name(kind: str, index: int, count: int) -> str:
+    return f"{kind}-{index:05d}-of-{count:05d}.array_record"
