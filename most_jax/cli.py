@@ -14,6 +14,8 @@ import sys
 COMMAND_MODULES = (
     "data",
     "bench",
+    "import_hf",
+    "logits",
 )
 
 

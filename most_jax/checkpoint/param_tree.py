@@ -1,0 +1,37 @@
+"""The model's parameter tree as flat {path: leaf} dicts, and its expected shapes from shapes alone."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+from flax import nnx
+
+from most_jax.config import ModelConfig
+from most_jax.models.most import MoST
+
+Path_ = tuple[str, ...]
+
+
+def abstract_params(cfg: ModelConfig) -> dict[Path_, jax.ShapeDtypeStruct]:
+    """Flat {path: shape and dtype} of MoST(cfg)'s parameters; allocates nothing."""
+    model = nnx.eval_shape(lambda: MoST(cfg, rngs=nnx.Rngs(0)))
+    return dict(flatten(nnx.state(model, nnx.Param).to_pure_dict()))
+
+
+def flatten(tree: dict, prefix: Path_ = ()) -> Iterator[tuple[Path_, object]]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from flatten(value, prefix + (str(key),))
+        else:
+            yield prefix + (str(key),), value
+
+
+def unflatten(flat: dict[Path_, object]) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree

@@ -1,0 +1,142 @@
+"""Parameter checkpoints: the model's parameters plus the config that built them.
+
+Layout. A checkpoint directory is one *step directory* in the layout of
+`orbax.checkpoint.CheckpointManager`, holding at least two items:
+
+    STEP/
+      params/   Orbax StandardSave of the parameter pytree: the nested dict
+                `nnx.state(model, nnx.Param).to_pure_dict()` (layer stacks keep their leading
+                layer axis; keys are the module attribute names, e.g. moe_layers/attn/q_proj/kernel)
+      config/   Orbax JsonSave of `most_jax.config.to_dict(cfg)` (the whole Config)
+
+`save_params` writes exactly that (via a temporary sibling directory renamed on success, so an
+interrupted write never looks complete). A trainer writes the same items inside its manager root,
+next to whatever else it keeps (optimizer state, data iterator, ...):
+
+    mgr = ocp.CheckpointManager(ROOT)
+    mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                           config=ocp.args.JsonSave(to_dict(cfg)), ...))
+
+`load_checkpoint` / `restore_model` accept a step directory (ours or a trainer's ROOT/<step>) or a
+manager root (its latest complete step). Restoring checks the stored parameter names and shapes
+against the model built from the stored config and names every missing, unexpected or misshapen one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from most_jax import config as config_lib
+from most_jax.checkpoint.param_tree import abstract_params, flatten, unflatten
+from most_jax.models.most import MoST
+from most_jax.nn.params import DTYPES
+
+PARAMS_ITEM = "params"
+CONFIG_ITEM = "config"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not match its config (names the culprit)."""
+
+
+def save_params(path: str | Path, cfg: config_lib.Config, params: dict) -> Path:
+    """Writes `params` (nested dict of arrays matching MoST(cfg.model)) and `cfg` to the step directory `path`."""
+    path = Path(path)
+    if path.exists():
+        raise CheckpointError(f"{path}: already exists; choose a new output directory")
+    expected = abstract_params(cfg.model)
+    _check_tree(expected, {p: (v.shape, v.dtype) for p, v in flatten(params)}, f"parameters to save at {path}",
+                check_dtype=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        checkpointer.save(partial, args=ocp.args.Composite(**{
+            PARAMS_ITEM: ocp.args.StandardSave(params),
+            CONFIG_ITEM: ocp.args.JsonSave(config_lib.to_dict(cfg))}))
+        checkpointer.close()
+        partial.rename(path)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
+    return path
+
+
+def step_dir(path: str | Path) -> Path:
+    """`path` itself when it is a step directory, else the latest complete step of a manager root."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if (path / PARAMS_ITEM).is_dir():
+        return path
+    # Orbax finalises a step by renaming its temporary directory to the bare step number.
+    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / PARAMS_ITEM).is_dir())
+    if not steps:
+        raise CheckpointError(f"{path}: neither a checkpoint step (no '{PARAMS_ITEM}' item) nor a checkpoint "
+                              f"manager root (no numbered step directory holding '{PARAMS_ITEM}')")
+    return path / str(steps[-1])
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> config_lib.Config:
+    """The Config stored with a checkpoint, with `--set` style overrides applied."""
+    step = step_dir(path)
+    if not (step / CONFIG_ITEM).is_dir():
+        raise CheckpointError(f"{step}: no '{CONFIG_ITEM}' item, so the model shape is unknown")
+    data = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step / CONFIG_ITEM, args=ocp.args.JsonRestore())
+    try:
+        return config_lib.config_from_dict(config_lib._merge(data, config_lib.parse_overrides(overrides)))
+    except config_lib.ConfigError as e:
+        raise CheckpointError(f"{step / CONFIG_ITEM}: {e}") from None
+
+
+def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+                    ) -> tuple[config_lib.Config, dict]:
+    """(Config, nested dict of parameters as arrays on the first local device), stored dtypes cast to
+    the config's `model.param_dtype`."""
+    cfg = load_config(path, overrides)
+    return cfg, _restore_params(step_dir(path), cfg)
+
+
+def restore_model(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[config_lib.Config, MoST]:
+    """(Config, MoST with the checkpoint's parameters), without ever initialising random weights."""
+    cfg, params = load_checkpoint(path, overrides)
+    abstract = nnx.eval_shape(lambda: MoST(cfg.model, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    state.replace_by_pure_dict(params)
+    return cfg, nnx.merge(graphdef, state)
+
+
+def _restore_params(step: Path, cfg: config_lib.Config) -> dict:
+    checkpointer = ocp.StandardCheckpointer()
+    tree = checkpointer.metadata(step / PARAMS_ITEM).item_metadata.tree
+    stored = {p: (m.shape, m.dtype) for p, m in flatten(tree)}
+    expected = abstract_params(cfg.model)
+    _check_tree(expected, stored, f"checkpoint {step / PARAMS_ITEM}", check_dtype=False)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    dtype = DTYPES[cfg.model.param_dtype]
+    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, dtype, sharding=device) for p, s in expected.items()})
+    return checkpointer.restore(step / PARAMS_ITEM, target)
+
+
+def _check_tree(expected: dict, found: dict, what: str, *, check_dtype: bool) -> None:
+    missing = sorted(".".join(p) for p in set(expected) - set(found))
+    unexpected = sorted(".".join(p) for p in set(found) - set(expected))
+    wrong = [f"{'.'.join(p)} has shape {list(found[p][0])}, the model needs {list(expected[p].shape)}"
+             for p in sorted(set(found) & set(expected)) if tuple(found[p][0]) != tuple(expected[p].shape)]
+    if check_dtype:
+        wrong += [f"{'.'.join(p)} has dtype {found[p][1]}, the config says {expected[p].dtype}"
+                  for p in sorted(set(found) & set(expected)) if found[p][1] != expected[p].dtype]
+    problems = ([f"missing parameters: {', '.join(missing)}"] if missing else []) + \
+               ([f"unexpected parameters: {', '.join(unexpected)}"] if unexpected else []) + wrong
+    if problems:
+        raise CheckpointError(f"{what} do not match the model: " + "; ".join(problems))
+
+
+__all__ = ["CheckpointError", "save_params", "step_dir", "load_config", "load_checkpoint", "restore_model"]

@@ -1,0 +1,49 @@
+"""`most logits CKPT --input IN.npz --output OUT.npz`: teacher-forced logits of a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from most_jax.checkpoint.params_io import CheckpointError, load_config, restore_model
+from most_jax.config import ConfigError
+from most_jax.infer.logits import LogitsInputError, batched_logits, read_token_batch, write_npz_atomic
+
+DESCRIPTION = """\
+Runs the model of checkpoint CKPT (from `most import-hf`, or a training run: a checkpoint manager
+root, whose latest step is used, or one step directory) on the token rows of IN.npz and writes
+their logits to OUT.npz. IN.npz holds `tokens` (int32 [B, T]) and optionally `modality` (int32
+[B, T]: 0 text, 1 audio, -1 no expert group); without it, modality comes from token ids through
+the checkpoint's vocabulary layout. OUT.npz holds `logits` (float32 [B, T, V]).
+
+The routed experts run dropless by default, so every row is exact and independent of the others;
+--set model.moe.dispatch=capacity (or reference) chooses another path.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("logits", help="logits of a checkpoint on token rows (checks a conversion)",
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
+    parser.add_argument("--input", required=True, metavar="IN.npz", help="tokens [B, T] and optional modality [B, T]")
+    parser.add_argument("--output", required=True, metavar="OUT.npz", help="where to write logits [B, T, V]")
+    parser.add_argument("--batch-size", type=int, default=0, metavar="N",
+                        help="rows per forward pass (default 0: all rows at once)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of the checkpoint's config, e.g. --set model.dtype=float32")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        overrides = ["model.moe.dispatch=dropless", *args.overrides]
+        tokens, modality = read_token_batch(args.input, load_config(args.checkpoint, overrides).model)
+        _, model = restore_model(args.checkpoint, overrides)
+        print(f"{args.checkpoint}: {tokens.shape[0]} rows x {tokens.shape[1]} tokens"
+              f"{'' if modality is not None else ' (modality from token ids)'}", file=sys.stderr, flush=True)
+        logits = batched_logits(model, tokens, modality, args.batch_size)
+        write_npz_atomic(args.output, logits=logits)
+    except (CheckpointError, ConfigError, LogitsInputError) as e:
+        raise SystemExit(f"most logits: error: {e}") from None
+    print(f"wrote {args.output}: logits {list(logits.shape)} float32")
+    return 0
