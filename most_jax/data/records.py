@@ -5,14 +5,15 @@ A prepared directory (written by `most data prepare`) holds
     layout.json                      the vocabulary layout (`VocabLayout.to_dict`)
     tokenizer/                       a copy of the text tokenizer used
     {kind}-SSSSS-of-NNNNN.array_record   records of each kind: "pair" (speech + transcript),
-                                     "text" (text only), "dialog" (prompt -> response)
+                                     "text" (text only), and the dialog kinds "spoken_qa_text",
+                                     "spoken_qa_speech", "instruct" (prompt -> response)
     report.json                      counts, hours, skips by reason
 
 A record is a JSON header line followed by little-endian int32 arrays, so reading one costs a
 `json.loads` and a few `np.frombuffer` calls (the pipeline decodes every record it uses).
 Header: {"id", "kind", "seconds", "arrays": {name: length}}. Array names: "text" and "units"
-(pair, text); "instruction", "prompt_text" | "prompt_units", "response_text" | "response_units"
-(dialog). Text arrays hold text token ids, unit arrays hold unit ids 0..K-1 (not token ids).
+(pair, text); "instruction" (optional), "prompt_text" | "prompt_units", "response_text" |
+"response_units" (dialog kinds). Text arrays hold text token ids, unit arrays hold unit ids 0..K-1 (not token ids).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("pair", "text", "dialog")
+KINDS = ("pair", "text", "spoken_qa_text", "spoken_qa_speech", "instruct")
 LAYOUT_FILE = "layout.json"
 TOKENIZER_DIR = "tokenizer"
 REPORT_FILE = "report.json"

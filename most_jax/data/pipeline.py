@@ -1,0 +1,204 @@
+"""Grain training pipeline: prepared records -> weighted task mixture -> packed, batched rows.
+
+Per JAX process: each task's records are sliced `[process_index::process_count]` (disjoint
+parts), shuffled by seed and repeated forever; the task streams are mixed with the configured
+weights, formatted (most_jax/data/tasks.py), packed first-fit into rows of `seq_len` tokens and
+batched into `batch_size / process_count` rows. Everything is a function of the seed and the
+process index, and the iterator's `get_state()` / `set_state()` resume it exactly.
+
+A batch is a dict of int32 NumPy arrays, all [B, T]:
+
+    tokens       input token ids
+    targets      the next token of the same segment: targets[t] = tokens[t + 1]; the last token
+                 of a segment has target pad (loss_mask 0). The train step shifts nothing.
+    loss_mask    1 where targets[t] is a response token (prompt/response tasks) or any token
+                 (language-model tasks); 0 on prompts and padding
+    modality     0 text, 1 audio, -1 padding (no routed experts, left out of load statistics)
+    segment_ids  1, 2, ... per packed sequence in the row; 0 = padding
+    positions    0, 1, ... restarting at every segment; 0 on padding
+    task         the task id (tasks.TASK_IDS) of each token; -1 on padding
+
+A record that does not decode, or a sequence longer than `seq_len`, is dropped with a warning
+instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import grain
+import numpy as np
+
+from most_jax.config import DataConfig
+from most_jax.data import records as rec
+from most_jax.data.tasks import TASK_IDS, TASKS, Example, Formatter
+from most_jax.data.tokenizers import load_tokenizer
+from most_jax.vocab import NO_GROUP, VocabLayout
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("tokens", "targets", "loss_mask", "modality", "task")
+# The record kind that feeds each task.
+TASK_KIND = {"asr": "pair", "tts": "pair", "unit_lm": "pair", "text_lm": "text",
+             "spoken_qa_text": "spoken_qa_text", "spoken_qa_speech": "spoken_qa_speech", "instruct": "instruct"}
+
+
+class PipelineError(ValueError):
+    """The configuration asks for data the prepared directory does not have."""
+
+
+class PreparedData:
+    """A directory written by `most data prepare`: its layout, tokenizer and record shards."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        layout_path = self.directory / rec.LAYOUT_FILE
+        if not layout_path.is_file():
+            raise PipelineError(f"{self.directory}: no {rec.LAYOUT_FILE}; not a `most data prepare` output")
+        self.layout = VocabLayout.from_dict(json.loads(layout_path.read_text()))
+        self.tokenizer = load_tokenizer(self.directory / rec.TOKENIZER_DIR)
+        self.formatter = Formatter(self.layout, self.tokenizer)
+        self._sources: dict[str, grain.sources.ArrayRecordDataSource] = {}
+
+    def source(self, kind: str):
+        """Random-access source over the records of `kind`, or None if there are none."""
+        if kind not in self._sources:
+            paths = rec.shard_paths(self.directory, kind)
+            self._sources[kind] = grain.sources.ArrayRecordDataSource([str(p) for p in paths]) if paths else None
+        return self._sources[kind]
+
+    def num_records(self, kind: str) -> int:
+        source = self.source(kind)
+        return 0 if source is None else len(source)
+
+
+def format_record(formatter: Formatter, task: str, record: rec.Record) -> Example:
+    """The `Example` of `task` built from a decoded record of kind TASK_KIND[task]."""
+    a = record.arrays
+    instruction = a.get("instruction")
+    if task == "asr":
+        return formatter.asr(a["text"], a["units"])
+    if task == "tts":
+        return formatter.tts(a["text"], a["units"])
+    if task == "unit_lm":
+        return formatter.unit_lm(a["units"])
+    if task == "text_lm":
+        return formatter.text_lm(a["text"])
+    if task == "spoken_qa_text":
+        return formatter.spoken_qa_text(a["prompt_units"], a["response_text"], instruction)
+    if task == "spoken_qa_speech":
+        return formatter.spoken_qa_speech(a["prompt_units"], a["response_units"], instruction)
+    if task == "instruct":
+        return formatter.instruct(instruction, a.get("prompt_text"), a.get("prompt_units"),
+                                  a.get("response_text"), a.get("response_units"))
+    raise PipelineError(f"unknown task {task!r}; known: {TASKS}")
+
+
+def training_columns(example: Example, pad_id: int) -> np.ndarray:
+    """[n, len(FIELDS)] int32: an example's tokens with next-token targets and the shifted mask."""
+    n = len(example)
+    columns = np.empty((n, len(FIELDS)), np.int32)
+    columns[:, 0] = example.tokens
+    columns[:-1, 1] = example.tokens[1:]
+    columns[-1, 1] = pad_id
+    columns[:-1, 2] = example.loss_mask[1:]
+    columns[-1, 2] = 0
+    columns[:, 3] = example.modality
+    columns[:, 4] = example.task
+    return columns
+
+
+@dataclasses.dataclass(frozen=True)
+class _FormatTask:
+    """Record bytes -> packable columns, or None (dropped) for a bad record or an over-long sequence."""
+
+    formatter: Formatter
+    task: str
+    seq_len: int
+
+    def __call__(self, data: bytes):
+        try:
+            example = format_record(self.formatter, self.task, rec.decode_record(data))
+        except (rec.RecordError, KeyError, ValueError) as err:
+            _warn_dropped(f"a {self.task} record: {err}")
+            return None
+        if len(example) > self.seq_len:
+            _warn_dropped(f"a {self.task} sequence of {len(example)} tokens (> seq_len {self.seq_len})")
+            return None
+        return {"columns": training_columns(example, self.formatter.layout.pad_id)}
+
+
+_dropped = 0
+
+
+def _warn_dropped(what: str) -> None:
+    """Logs drops 1, 2, 4, 8, ... so a bad record met every epoch does not flood the log."""
+    global _dropped
+    _dropped += 1
+    if _dropped & (_dropped - 1) == 0:
+        log.warning("dropped %s (%d dropped so far in this process)", what, _dropped)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unpack:
+    pad_id: int
+
+    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        columns = batch["columns"]
+        segment_ids = batch["columns_segment_ids"].astype(np.int32)
+        padding = segment_ids == 0
+        out = {name: np.ascontiguousarray(columns[..., i]) for i, name in enumerate(FIELDS)}
+        # The packer pads with zeros; give padding values that cannot be mistaken for data.
+        for name, value in (("tokens", self.pad_id), ("targets", self.pad_id), ("loss_mask", 0),
+                            ("modality", NO_GROUP), ("task", -1)):
+            out[name][padding] = value
+        out["segment_ids"] = segment_ids
+        out["positions"] = np.where(padding, 0, batch["columns_positions"]).astype(np.int32)
+        return out
+
+
+def task_weights(cfg: DataConfig) -> dict[str, float]:
+    return {task: float(getattr(cfg.mixture, task)) for task in TASKS if getattr(cfg.mixture, task) > 0}
+
+
+def build_dataset(cfg: DataConfig, data: PreparedData | None = None, *, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+    """The training stream of one JAX process (defaults: jax.process_index() / process_count())."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise PipelineError(f"process_index={process_index} outside 0..{process_count - 1}")
+    if cfg.batch_size % process_count:
+        raise PipelineError(f"data.batch_size={cfg.batch_size} does not split over {process_count} processes")
+    data = data if data is not None else PreparedData(cfg.records)
+    weights = task_weights(cfg)
+    streams = []
+    for task in weights:
+        kind = TASK_KIND[task]
+        source = data.source(kind)
+        if source is None or len(source) < process_count:
+            raise PipelineError(f"data.mixture.{task}: {data.directory} has {data.num_records(kind)} '{kind}' "
+                                f"records, fewer than the {process_count} processes that must share them")
+        stream = grain.MapDataset.source(source)[process_index::process_count]
+        # Seeds differ per task so two tasks over the same records do not walk them in step.
+        stream = stream.shuffle(seed=cfg.seed * len(TASKS) + TASK_IDS[task]).repeat()
+        streams.append(stream.map(_FormatTask(data.formatter, task, cfg.seq_len)))
+    mixed = grain.MapDataset.mix(streams, list(weights.values())) if len(streams) > 1 else streams[0]
+    packed = grain.experimental.FirstFitPackIterDataset(
+        mixed.to_iter_dataset(), length_struct={"columns": cfg.seq_len}, num_packing_bins=cfg.packing_bins,
+        seed=cfg.seed)
+    batched = packed.batch(cfg.batch_size // process_count, drop_remainder=True).map(_Unpack(data.layout.pad_id))
+    if cfg.num_workers > 0:
+        from absl import flags
+
+        # grain 0.2.x reads an absl flag when starting workers and fails unless flags were parsed
+        # (google/grain#1355); programs not run through absl.app never parse them.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+    return batched
