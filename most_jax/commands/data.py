@@ -3,7 +3,7 @@
 from most_jax.commands.group import register_group
 
 # Each name X is the module most_jax/commands/data_X.py.
-MEMBERS: tuple[str, ...] = ()
+MEMBERS: tuple[str, ...] = ("synth", "train_units")
 
 
 def register(subparsers) -> None:

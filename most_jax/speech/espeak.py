@@ -55,6 +55,8 @@ class _Engine:
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                      ctypes.c_uint, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p]
         lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+        lib.espeak_ng_SetRandSeed.restype = None
         self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), 0)
         if self.sample_rate <= 0:
             raise ESpeakError(f"espeak_Initialize failed (returned {self.sample_rate}) with data at {data_path}")
@@ -72,13 +74,16 @@ class _Engine:
         if self._lib.espeak_SetParameter(param, value, 0) != _EE_OK:
             raise ESpeakError(f"eSpeak refused {what}={value}")
 
-    def synthesize(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> np.ndarray:
+    def synthesize(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int, seed: int) -> np.ndarray:
         if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
             raise ESpeakError(f"unknown eSpeak voice {voice!r} (e.g. 'en-us', 'en-gb-x-rp', 'en-us+f3')")
         self._set(_PARAM_RATE, rate, "rate")
         self._set(_PARAM_PITCH, pitch, "pitch")
         self._set(_PARAM_RANGE, pitch_range, "pitch_range")
         data = text.encode("utf-8") + b"\0"
+        # eSpeak draws random numbers (e.g. for noise and pitch jitter); seeding it per utterance makes the
+        # waveform independent of what this process synthesised before.
+        self._lib.espeak_ng_SetRandSeed(seed)
         self._chunks = []
         status = self._lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if status != _EE_OK:
@@ -93,11 +98,12 @@ _lock = threading.Lock()
 
 
 def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50,
-               pitch_range: int = 50) -> tuple[np.ndarray, int]:
+               pitch_range: int = 50, seed: int = 0) -> tuple[np.ndarray, int]:
     """Speaks `text`; returns (float32 mono waveform in [-1, 1], sample rate = 22050 for eSpeak NG).
 
     voice: an eSpeak voice name, optionally with a variant ('en-us', 'en-gb-scotland', 'en-us+f3');
-    rate: words per minute (80..450); pitch and pitch_range: 0..100 (eSpeak's defaults are 50).
+    rate: words per minute (80..450); pitch and pitch_range: 0..100 (eSpeak's defaults are 50);
+    seed: eSpeak's random seed, so the same arguments give the same samples.
     """
     global _engine
     if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
@@ -108,4 +114,4 @@ def synthesize(text: str, voice: str = "en-us", rate: int = 175, pitch: int = 50
     with _lock:
         if _engine is None:
             _engine = _Engine()
-        return _engine.synthesize(text, voice, rate, pitch, pitch_range), _engine.sample_rate
+        return _engine.synthesize(text, voice, rate, pitch, pitch_range, seed), _engine.sample_rate
