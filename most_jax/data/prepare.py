@@ -82,7 +82,7 @@ class Item:
     source: str  # "manifest" | "text" | "tfds"
     index: int
     payload: object
-    base_dir: str = ""
+    manifest: str = ""  # the manifest's path: audio paths are relative to its directory
 
 
 @dataclasses.dataclass
@@ -143,10 +143,10 @@ class Worker:
             raise Skip("bad_manifest_line", f"line {item.index + 1} is not a JSON object")
         record_id = str(entry.get("id", f"line{item.index + 1}"))
         if "prompt" in entry or "response" in entry:
-            self._dialog(record_id, entry, item.base_dir, out)
+            self._dialog(record_id, entry, item.manifest, out)
         elif "audio" in entry:
             text_ids = self._text(entry.get("text"))
-            units, seconds = self._audio(entry["audio"], item.base_dir, out)
+            units, seconds = self._audio(entry["audio"], item.manifest, out)
             self._pair(record_id, text_ids, units, seconds, out)
         else:
             raise Skip("bad_manifest_line", f"line {item.index + 1} has neither 'audio' nor 'prompt'/'response'")
@@ -185,12 +185,13 @@ class Worker:
         except (ValueError, TokenizerError) as err:
             raise Skip("bad_transcript", str(err)) from None
 
-    def _audio(self, path, base_dir: str, out: Outcome) -> tuple[np.ndarray, float]:
+    def _audio(self, path, manifest: str, out: Outcome) -> tuple[np.ndarray, float]:
         from most_jax.speech.audio import AudioError, load_audio
+        from most_jax.speech.manifest import resolve_audio_path
 
         if not isinstance(path, str) or not path:
             raise Skip("bad_manifest_line", f"audio path {path!r}")
-        full = Path(path) if os.path.isabs(path) else Path(base_dir) / path
+        full = resolve_audio_path(manifest, path)
         if self.options.max_audio_seconds and _too_long(full, self.options.max_audio_seconds):
             raise Skip("over_length", f"{full} is longer than {self.options.max_audio_seconds} s")
         try:
@@ -243,24 +244,24 @@ class Worker:
         out.seconds += seconds
         out.units += len(units)
 
-    def _side(self, side, name: str, base_dir: str, out: Outcome) -> dict[str, np.ndarray]:
+    def _side(self, side, name: str, manifest: str, out: Outcome) -> dict[str, np.ndarray]:
         if not isinstance(side, dict) or not ({"text", "audio"} & side.keys()):
             raise Skip("bad_manifest_line", f"{name} must be an object with 'text' and/or 'audio'")
         arrays = {}
         if "text" in side:
             arrays[f"{name}_text"] = self._text(side["text"])
         if "audio" in side:
-            units, seconds = self._audio(side["audio"], base_dir, out)
+            units, seconds = self._audio(side["audio"], manifest, out)
             arrays[f"{name}_units"] = units
             out.seconds += seconds
             out.units += len(units)
         return arrays
 
-    def _dialog(self, record_id: str, entry: dict, base_dir: str, out: Outcome) -> None:
+    def _dialog(self, record_id: str, entry: dict, manifest: str, out: Outcome) -> None:
         instruction = entry.get("instruction")
         head = {} if instruction in (None, "") else {"instruction": self._text(instruction)}
-        prompt = self._side(entry.get("prompt"), "prompt", base_dir, out)
-        response = self._side(entry.get("response"), "response", base_dir, out)
+        prompt = self._side(entry.get("prompt"), "prompt", manifest, out)
+        response = self._side(entry.get("response"), "response", manifest, out)
         if "prompt_units" in prompt:
             prompt = {"prompt_units": prompt["prompt_units"]}  # a spoken prompt's transcript is not used
             for modality, kind in (("text", "spoken_qa_text"), ("units", "spoken_qa_speech")):
@@ -298,7 +299,7 @@ def manifest_items(path: str | Path) -> list[Item]:
     if not path.is_file():
         raise PrepareError(f"manifest {path} does not exist")
     lines = path.read_bytes().splitlines()
-    return [Item("manifest", i, line, str(path.parent)) for i, line in enumerate(lines) if line.strip()]
+    return [Item("manifest", i, line, str(path)) for i, line in enumerate(lines) if line.strip()]
 
 
 def text_items(path: str | Path) -> list[Item]:
