@@ -13,6 +13,7 @@ import sys
 # Order here is the order of `most --help`.
 COMMAND_MODULES = (
     "data",
+    "train",
     "bench",
     "import_hf",
     "logits",

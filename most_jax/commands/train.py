@@ -1,0 +1,68 @@
+"""`most train`: train MoST on prepared records (`most data prepare`), with checkpoints and resume."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from most_jax.commands.group import add_config_args
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train MoST on prepared data", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Writes RUN_DIR/metrics.jsonl (one JSON object per logged step), RUN_DIR/tensorboard/ and "
+               "RUN_DIR/checkpoints/<step>/. SIGTERM or Ctrl-C saves a checkpoint and exits; run again with "
+               "--resume to continue exactly where it stopped.")
+    add_config_args(parser)
+    parser.add_argument("--run-dir", default=None,
+                        help="output directory (default: runs/<config file name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in RUN_DIR (starts fresh if there is none)")
+    parser.add_argument("--init-from", default=None, metavar="CKPT",
+                        help="start from the parameters of a checkpoint (e.g. written by `most import-hf`); "
+                             "the optimizer starts fresh")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                        help="save and stop after this step (the schedule still spans train.steps); "
+                             "for runs split over several jobs")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from most_jax.checkpoint.manager import CheckpointError
+    from most_jax.config import ConfigError, load_config
+    from most_jax.data.pipeline import PipelineError, PreparedData, build_dataset
+    from most_jax.train.loop import NonFiniteError, run_training
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        data = PreparedData(cfg.data.records)
+        _check_vocab(cfg, data)
+        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (Path(args.config).stem if args.config
+                                                                          else "default")
+        batches = iter(build_dataset(cfg.data, data))
+        result = run_training(cfg, run_dir, batches, resume=args.resume, init_from=args.init_from,
+                              stop_after=args.stop_after)
+    except (ConfigError, PipelineError, CheckpointError, NonFiniteError) as e:
+        print(f"most train: error: {e}", file=sys.stderr)
+        return 1
+    if result.last_record is not None and result.last_record.get("loss") is not None:
+        print(f"step {result.step}: loss {result.last_record['loss']:.4f}")
+    return 0
+
+
+def _check_vocab(cfg, data) -> None:
+    """The model's token layout must be the one the records were tokenised with."""
+    from most_jax.config import ConfigError
+
+    layout = data.layout
+    wrong = [f"model.vocab.{f.name}={getattr(cfg.model.vocab, f.name)} (data: {getattr(layout.config, f.name)})"
+             for f in dataclasses.fields(layout.config)
+             if getattr(cfg.model.vocab, f.name) != getattr(layout.config, f.name)]
+    if layout.vocab_size > cfg.model.vocab_size:
+        wrong.append(f"model.vocab_size={cfg.model.vocab_size} (data needs {layout.vocab_size})")
+    if wrong:
+        raise ConfigError(f"the config does not match the vocabulary of {data.directory}: {'; '.join(wrong)}")

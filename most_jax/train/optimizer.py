@@ -1,0 +1,66 @@
+"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask, built from TrainConfig."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+from most_jax.config import TrainConfig
+
+# Parameter leaf names that are never decayed: RMSNorm scales pull towards 1, not 0, and biases
+# only shift activations; decaying either just fights the data.
+_NO_DECAY_LEAVES = frozenset({"scale", "bias"})
+_EMBEDDING_LEAVES = frozenset({"embedding"})
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup lr/warmup_steps, 2 lr/warmup_steps, ..., lr over the first `warmup_steps`
+    updates (starting at 0 would waste the first update), then cosine/linear decay to
+    lr x min_lr_ratio at `steps` (or a constant lr)."""
+    warmup = optax.linear_schedule(cfg.lr / max(cfg.warmup_steps, 1), cfg.lr, max(cfg.warmup_steps - 1, 0))
+    decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
+    end = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.min_lr_ratio)
+    elif cfg.schedule == "linear":
+        decay = optax.linear_schedule(cfg.lr, end, decay_steps)
+    else:
+        decay = optax.constant_schedule(cfg.lr)
+    if cfg.warmup_steps == 0:
+        return decay
+    return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def weight_decay_mask(params: Any, *, decay_embeddings: bool) -> Any:
+    """Same tree as `params` with True where weight decay applies (matrices), False on norm
+    scales, biases and (unless `decay_embeddings`) the token embedding table."""
+
+    def decays(path, _leaf) -> bool:
+        name = _leaf_name(path)
+        if name in _NO_DECAY_LEAVES:
+            return False
+        return decay_embeddings or name not in _EMBEDDING_LEAVES
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def _leaf_name(path) -> str:
+    last = path[-1]
+    for attr in ("key", "name", "idx"):
+        if hasattr(last, attr):
+            return str(getattr(last, attr))
+    return str(last)
+
+
+def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformation:
+    """Clip by global norm (if clip_norm > 0), then AdamW with the schedule and decay mask.
+
+    `params` (arrays or shape structs) only fixes the decay mask's tree."""
+    mask = weight_decay_mask(params, decay_embeddings=cfg.decay_embeddings)
+    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                        weight_decay=cfg.weight_decay, mask=mask)
+    if cfg.clip_norm == 0:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
