@@ -16,7 +16,7 @@ Path_ = tuple[str, ...]
 def abstract_params(cfg: ModelConfig) -> dict[Path_, jax.ShapeDtypeStruct]:
     """Flat {path: shape and dtype} of MoST(cfg)'s parameters; allocates nothing."""
     model = nnx.eval_shape(lambda: MoST(cfg, rngs=nnx.Rngs(0)))
-    return dict(flatten(nnx.state(model, nnx.Param).to_pure_dict()))
+    return dict(flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
 
 
 def flatten(tree: dict, prefix: Path_ = ()) -> Iterator[tuple[Path_, object]]:

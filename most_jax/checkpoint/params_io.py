@@ -17,8 +17,8 @@ next to whatever else it keeps (optimizer state, data iterator, ...):
     mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                            config=ocp.args.JsonSave(to_dict(cfg)), ...))
 
-`load_checkpoint` / `restore_model` accept a step directory (ours or a trainer's ROOT/<step>) or a
-manager root (its latest complete step). Restoring checks the stored parameter names and shapes
+`load_checkpoint` / `restore_model` accept a step directory (ours or a trainer's ROOT/<step>), a
+manager root (its latest complete step) or a training run directory holding the root `checkpoints/`. Restoring checks the stored parameter names and shapes
 against the model built from the stored config and names every missing, unexpected or misshapen one.
 """
 
@@ -39,6 +39,7 @@ from most_jax.nn.params import DTYPES
 
 PARAMS_ITEM = "params"
 CONFIG_ITEM = "config"
+RUN_CHECKPOINTS = "checkpoints"  # the manager root inside a training run directory (train/ writes it)
 
 
 class CheckpointError(ValueError):
@@ -70,12 +71,15 @@ def save_params(path: str | Path, cfg: config_lib.Config, params: dict) -> Path:
 
 
 def step_dir(path: str | Path) -> Path:
-    """`path` itself when it is a step directory, else the latest complete step of a manager root."""
+    """`path` itself when it is a step directory, else the latest complete step of a manager root
+    (`path`, or `path/checkpoints` for a training run directory)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if (path / PARAMS_ITEM).is_dir():
         return path
+    if (path / RUN_CHECKPOINTS).is_dir():
+        path = path / RUN_CHECKPOINTS
     # Orbax finalises a step by renaming its temporary directory to the bare step number.
     steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / PARAMS_ITEM).is_dir())
     if not steps:
@@ -109,7 +113,7 @@ def restore_model(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     cfg, params = load_checkpoint(path, overrides)
     abstract = nnx.eval_shape(lambda: MoST(cfg.model, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
-    state.replace_by_pure_dict(params)
+    nnx.replace_by_pure_dict(state, params)
     return cfg, nnx.merge(graphdef, state)
 
 
