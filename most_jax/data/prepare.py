@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -358,7 +359,10 @@ def _outcomes(items: Iterable[Item], options: PrepareOptions) -> Iterator[Outcom
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(options.workers, mp_context=context, initializer=_init_worker,
                                                 initargs=(options,)) as pool:
-        yield from pool.map(_run_item, items, chunksize=16)
+        # Bounded batches: Executor.map would submit (and hold in memory) every item at once.
+        items = iter(items)
+        while batch := list(itertools.islice(items, 64 * options.workers)):
+            yield from pool.map(_run_item, batch, chunksize=8)
 
 
 class ShardWriter:

@@ -1,0 +1,59 @@
+"""`most data prepare`: manifest, text or TFDS split -> tokenised ArrayRecord shards + report.json."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+from most_jax.data.prepare import PrepareError, PrepareOptions, manifest_items, prepare, text_items, tfds_items
+from most_jax.data.tokenizers import TokenizerError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prepare", help="tokenise text and extract units into ArrayRecord shards",
+        description="Reads speech pairs and dialogs from a JSONL manifest (and/or a TFDS split), text-LM lines from "
+                    "text files, tokenises the text, extracts speech units, and writes DIR/{kind}-*.array_record, "
+                    "DIR/layout.json, DIR/tokenizer/ and DIR/report.json (records_written, hours, units_per_second, "
+                    "skipped by reason, repaired). Bad inputs are skipped or repaired and counted, never fatal: see "
+                    "the policy in most_jax/data/prepare.py. Output goes to a temporary directory renamed on "
+                    "success.")
+    parser.add_argument("--manifest", action="append", default=[], metavar="FILE.jsonl",
+                        help="JSONL manifest (repeatable): {id, audio, text} pairs or {id, instruction?, prompt, "
+                             "response} dialogs")
+    parser.add_argument("--text", action="append", default=[], metavar="FILE",
+                        help="text-only file, one sentence per line, for the text-LM task (repeatable)")
+    parser.add_argument("--tfds", action="append", default=[], metavar="NAME[:SPLIT]",
+                        help="a TFDS dataset split with audio/speech and text features, e.g. librispeech:dev_clean "
+                             "or most_speech:train (repeatable)")
+    parser.add_argument("--tfds-data-dir", default=None, help="TFDS data directory (default: TFDS's own)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--tokenizer", required=True, metavar="DIR",
+                        help="tokenizer directory (spm.model from train-tokenizer, or an HF tokenizer.json)")
+    parser.add_argument("--units", default=None, metavar="DIR",
+                        help="unit extractor directory from train-units (required for audio inputs)")
+    parser.add_argument("--max-audio-seconds", type=float, default=30.0, help="longer audio is skipped (default 30)")
+    parser.add_argument("--max-tokens", type=int, default=2048,
+                        help="formatted sequences longer than this are skipped (default 2048, the MoST length)")
+    parser.add_argument("--num-shards", type=int, default=1, help="ArrayRecord shards per record kind (default 1)")
+    parser.add_argument("--workers", type=int, default=2, help="processes for audio and tokenising (default 2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    if not (args.manifest or args.text or args.tfds):
+        raise SystemExit("prepare: give at least one of --manifest, --text, --tfds")
+    options = PrepareOptions(args.tokenizer, args.units, args.max_audio_seconds, args.max_tokens, args.num_shards,
+                             args.workers)
+    try:
+        items = [item for path in args.manifest for item in manifest_items(path)]
+        items += [item for path in args.text for item in text_items(path)]
+        total = None if args.tfds else len(items)
+        # TFDS examples carry decoded audio: stream them rather than hold a whole split in memory.
+        stream = itertools.chain(items, *(tfds_items(spec, args.tfds_data_dir) for spec in args.tfds))
+        report = prepare(stream, args.out, options, total=total, overwrite=args.overwrite)
+    except (PrepareError, TokenizerError) as err:
+        raise SystemExit(f"prepare: {err}") from None
+    print(json.dumps(report, indent=2))
+    return 0
