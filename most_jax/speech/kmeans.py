@@ -3,7 +3,7 @@
 Each step assigns a batch to its nearest centroids and moves every centroid to the running mean of
 all points it has been assigned so far (per-centroid learning rate 1 / count). Centroids that won no
 point during an epoch are re-seeded on random data points, so the codebook does not keep dead
-entries (except after the last epoch). Initialisation: k-means++ (D^2 sampling) on a subsample, or k distinct random points.
+entries (except after the last epoch). Initialisation: greedy k-means++ (D^2 sampling) on a subsample, or k distinct random points.
 
 Array names: N points (frames), A feature dims, U codebook entries (centroids).
 """
@@ -59,6 +59,9 @@ def assign(x_NA: jax.Array, c_UA: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @functools.partial(jax.jit, static_argnums=2)
 def _kmeans_plus_plus(key: jax.Array, x_NA: jax.Array, num_clusters: int) -> jax.Array:
+    """Greedy k-means++: each step draws 2 + ln(K) candidates by D^2 sampling and keeps the one that
+    lowers the total squared distance most (plain k-means++ often seeds two centroids in one cluster)."""
+    num_candidates = 2 + int(np.log(num_clusters))
     key, first = jax.random.split(key)
     c0_A = x_NA[jax.random.randint(first, (), 0, x_NA.shape[0])]
     c_UA = jnp.zeros((num_clusters, x_NA.shape[1]), x_NA.dtype).at[0].set(c0_A)
@@ -67,10 +70,11 @@ def _kmeans_plus_plus(key: jax.Array, x_NA: jax.Array, num_clusters: int) -> jax
     def body(i, carry):
         c_UA, d2_N, key = carry
         key, sub = jax.random.split(key)
-        # D^2 sampling; the tiny floor keeps the distribution valid when all points are covered.
-        pick = jax.random.choice(sub, x_NA.shape[0], p=(d2_N + 1e-12) / (d2_N + 1e-12).sum())
-        ci_A = x_NA[pick]
-        return c_UA.at[i].set(ci_A), jnp.minimum(d2_N, ((x_NA - ci_A[None, :]) ** 2).sum(-1)), key
+        # The tiny floor keeps the distribution valid when every point sits on a centroid.
+        picks = jax.random.choice(sub, x_NA.shape[0], (num_candidates,), p=(d2_N + 1e-12) / (d2_N + 1e-12).sum())
+        new_d2 = jnp.minimum(d2_N[None, :], _sq_distances(x_NA[picks], x_NA))  # [candidates, N]
+        best = jnp.argmin(new_d2.sum(-1))
+        return c_UA.at[i].set(x_NA[picks[best]]), new_d2[best], key
 
     c_UA, _, _ = jax.lax.fori_loop(1, num_clusters, body, (c_UA, d2_N, key))
     return c_UA
@@ -109,10 +113,10 @@ def initial_centroids(data_NA: np.ndarray, options: KMeansOptions) -> np.ndarray
     x_NA = jnp.asarray(data_NA, jnp.float32)
     if options.init == "random":
         picks = jax.random.choice(init_key, x_NA.shape[0], (options.num_clusters,), replace=False)
-        return np.asarray(x_NA[picks])
+        return np.array(x_NA[picks])
     if x_NA.shape[0] > options.init_sample:
         x_NA = x_NA[jax.random.choice(sample_key, x_NA.shape[0], (options.init_sample,), replace=False)]
-    return np.asarray(_kmeans_plus_plus(init_key, x_NA, options.num_clusters))
+    return np.array(_kmeans_plus_plus(init_key, x_NA, options.num_clusters))
 
 
 def fit(data_NA: np.ndarray, options: KMeansOptions = KMeansOptions(),
@@ -136,7 +140,7 @@ def fit(data_NA: np.ndarray, options: KMeansOptions = KMeansOptions(),
         c_UA, counts_U, inertia, reseeded = _epoch(c_UA, counts_U, batches, reseed_key, jnp.asarray(not last))
         if progress is not None:
             progress(epoch, float(inertia), int(reseeded))
-    return np.asarray(c_UA)
+    return np.array(c_UA)
 
 
 def inertia(data_NA: np.ndarray, c_UA: np.ndarray) -> float:
