@@ -41,24 +41,28 @@ def _run(args) -> int:
     features = units.build_features(args.features)
     units.frames_per_unit(features, args.rate)  # fail on a bad rate before reading any audio
     skipped: collections.Counter[str] = collections.Counter()
-    waves, seconds, start = [], 0.0, time.perf_counter()
-    for entry in entries:
-        if seconds >= args.max_hours * 3600:
-            break
-        try:
-            wave, _ = load_audio(entry["audio"])
-        except AudioError as exc:
-            skipped[exc.reason] += 1
-            print(f"train-units: skipping {exc}")
-            continue
-        waves.append(wave)
-        seconds += len(wave) / 16000
-        if len(waves) % 500 == 0:
-            print(f"train-units: read {len(waves)} files, {seconds / 3600:.2f} h")
-    if not waves:
-        raise SystemExit(f"train-units: no readable audio in {args.manifest} (skipped {dict(skipped)})")
-    print(f"train-units: {len(waves)} files, {seconds / 3600:.2f} h of audio read in "
-          f"{time.perf_counter() - start:.0f} s; skipped {dict(skipped) or 'none'}")
+    totals = {"files": 0, "seconds": 0.0}
+    sample: list = []  # the first files, kept to report the unit rate after fitting
+
+    def waves():
+        # A generator, so only the (much smaller) unit-rate frames of each file are held in memory.
+        for entry in entries:
+            if totals["seconds"] >= args.max_hours * 3600:
+                return
+            try:
+                wave, _ = load_audio(entry["audio"])
+            except AudioError as exc:
+                skipped[exc.reason] += 1
+                print(f"train-units: skipping {exc}")
+                continue
+            totals["files"] += 1
+            totals["seconds"] += len(wave) / 16000
+            if len(sample) < 200:
+                sample.append(wave)
+            if totals["files"] % 500 == 0:
+                print(f"train-units: featurised {totals['files']} files, {totals['seconds'] / 3600:.2f} h")
+            yield wave
+
     options = kmeans.KMeansOptions(num_clusters=args.k, batch_size=args.batch_size, epochs=args.epochs,
                                    init=args.init, seed=args.seed)
 
@@ -66,14 +70,22 @@ def _run(args) -> int:
         print(f"train-units: k-means epoch {epoch + 1}/{args.epochs}: mean batch inertia {inertia:.3f}, "
               f"{reseeded} empty centroids re-seeded")
 
-    extractor = units.UnitExtractor.fit(waves, features, args.rate, args.pooling, args.dedup, options, progress)
-    frames = sum(len(extractor.raw_unit_frames(w)) for w in waves[:200])
-    emitted = sum(len(u) for u in extractor.extract_batch(waves[:200]))
-    fit_info = {"manifest": str(args.manifest), "files": len(waves), "hours": round(seconds / 3600, 4),
+    start = time.perf_counter()
+    try:
+        extractor = units.UnitExtractor.fit(waves(), features, args.rate, args.pooling, args.dedup, options,
+                                            progress)
+    except ValueError as exc:
+        raise SystemExit(f"train-units: cannot fit on {args.manifest}: {exc} (skipped {dict(skipped)})") from exc
+    hours = totals["seconds"] / 3600
+    frames = sum(len(extractor.raw_unit_frames(w)) for w in sample)
+    emitted = sum(len(u) for u in extractor.extract_batch(sample))
+    fit_info = {"manifest": str(args.manifest), "files": totals["files"], "hours": round(hours, 4),
                 "skipped": dict(skipped), "kmeans": dataclasses.asdict(options),
-                "units_per_second": round(emitted / max(sum(len(w) for w in waves[:200]) / 16000, 1e-9), 2),
+                "units_per_second": round(emitted / max(sum(len(w) for w in sample) / 16000, 1e-9), 2),
                 "kept_after_dedup": round(emitted / max(frames, 1), 4)}
     extractor.save(args.out, fit_info)
+    print(f"train-units: {totals['files']} files, {hours:.2f} h, skipped {dict(skipped) or 'none'}; fitted in "
+          f"{time.perf_counter() - start:.0f} s")
     print(f"train-units: wrote {args.out} (K={args.k}, {args.rate:g} Hz, {features.kind}); "
-          f"{fit_info['units_per_second']} units/s after dedup on the first {min(len(waves), 200)} files")
+          f"{fit_info['units_per_second']} units/s after dedup on the first {len(sample)} files")
     return 0
