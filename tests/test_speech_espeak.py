@@ -40,3 +40,11 @@ def test_bad_arguments_name_the_culprit():
         espeak.synthesize("hello", rate=20)
     with pytest.raises(ValueError, match="pitch"):
         espeak.synthesize("hello", pitch=140)
+
+
+def test_missing_library_gives_a_clear_error(monkeypatch, tmp_path):
+    import espeakng_loader
+
+    monkeypatch.setattr(espeakng_loader, "get_library_path", lambda: str(tmp_path / "libespeak-ng.so"))
+    with pytest.raises(espeak.ESpeakError, match="cannot load eSpeak NG from .*libespeak-ng.so"):
+        espeak._Engine()
