@@ -140,9 +140,13 @@ def synthesize_corpus(out_dir: str | os.PathLike, num: int, seed: int = 0, worke
             info["hours"][split] = round(sum(r["duration"] for r in rows) / 3600, 4)
         (tmp / "text_lm.txt").write_text("".join(line + "\n" for line in text_lm))
         (tmp / "corpus.json").write_text(json.dumps(info, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        if out_dir.exists():  # --overwrite: swap, then delete the old corpus
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
