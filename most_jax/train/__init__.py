@@ -1,5 +1,2 @@
-"""MoST training: AdamW optimizer, loss, one pure jitted train step, state, loop and metrics."""
-
-from most_jax.train.loop import NonFiniteError, RunResult, run_training
-
-__all__ = ["NonFiniteError", "RunResult", "run_training"]
+"""MoST training: optimizer.py (AdamW, schedule, decay mask), loss.py, state.py (train state and
+sharded init), step.py (the pure jitted step), loop.py (`run_training`) and metrics.py."""

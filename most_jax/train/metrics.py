@@ -86,10 +86,10 @@ class MetricsWindow:
             rec[key] = float(s[key]) / n if n else None
         for i, name in enumerate(self.task_names):
             if n and s["task_tokens"][i] > 0:
-                rec[f"loss/{name}"] = float(s["task_ce_sum"][i] / s["task_tokens"][i])
+                rec[f"loss_task/{name}"] = float(s["task_ce_sum"][i] / s["task_tokens"][i])
         for i, name in enumerate(MODALITY_NAMES):
             if n and s["modality_tokens"][i] > 0:
-                rec[f"loss/{name}"] = float(s["modality_ce_sum"][i] / s["modality_tokens"][i])
+                rec[f"loss_modality/{name}"] = float(s["modality_ce_sum"][i] / s["modality_tokens"][i])
         rec["lr"] = float(self.last["lr"])
         rec["tokens_per_s"] = self.tokens / elapsed
         rec["step_time_s"] = elapsed / self.steps
@@ -139,9 +139,10 @@ class ProgressBar:
         parts = [f"step {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] {frac:4.0%}"]
         if rec["loss"] is not None:
             parts.append(f"loss {rec['loss']:.4f}")
-        per_task = [f"{k[5:]} {v:.3f}" for k, v in rec.items() if k.startswith("loss/")]
-        if per_task:
-            parts.append("(" + ", ".join(per_task) + ")")
+        for prefix in ("loss_task/", "loss_modality/"):
+            detail = [f"{k[len(prefix):]} {v:.3f}" for k, v in rec.items() if k.startswith(prefix)]
+            if detail:
+                parts.append("(" + ", ".join(detail) + ")")
         if rec["grad_norm"] is not None:
             parts.append(f"gnorm {rec['grad_norm']:.3f}")
         parts.append(f"lr {rec['lr']:.2e}")

@@ -85,7 +85,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: Config, optimizer: optax.Gradie
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
         grads, obj, sums, moe = accumulate_gradients(graphdef, state.params, batch, cfg, num_tasks)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(obj) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
