@@ -69,3 +69,11 @@ def test_plan_depends_on_seed():
     assert first == again and [u.text for u in first] != [u.text for u in other]
     with pytest.raises(ValueError, match="--num"):
         synth.plan_corpus(0, seed=1)
+
+
+def test_overwrite_swaps_in_the_new_corpus(tmp_path):
+    synth.synthesize_corpus(tmp_path / "c", 3, seed=1, num_text_lm=2, log=lambda message: None)
+    synth.synthesize_corpus(tmp_path / "c", 4, seed=2, num_text_lm=2, overwrite=True, log=lambda message: None)
+    assert [p.name for p in tmp_path.iterdir()] == ["c"]
+    assert json.loads((tmp_path / "c" / "corpus.json").read_text())["seed"] == 2
+    assert len(list((tmp_path / "c" / "audio").iterdir())) == 4
