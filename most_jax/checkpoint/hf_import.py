@@ -182,8 +182,8 @@ def iter_params(cfg: config_lib.ModelConfig, expected: dict[Path_, jax.ShapeDtyp
             shape = expected[(stack,) + rule.ours].shape[1:]
             yield (stack,) + rule.ours, index, convert(rule, f"model.layers.{layer}.{rule.hf}", shape)
         if is_moe:
-            experts = _experts(cfg, tensors, layer, {k: expected[(stack,) + p].shape[1:] for k, p in EXPERT_PATHS.items()})
-            for kind, value in experts.items():
+            shapes = {kind: expected[(stack,) + path].shape[1:] for kind, path in EXPERT_PATHS.items()}
+            for kind, value in _experts(tensors, layer, shapes).items():
                 yield (stack,) + EXPERT_PATHS[kind], index, value.astype(target)
 
 
@@ -194,8 +194,7 @@ def _tied_head(tensors: HFTensors, shape: tuple[int, ...], target: np.dtype) -> 
     return np.ascontiguousarray(embedding.T).astype(target)
 
 
-def _experts(cfg: config_lib.ModelConfig, tensors: HFTensors, layer: int,
-             shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+def _experts(tensors: HFTensors, layer: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """{gate_proj, up_proj: [E, D, F], down_proj: [E, F, D]} for one layer, from either layout."""
     prefix = f"model.layers.{layer}.mlp.experts"
     e, d, f = shapes["gate_proj"]

@@ -18,8 +18,9 @@ next to whatever else it keeps (optimizer state, data iterator, ...):
                                            config=ocp.args.JsonSave(to_dict(cfg)), ...))
 
 `load_checkpoint` / `restore_model` accept a step directory (ours or a trainer's ROOT/<step>), a
-manager root (its latest complete step) or a training run directory holding the root `checkpoints/`. Restoring checks the stored parameter names and shapes
-against the model built from the stored config and names every missing, unexpected or misshapen one.
+manager root (its latest complete step) or a training run directory holding the root `checkpoints/`.
+Restoring checks the stored parameter names and shapes against the model built from the stored
+config and names every missing, unexpected or misshapen one.
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ def _read_directory(path: Path) -> dict[str, TensorInfo]:
         if name == "__metadata__":
             continue
         try:
-            dtype_name, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+            dtype_name, (begin, end) = entry["dtype"], entry["data_offsets"]
+            shape = tuple(int(d) for d in entry["shape"])
         except (KeyError, TypeError, ValueError):
             raise SafetensorsError(f"{path}: tensor {name!r} has a malformed header entry {entry!r}") from None
         if dtype_name not in DTYPES:
