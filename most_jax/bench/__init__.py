@@ -1,0 +1,1 @@
+"""Benchmarks behind `most bench ...`; their figures are recorded in BENCHMARKS.md."""

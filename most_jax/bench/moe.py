@@ -1,0 +1,150 @@
+"""MoE layer vs a dense SwiGLU FFN of equal active parameters: forward+backward tokens/s.
+
+The dense baseline has width (top_k + shared) x ffn, so it does the same matmul FLOPs per token as
+the MoE layer's routed and shared experts: the ratio shows what routing, dispatch and combine cost.
+Each step is one jitted gradient w.r.t. all parameters and the input; the figure is the median of
+`repeats` timed steps after `warmup` untimed ones (the first of which compiles).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from most_jax.config import ModelConfig, MoEConfig
+from most_jax.nn.mlp import SwiGLU
+from most_jax.nn.moe import MoE
+from most_jax.nn.moe.dispatch import DISPATCH
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEBenchShape:
+    tokens: int = 4096
+    dim: int = 1024
+    experts: int = 16
+    ffn: int = 704
+    top_k: int = 2
+    shared: int = 0
+    seq_len: int = 1024
+    capacity_factor: float = 1.25
+    dtype: str = "float32"
+
+    def model_config(self, dispatch: str) -> ModelConfig:
+        """Validated config of one MoE layer (no modality groups: every token may use every expert)."""
+        if self.seq_len <= 0 or self.tokens % self.seq_len:
+            raise ValueError(f"--tokens {self.tokens} must be a positive multiple of --seq-len {self.seq_len}")
+        moe = MoEConfig(num_experts=self.experts, top_k=self.top_k, expert_ffn_dim=self.ffn,
+                        num_shared_experts=self.shared, dispatch=dispatch, capacity_factor=self.capacity_factor)
+        cfg = ModelConfig(hidden_size=self.dim, moe=moe, dtype=self.dtype, param_dtype="float32")
+        cfg.validate("bench")
+        return cfg
+
+    @property
+    def dense_ffn(self) -> int:
+        return (self.top_k + self.shared) * self.ffn
+
+
+def _time_interleaved(steps: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of each callable, timed in interleaved rounds.
+
+    Interleaving keeps the ratio between entries meaningful on a machine whose load changes while
+    the benchmark runs (a shared CPU): every round times each entry once, back to back.
+    """
+    for name, step in steps.items():
+        for i in range(warmup):
+            print(f"[{name}] warm-up {i + 1}/{warmup}{' (compiling)' if i == 0 else ''}", file=sys.stderr, flush=True)
+            jax.block_until_ready(step())
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            jax.block_until_ready(step())
+            seconds[name].append(time.perf_counter() - start)
+        timings = ", ".join(f"{name} {s[-1]:.3f} s" for name, s in seconds.items())
+        print(f"round {r + 1}/{repeats}: {timings}", file=sys.stderr, flush=True)
+    return seconds
+
+
+def _grad_step(module: nnx.Module, apply: Callable, x_BTD: jax.Array) -> Callable[[], object]:
+    """A no-argument callable running one jitted gradient of <apply(module, x), cotangent> + losses."""
+    graphdef, params = nnx.split(module)
+    cot_BTD = jax.random.normal(jax.random.PRNGKey(2), x_BTD.shape, jnp.float32)
+
+    @jax.jit
+    def grads(params, x_BTD):
+        def loss(params, x_BTD):
+            y_BTD, extra = apply(nnx.merge(graphdef, params), x_BTD)
+            return jnp.sum(y_BTD.astype(jnp.float32) * cot_BTD) + extra
+
+        return jax.grad(loss, argnums=(0, 1))(params, x_BTD)
+
+    return lambda: grads(params, x_BTD)
+
+
+def run(shape: MoEBenchShape, paths: tuple[str, ...], warmup: int = 1, repeats: int = 3) -> dict:
+    unknown = [p for p in paths if p not in DISPATCH]
+    if unknown or not paths:
+        raise ValueError(f"--paths: unknown dispatch {unknown or paths}; choose from {', '.join(DISPATCH)}")
+    if warmup < 1 or repeats < 1:
+        raise ValueError("--warmup and --repeats must be at least 1 (the first warm-up compiles)")
+    cfg = shape.model_config(paths[0])
+    b, t = shape.tokens // shape.seq_len, shape.seq_len
+    x_BTD = jax.random.normal(jax.random.PRNGKey(1), (b, t, shape.dim), jnp.float32).astype(cfg.dtype)
+    modality_BT = jnp.zeros((b, t), jnp.int32)
+    valid_BT = jnp.ones((b, t), bool)
+
+    dense = SwiGLU(shape.dim, shape.dense_ffn, rngs=nnx.Rngs(0), std=cfg.init_std, param_dtype="float32",
+                   dtype=cfg.dtype)
+    steps = {"dense": _grad_step(dense, lambda m, x: (m(x), 0.0), x_BTD)}
+    dropped = {}
+    for path in paths:
+        moe = MoE(shape.model_config(path), rngs=nnx.Rngs(0))
+        steps[path] = _grad_step(moe, lambda m, x: _moe_apply(m, x, modality_BT, valid_BT), x_BTD)
+        _, stats = nnx.jit(lambda m, x: m(x, modality_BT, valid_BT))(moe, x_BTD)
+        dropped[path] = float(jnp.sum(stats.dropped_G)) / (shape.tokens * shape.top_k)
+    seconds = {name: statistics.median(s) for name, s in _time_interleaved(steps, warmup, repeats).items()}
+    dense_s = seconds.pop("dense")
+    tokens_per_s = {path: shape.tokens / seconds[path] for path in paths}
+
+    best = max(tokens_per_s, key=tokens_per_s.get)
+    return {
+        "shape": dataclasses.asdict(shape),
+        "device": f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})",
+        "warmup": warmup,
+        "repeats": repeats,
+        "dense_ffn": shape.dense_ffn,
+        "dense_seconds": dense_s,
+        "dense_tokens_per_s": shape.tokens / dense_s,
+        "paths": tokens_per_s,
+        "seconds": seconds,
+        "dropped_fraction": dropped,
+        "best_path": best,
+        "ratio": tokens_per_s[best] / (shape.tokens / dense_s),
+    }
+
+
+def _moe_apply(moe: MoE, x_BTD, modality_BT, valid_BT):
+    y_BTD, stats = moe(x_BTD, modality_BT, valid_BT)
+    return y_BTD, stats.aux_loss + stats.z_loss
+
+
+def format_report(result: dict) -> str:
+    s = result["shape"]
+    lines = [
+        f"MoE fwd+bwd: {s['tokens']} tokens, D={s['dim']}, {s['experts']} experts of F={s['ffn']}, top-{s['top_k']}, "
+        f"{s['shared']} shared, {s['dtype']}, capacity factor {s['capacity_factor']}; {result['device']}; "
+        f"median of {result['repeats']}",
+        f"  {'dense F=' + str(result['dense_ffn']):<20} {result['dense_tokens_per_s']:>10.0f} tokens/s",
+    ]
+    for path, tps in result["paths"].items():
+        lines.append(f"  {'moe ' + path:<20} {tps:>10.0f} tokens/s  ({tps / result['dense_tokens_per_s']:.2f}x dense, "
+                     f"{100 * result['dropped_fraction'][path]:.1f}% assignments dropped)")
+    lines.append(f"  best: {result['best_path']}, MoE/dense ratio {result['ratio']:.2f}")
+    return "\n".join(lines)
