@@ -163,15 +163,17 @@ class VocabConfig:
     end_wave_id: int = 100505
 
     def validate(self, prefix: str, vocab_size: int) -> None:
-        for name in ("bos_id", "eos_id", "pad_id", "begin_audio_id", "end_audio_id", "begin_wave_id",
-                     "end_wave_id"):
-            value = getattr(self, name)
-            _check(0 <= value < vocab_size, f"{prefix}.{name}", f"{value} outside the vocabulary 0..{vocab_size - 1}")
-        _check(self.audio_unit_offset + self.num_audio_units <= vocab_size, f"{prefix}.num_audio_units",
-               f"units {self.audio_unit_offset}..{self.audio_unit_offset + self.num_audio_units - 1} "
-               f"exceed vocab_size={vocab_size}")
+        # Ids at or above vocab_size are allowed: they name tokens this vocabulary lacks. The MoST
+        # layout's fixed thresholds then apply to a vocabulary of any size, as in the original
+        # (every id of a small vocabulary is text).
+        for name in ("text_size", "bos_id", "eos_id", "pad_id", "audio_unit_offset", "num_audio_units",
+                     "begin_audio_id", "end_audio_id", "begin_wave_id", "end_wave_id"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
         _check(self.text_size <= self.audio_unit_offset, f"{prefix}.audio_unit_offset",
                "audio units overlap the text ids")
+        units = range(self.audio_unit_offset, self.audio_unit_offset + self.num_audio_units)
+        for name in ("begin_audio_id", "end_audio_id", "begin_wave_id", "end_wave_id"):
+            _check(getattr(self, name) not in units, f"{prefix}.{name}", "falls inside the audio unit ids")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -397,6 +399,11 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return nested
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A config dict with `key.path=value` overrides applied (nested sections merged, not replaced)."""
+    return _merge(data, parse_overrides(overrides))
+
+
 def _merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for k, v in extra.items():
@@ -429,8 +436,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: top level must be a mapping")
         data = loaded or {}
-    data = _merge(data, parse_overrides(overrides))
-    cfg = from_dict(cls, data)
+    cfg = from_dict(cls, apply_overrides(data, overrides))
     cfg.validate()
     return cfg
 

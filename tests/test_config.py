@@ -33,8 +33,19 @@ def test_override_sets_nested_field():
     (["model.first_k_dense_replace=30"], "model.first_k_dense_replace"),
     (["model.moe.not_a_field=1"], "model.moe.not_a_field"),
     (["model.hidden_size=abc"], "model.hidden_size"),
-    (["model.vocab.num_audio_units=5000"], "model.vocab.num_audio_units"),
+    (["model.vocab.num_audio_units=5000"], "model.vocab.begin_audio_id"),  # units run into the markers
+    (["model.vocab.audio_unit_offset=5"], "model.vocab.audio_unit_offset"),
 ])
 def test_inconsistent_config_names_field(overrides, field):
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
         load_config(Path(__file__).parent.parent / "configs" / "most_v2_lite.yaml", overrides)
+
+
+def test_most_layout_applies_to_a_small_vocabulary():
+    """Ids beyond vocab_size are allowed (absent tokens): every id of a small vocabulary is then text."""
+    import numpy as np
+
+    from most_jax.vocab import modality_of_tokens
+
+    cfg = load_config(None, ["model.vocab_size=1000"])
+    assert set(np.unique(modality_of_tokens(cfg.model.vocab, np.arange(1000)))) == {0}

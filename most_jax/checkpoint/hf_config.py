@@ -21,6 +21,8 @@ the field and the file.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 from pathlib import Path
@@ -32,11 +34,6 @@ from most_jax.nn.rope import yarn_mscale
 from most_jax.vocab import AUDIO, TEXT
 
 MODEL_TYPES = ("deepseek_v2", "MoST")
-
-# The original MoST layout puts audio ids up to 100505 (waveform markers). Smaller vocabularies (tiny
-# test models) get a layout without audio units: in the original, whose thresholds are fixed ids,
-# every token of such a vocabulary is text.
-_MOST_LAYOUT_MIN_VOCAB = VocabConfig().end_wave_id + 1
 
 _REMOTE_CODE_YARN_DEFAULTS = {"original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
                               "mscale": 1.0, "mscale_all_dim": 0.0}
@@ -121,7 +118,7 @@ def model_config_from_hf(hf: HFConfig) -> ModelConfig:
         ),
         rope=_rope_from_hf(hf),
         moe=MoEConfig() if dense_model else _moe_from_hf(hf),
-        vocab=VocabConfig() if vocab_size >= _MOST_LAYOUT_MIN_VOCAB else _text_only_vocab(hf, vocab_size),
+        vocab=_most_vocab(hf),
     )
     try:
         cfg.validate("model")
@@ -172,21 +169,18 @@ def _modality_groups(hf: HFConfig, num_experts: int) -> tuple[ModalityGroup, ...
     return tuple(groups)
 
 
-def _text_only_vocab(hf: HFConfig, vocab_size: int) -> VocabConfig:
-    """Text ids fill the vocabulary; there are no audio units. VocabConfig needs in-vocabulary ids for
-    the audio and waveform markers, so they share the last id, the one id that then reads as audio when
-    modality comes from token ids (pass explicit modality ids to avoid even that)."""
-    last = vocab_size - 1
+def _most_vocab(hf: HFConfig) -> VocabConfig:
+    """The original MoST layout (fixed id thresholds, whatever the vocabulary size: every id of a small
+    vocabulary is text, as in the original), with bos/eos/pad as the checkpoint declares them."""
+    default = VocabConfig()
 
-    def in_vocab(field: str, default: int) -> int:
-        value = hf.get(field, default)
-        return value if isinstance(value, int) and 0 <= value < vocab_size else default
+    def token_id(field: str, fallback: int) -> int:
+        value = hf.get(field, fallback)
+        return value if isinstance(value, int) and value >= 0 else fallback
 
-    eos = in_vocab("eos_token_id", last)
-    return VocabConfig(text_size=vocab_size, bos_id=in_vocab("bos_token_id", last), eos_id=eos,
-                       pad_id=in_vocab("pad_token_id", eos),
-                       audio_unit_offset=vocab_size, num_audio_units=0, begin_audio_id=last, end_audio_id=last,
-                       begin_wave_id=last, end_wave_id=last)
+    eos = token_id("eos_token_id", default.eos_id)
+    return dataclasses.replace(default, bos_id=token_id("bos_token_id", default.bos_id), eos_id=eos,
+                               pad_id=token_id("pad_token_id", eos))
 
 
 def _rope_from_hf(hf: HFConfig) -> RopeConfig:

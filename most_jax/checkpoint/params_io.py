@@ -96,7 +96,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise CheckpointError(f"{step}: no '{CONFIG_ITEM}' item, so the model shape is unknown")
     data = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step / CONFIG_ITEM, args=ocp.args.JsonRestore())
     try:
-        return config_lib.config_from_dict(config_lib._merge(data, config_lib.parse_overrides(overrides)))
+        return config_lib.config_from_dict(config_lib.apply_overrides(data, overrides))
     except config_lib.ConfigError as e:
         raise CheckpointError(f"{step / CONFIG_ITEM}: {e}") from None
 
