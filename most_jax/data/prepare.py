@@ -314,6 +314,8 @@ def tfds_items(spec: str, data_dir: str | None = None) -> Iterator[Item]:
     """Examples of `NAME[:SPLIT]` (default split 'train') through `tfds.data_source`."""
     import tensorflow_datasets as tfds
 
+    import most_jax.data.tfds_builder  # noqa: F401  (registers most_speech)
+
     name, _, split = spec.partition(":")
     split = split or "train"
     try:
@@ -326,7 +328,8 @@ def tfds_items(spec: str, data_dir: str | None = None) -> Iterator[Item]:
     if audio_key is None or "text" not in features:
         raise PrepareError(f"--tfds {spec}: needs an 'audio' or 'speech' feature and a 'text' feature, "
                            f"has {sorted(features.keys())}")
-    sample_rate = int(features[audio_key].sample_rate or SAMPLE_RATE)
+    # tfds.features.Audio knows its rate; a plain int16 tensor (most_speech) is 16 kHz PCM.
+    sample_rate = int(getattr(features[audio_key], "sample_rate", None) or SAMPLE_RATE)
     for i in range(len(source)):
         example = source[i]
         record_id = example.get("id", f"{name}-{split}-{i}")
