@@ -179,3 +179,14 @@ def test_configuration_errors_name_the_field(data, tmp_path):
         build_dataset(_cfg(batch_size=3), data, process_index=0, process_count=2)
     with pytest.raises(PipelineError, match="no layout.json"):
         PreparedData(tmp_path)
+
+
+def test_bench_data_cli(data, capsys):
+    from most_jax.cli import main
+
+    assert main(["bench", "data", "--records", str(data.directory), "--seconds", "0.5", "--set", "data.seq_len=512",
+                 "--set", "data.batch_size=2"]) == 0
+    out = capsys.readouterr().out
+    assert "packed tokens/s per process" in out
+    efficiency = float(out.split("packing efficiency ")[1].split("%")[0])
+    assert 90.0 <= efficiency <= 100.0

@@ -114,3 +114,40 @@ def test_prepare_failure_leaves_no_output(corpus, tmp_path):
     (tmp_path / "out").mkdir()
     with pytest.raises(PrepareError, match="already exists"):
         prepare(manifest_items(manifest), tmp_path / "out", PrepareOptions(str(root / "tok")), progress=None)
+
+
+def test_cli_two_workers_match_one_and_inspect_shows_masks(corpus, tmp_path, capsys):
+    from most_jax.cli import main
+
+    root, entries = corpus
+    manifest = root / "corpus" / "train.jsonl"
+    common = ["data", "prepare", "--manifest", str(manifest), "--tokenizer", str(root / "tok"), "--units",
+              str(root / "units")]
+    assert main(common + ["--out", str(tmp_path / "one"), "--workers", "1"]) == 0
+    assert main(common + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one, two = _read_all(tmp_path / "one", "pair"), _read_all(tmp_path / "two", "pair")
+    assert [r.id for r in one] == [r.id for r in two] == [e["id"] for e in entries]
+    for a, b in zip(one, two):
+        assert a.arrays.keys() == b.arrays.keys()
+        for k in a.arrays:
+            np.testing.assert_array_equal(a.arrays[k], b.arrays[k])
+    capsys.readouterr()
+    assert main(["data", "inspect", str(tmp_path / "one"), "--examples", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"== asr: {len(entries)} 'pair' records" in out
+    assert "modality= 1 loss=0  <begin_of_audio>" in out  # ASR: audio in the prompt, no loss
+    assert "modality= 1 loss=1  <begin_of_audio>" in out  # TTS: audio in the response, loss
+    assert f"modality= 0 loss=1  {entries[0]['text']!r}" in out
+
+
+def test_cli_train_tokenizer(corpus, tmp_path, capsys):
+    from most_jax.cli import main
+
+    root, _ = corpus
+    assert main(["data", "train-tokenizer", "--text", str(root / "corpus" / "text_lm.txt"), "--out",
+                 str(tmp_path / "tok"), "--vocab-size", "350"]) == 0
+    assert "350 pieces" in capsys.readouterr().out
+    assert load_tokenizer(tmp_path / "tok").text_size == 350
+    with pytest.raises(SystemExit, match="vocab_size must be >= 300"):
+        main(["data", "train-tokenizer", "--text", str(root / "corpus" / "text_lm.txt"), "--out",
+              str(tmp_path / "t2"), "--vocab-size", "100"])
