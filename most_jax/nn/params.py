@@ -18,8 +18,8 @@ def normal_param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str | None
                  dtype: str) -> nnx.Param:
     assert len(shape) == len(names), (shape, names)
     value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
-    return nnx.Param(value.astype(DTYPES[dtype]), sharding_names=names, eager_sharding=False)
+    return nnx.Param(value.astype(DTYPES[dtype]), out_sharding=names, eager_sharding=False)
 
 
 def ones_param(shape: tuple[int, ...], names: tuple[str | None, ...], dtype: str) -> nnx.Param:
-    return nnx.Param(jnp.ones(shape, DTYPES[dtype]), sharding_names=names, eager_sharding=False)
+    return nnx.Param(jnp.ones(shape, DTYPES[dtype]), out_sharding=names, eager_sharding=False)
