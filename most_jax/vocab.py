@@ -49,6 +49,13 @@ class VocabLayout:
 
     def __post_init__(self):
         self.config.validate("vocab", self.vocab_size)
+        # VocabConfig tolerates ids past vocab_size (absent tokens of an imported checkpoint); a layout
+        # we tokenise with must give every id it emits an embedding row.
+        c = self.config
+        used = max(c.text_size, c.audio_unit_offset + c.num_audio_units, c.bos_id + 1, c.eos_id + 1, c.pad_id + 1,
+                   c.begin_audio_id + 1, c.end_audio_id + 1, c.begin_wave_id + 1, c.end_wave_id + 1)
+        if used > self.vocab_size:
+            raise VocabError(f"vocab_size={self.vocab_size} is smaller than the {used} ids the layout uses")
 
     @classmethod
     def most(cls) -> "VocabLayout":
@@ -73,11 +80,8 @@ class VocabLayout:
                              audio_unit_offset=offset, num_audio_units=num_units,
                              begin_audio_id=marker, end_audio_id=marker + 1,
                              begin_wave_id=marker + 2, end_wave_id=marker + 3)
-        used = marker + 4
         if vocab_size is None:
-            vocab_size = -(-used // multiple) * multiple
-        if vocab_size < used:
-            raise VocabError(f"vocab_size={vocab_size} is smaller than the {used} ids the layout uses")
+            vocab_size = -(-(marker + 4) // multiple) * multiple
         return cls(config, vocab_size)
 
     @property

@@ -66,5 +66,7 @@ def test_layout_dict_round_trip_and_bad_size():
     assert VocabLayout.from_dict(layout.to_dict()) == layout
     with pytest.raises(VocabError, match="smaller than"):
         VocabLayout.after_text(300, 20, vocab_size=310)
+    with pytest.raises(VocabError, match="smaller than"):
+        VocabLayout.from_dict({**layout.to_dict(), "vocab_size": 320})
     with pytest.raises(VocabError, match="malformed"):
         VocabLayout.from_dict({"vocab": {}})

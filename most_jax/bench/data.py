@@ -23,20 +23,23 @@ class DataBenchResult:
 def bench_data(cfg: DataConfig, seconds: float = 10.0, warmup_batches: int = 5) -> DataBenchResult:
     """Iterates this process's pipeline for `seconds` after `warmup_batches` (worker start-up, file open)."""
     it = iter(build_dataset(cfg, PreparedData(cfg.records), process_index=0, process_count=1))
-    for _ in range(warmup_batches):
-        next(it)
-    slots = real = loss = segments = rows = batches = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        batch = next(it)
-        segment_ids = batch["segment_ids"]
-        slots += segment_ids.size
-        real += int((segment_ids > 0).sum())
-        loss += int(batch["loss_mask"].sum())
-        segments += int(segment_ids.max(axis=1).sum())
-        rows += segment_ids.shape[0]
-        batches += 1
-    elapsed = time.perf_counter() - start
+    try:
+        for _ in range(warmup_batches):
+            next(it)
+        slots = real = loss = segments = rows = batches = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            batch = next(it)
+            segment_ids = batch["segment_ids"]
+            slots += segment_ids.size
+            real += int((segment_ids > 0).sum())
+            loss += int(batch["loss_mask"].sum())
+            segments += int(segment_ids.max(axis=1).sum())
+            rows += segment_ids.shape[0]
+            batches += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        it.close()  # stops worker processes and frees their shared memory
     return DataBenchResult(batches, elapsed, slots / elapsed, real / elapsed, real / slots,
                            loss / max(real, 1), segments / rows)
 
