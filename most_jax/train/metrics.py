@@ -210,11 +210,16 @@ class MetricsLogger:
 
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Keeps the records with step <= last_step (all of them if last_step is 0 and it is a fresh run)."""
+    """Keeps the records with step <= last_step, and drops a line torn by a killed writer."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
