@@ -1,7 +1,6 @@
 """Grain pipeline: packing equals the separate sequences, efficiency, mixture, determinism, resume,
 per-process disjoint sharding."""
 
-import dataclasses
 from collections import Counter
 
 import numpy as np
