@@ -424,18 +424,31 @@ def to_dict(cfg) -> dict[str, Any]:
     return plain(cfg)
 
 
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML config as a dict; a top-level `base: FILE` (relative to this file) is read first and
+    this file's values override it, so recipes can share one model section."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    loaded = yaml.safe_load(path.read_text())
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    data = dict(loaded or {})
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base: expected a file name, got {base!r}")
+    chain = chain + (path.resolve(),)
+    base_path = path.parent / base
+    if base_path.resolve() in chain:
+        raise ConfigError(f"config file {path}: base: {base} includes itself")
+    return _merge(_read_yaml(base_path, chain), data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 cls: type = Config):
     """Loads YAML overrides from `path`, applies `--set` style overrides, validates."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: top level must be a mapping")
-        data = loaded or {}
+    data = _read_yaml(Path(path)) if path is not None else {}
     cfg = from_dict(cls, apply_overrides(data, overrides))
     cfg.validate()
     return cfg
