@@ -1,0 +1,239 @@
+"""Expert parallelism: routed experts partitioned over the mesh's `expert` axis, tokens moved by all-to-all.
+
+One `jax.shard_map` region per MoE layer. Each device holds the tokens of its batch shard and the
+weights of E/EP experts: whole over `fsdp` (the region's in_specs gather them, and autodiff turns
+that into a reduce-scatter of the gradients) and split over `tensor` along the FFN width (outputs
+are partial sums, reduced with one psum over `tensor` after combining). A device sends each of its
+routed assignments to the rank owning the expert, the experts run there, and the outputs travel
+back to be weighted and summed per token.
+
+Exchanges (`moe.ep_exchange`):
+- `capacity`: every (source rank, expert) pair gets a buffer of C rows (C from capacity_factor and
+  the local token count); one dense all_to_all each way. Runs everywhere, and is the only choice on
+  XLA:CPU, which lacks ragged_all_to_all. Assignments beyond C are dropped in token order.
+- `ragged`: assignments sorted by expert; `jax.lax.ragged_all_to_all` sends exactly the routed rows,
+  the receiver groups them by expert for `jax.lax.ragged_dot`. The receive buffer holds
+  capacity_factor x (local tokens x K) rows; what would overflow it is dropped.
+
+Placement (`moe.ep_placement`): the exchange addresses *slots*; rank p holds slots p*E_l..(p+1)*E_l-1
+(E_l = E/EP). `canonical` puts expert e in slot e, so with modality groups stored contiguously
+(MoST: text 0..31, audio 32..63) half the ranks hold only text experts and idle on an audio-heavy
+batch. `balanced` stores expert r*E_l + p*E_l/EP + i in slot p*E_l + r*E_l/EP + i: every rank gets
+an equal share of every contiguous group. Parameters stay in canonical order (checkpoints are
+unchanged); one all_to_all of each rank's expert weights per layer moves them into slot order, and
+routing indices are mapped through the same permutation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from most_jax.config import MoEConfig
+from most_jax.nn.moe.dispatch import (DISPATCH, DispatchFn, ExpertWeights, capacity_layout, combine_rows,
+                                      expert_capacity, gather_tokens, resolve_dispatch, sorted_layout)
+from most_jax.nn.moe.router import Routing
+from most_jax.parallel import BATCH_AXES, MeshError, logical_to_spec
+
+EXPERT_AXIS = "expert"
+TENSOR_AXIS = "tensor"
+
+
+def context_mesh():
+    """The mesh set with `jax.set_mesh` (None when there is none)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
+def expert_axis_size() -> int:
+    """Size of the context mesh's expert axis (0 without a mesh or without that axis)."""
+    mesh = context_mesh()
+    return 0 if mesh is None or EXPERT_AXIS not in mesh.axis_names else mesh.shape[EXPERT_AXIS]
+
+
+def token_shards(mesh) -> int:
+    return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def slot_of_expert(num_experts: int, ep: int, placement: str) -> np.ndarray:
+    """int [E]: the exchange slot of each canonical expert (an involution)."""
+    if placement == "canonical" or ep == 1:
+        return np.arange(num_experts)
+    if placement != "balanced":
+        raise ValueError(f"moe.ep_placement: unknown placement {placement!r}")
+    per = num_experts // ep
+    if num_experts % ep or per % ep:
+        raise MeshError(f"moe.ep_placement=balanced needs num_experts={num_experts} divisible by expert^2={ep * ep}")
+    # canonical e = r*per + p*piece + i (r: owner rank of e, p: rank that will hold it) -> slot p*per + r*piece + i
+    return np.arange(num_experts).reshape(ep, ep, per // ep).transpose(1, 0, 2).reshape(num_experts)
+
+
+def rank_load(expert_NK: np.ndarray, active_N: np.ndarray, ep: int, num_experts: int, placement: str) -> np.ndarray:
+    """int [EP]: routed assignments each expert-parallel rank computes (host-side report)."""
+    slots = slot_of_expert(num_experts, ep, placement)[np.asarray(expert_NK)]
+    ranks = slots[np.asarray(active_N)] // (num_experts // ep)
+    return np.bincount(ranks.reshape(-1), minlength=ep)
+
+
+def _swiglu_experts(x_ECD: jax.Array, w: ExpertWeights) -> jax.Array:
+    h_ECF = (jax.nn.silu(jnp.einsum("ECD,EDF->ECF", x_ECD, w.w_gate_EDF))
+             * jnp.einsum("ECD,EDF->ECF", x_ECD, w.w_up_EDF))
+    return jnp.einsum("ECF,EFD->ECD", h_ECF, w.w_down_EFD)
+
+
+def _to_slot_order(w: ExpertWeights) -> ExpertWeights:
+    # Each rank's canonical E_l experts split into EP pieces; piece p goes to rank p (see module doc).
+    return ExpertWeights(*(jax.lax.all_to_all(a, EXPERT_AXIS, 0, 0, tiled=True) for a in w))
+
+
+def _capacity_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: int, num_slots: int,
+                       capacity_factor: float) -> tuple[jax.Array, jax.Array]:
+    n, k = routing.expert_NK.shape
+    d = x_ND.shape[1]
+    per = num_slots // ep
+    c = expert_capacity(n, k, num_slots, capacity_factor)
+    layout, dropped_NK = capacity_layout(routing, num_slots, c)
+    # Rows are slot-major, so rank p's slots form the p-th contiguous block: tiled all_to_all sends it there.
+    x_RD = jax.lax.all_to_all(gather_tokens(x_ND, layout), EXPERT_AXIS, 0, 0, tiled=True)
+    x_ECD = x_RD.reshape(ep, per, c, d).transpose(1, 0, 2, 3).reshape(per, ep * c, d)
+    out_ECD = _swiglu_experts(x_ECD, w)
+    out_RD = out_ECD.reshape(per, ep, c, d).transpose(1, 0, 2, 3).reshape(ep * per * c, d)
+    out_RD = jax.lax.all_to_all(out_RD, EXPERT_AXIS, 0, 0, tiled=True)
+    return combine_rows(out_RD, routing.weight_NK, layout), dropped_NK
+
+
+def _exclusive_cumsum(a: jax.Array, axis: int) -> jax.Array:
+    return jnp.cumsum(a, axis=axis) - a
+
+
+def _ragged_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: int, num_slots: int,
+                     capacity_factor: float, ragged_all_to_all: Callable) -> tuple[jax.Array, jax.Array]:
+    n, k = routing.expert_NK.shape
+    d = x_ND.shape[1]
+    per = num_slots // ep
+    me = jax.lax.axis_index(EXPERT_AXIS)
+    layout, counts_E = sorted_layout(routing, num_slots)
+    x_RD = gather_tokens(x_ND, layout)  # n*k rows in slot order, inactive ones last
+
+    # Every rank learns every rank's per-slot counts (EP x E integers), so all offsets follow locally.
+    counts_SE = jax.lax.all_gather(counts_E, EXPERT_AXIS)  # [source rank, slot]
+    sizes_SP = counts_SE.reshape(ep, ep, per).sum(axis=2)  # rows source s sends to rank p
+    recv_rows = max(math.ceil(capacity_factor * n * k), 1)
+    dest_off_SP = _exclusive_cumsum(sizes_SP, axis=0)  # where s's rows start in p's receive buffer
+    sent_SP = jnp.clip(recv_rows - dest_off_SP, 0, sizes_SP)  # the part that fits
+    src_off_SP = _exclusive_cumsum(sizes_SP, axis=1)  # where s's rows for p start in s's send buffer
+
+    recv_RD = ragged_all_to_all(x_RD, jnp.zeros((recv_rows, d), x_RD.dtype), src_off_SP[me], sent_SP[me],
+                                dest_off_SP[me], sent_SP[:, me], axis_name=EXPERT_AXIS)
+
+    # Received rows are packed source by source, each source's rows ordered by my local slots.
+    my_counts_SL = jax.lax.dynamic_slice_in_dim(counts_SE, me * per, per, axis=1)
+    starts = (dest_off_SP[:, me][:, None] + _exclusive_cumsum(my_counts_SL, axis=1)).reshape(ep * per)
+    row = jnp.arange(recv_rows)
+    slot_R = jnp.searchsorted(starts, row, side="right") - 1
+    local_R = jnp.where(row < sent_SP[:, me].sum(), slot_R % per, per)
+    order_R = jnp.argsort(local_R, stable=True)
+    group_sizes = jnp.bincount(local_R, length=per + 1)[:per].astype(jnp.int32)
+    xs_RD = recv_RD[order_R]
+    h_RF = (jax.nn.silu(jax.lax.ragged_dot(xs_RD, w.w_gate_EDF, group_sizes))
+            * jax.lax.ragged_dot(xs_RD, w.w_up_EDF, group_sizes))
+    out_sorted_RD = jax.lax.ragged_dot(h_RF, w.w_down_EFD, group_sizes)
+    out_recv_RD = jnp.zeros_like(out_sorted_RD).at[order_R].set(out_sorted_RD)
+
+    back_RD = ragged_all_to_all(out_recv_RD, jnp.zeros((n * k, d), out_recv_RD.dtype), dest_off_SP[:, me],
+                                sent_SP[:, me], src_off_SP[:, me], sent_SP[me], axis_name=EXPERT_AXIS)
+
+    # Sorted row r belongs to destination rank r // ...; it was dropped if it lies past what fit.
+    dest_R = jnp.searchsorted(src_off_SP[me], jnp.arange(n * k), side="right") - 1
+    kept_R = (jnp.arange(n * k) - src_off_SP[me][dest_R]) < sent_SP[me][dest_R]
+    active_R = layout.assignment_R < n * k
+    dropped_R = jnp.concatenate([active_R & ~kept_R, jnp.zeros((1,), bool)])
+    dropped_NK = dropped_R[layout.row_NK]
+    return combine_rows(back_RD, routing.weight_NK, layout), dropped_NK
+
+
+def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float, *,
+                    exchange: str = "capacity", placement: str = "canonical", mesh=None,
+                    ragged_all_to_all: Callable = jax.lax.ragged_all_to_all) -> tuple[jax.Array, jax.Array]:
+    """The dispatch contract of dispatch.py (y_ND f32, dropped_NK) on the context mesh (or `mesh`).
+
+    Tokens must split evenly over the mesh's data-like axes (slice, data, fsdp, expert)."""
+    mesh = mesh or context_mesh()
+    if mesh is None or EXPERT_AXIS not in mesh.axis_names:
+        raise MeshError("moe.dispatch=expert_parallel needs a mesh with an 'expert' axis; build one with "
+                        "most_jax.parallel.make_mesh and enter it with jax.set_mesh")
+    ep = mesh.shape[EXPERT_AXIS]
+    num_experts, d, f = experts.w_gate_EDF.shape
+    n = x_ND.shape[0]
+    if num_experts % ep:
+        raise MeshError(f"{num_experts} experts do not split over mesh.expert={ep}")
+    if n % token_shards(mesh):
+        raise MeshError(f"expert parallelism: {n} tokens do not split over the {token_shards(mesh)} data-parallel "
+                        f"shards of the mesh (batch rows x length must be divisible)")
+    if exchange not in ("capacity", "ragged"):
+        raise ValueError(f"moe.ep_exchange: unknown exchange {exchange!r}")
+    slot_E = jnp.asarray(slot_of_expert(num_experts, ep, placement), jnp.int32)
+    slot_NK = slot_E[routing.expert_NK]
+
+    rows = PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.axis_names))
+    w_in = logical_to_spec(("expert", None, "mlp"), (num_experts, d, f), mesh, what="moe.w_gate/w_up")
+    w_out = logical_to_spec(("expert", "mlp", None), (num_experts, f, d), mesh, what="moe.w_down")
+    tensor_split = TENSOR_AXIS in jax.tree.leaves(tuple(w_in))
+    reorder = placement == "balanced" and ep > 1
+
+    def local(x_ND, slot_NK, weight_NK, active_N, w_gate, w_up, w_down):
+        w = ExpertWeights(w_gate, w_up, w_down)
+        if reorder:
+            w = _to_slot_order(w)
+        if tensor_split:
+            # Expert outputs are partial sums over `tensor`, so the combine weights take part in a
+            # tensor-varying computation; their gradient is then summed over `tensor` (pcast's transpose).
+            weight_NK = jax.lax.pcast(weight_NK, TENSOR_AXIS, to="varying")
+        r = Routing(expert_NK=slot_NK, weight_NK=weight_NK, active_N=active_N)
+        if exchange == "capacity":
+            y_ND, dropped_NK = _capacity_exchange(x_ND, r, w, ep, num_experts, capacity_factor)
+        else:
+            y_ND, dropped_NK = _ragged_exchange(x_ND, r, w, ep, num_experts, capacity_factor, ragged_all_to_all)
+        if tensor_split:
+            y_ND = jax.lax.psum(y_ND, TENSOR_AXIS)  # each tensor rank summed over its slice of F
+        return y_ND, dropped_NK
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, rows, w_in, w_in, w_out),
+                         out_specs=(rows, rows))(x_ND, slot_NK, routing.weight_NK, routing.active_N, *experts)
+
+
+def resolve_exchange(name: str) -> str:
+    """`auto`: the ragged exchange where ragged_all_to_all exists (TPU/GPU), fixed capacity on CPU."""
+    if name == "auto":
+        return "capacity" if jax.default_backend() == "cpu" else "ragged"
+    return name
+
+
+def make_dispatch(moe: MoEConfig) -> DispatchFn:
+    """The expert-parallel dispatch configured by `moe` (exchange and placement)."""
+
+    def dispatch(x_ND, routing, experts, capacity_factor):
+        return expert_parallel(x_ND, routing, experts, capacity_factor, exchange=resolve_exchange(moe.ep_exchange),
+                               placement=moe.ep_placement)
+
+    return dispatch
+
+
+def select_dispatch(moe: MoEConfig, num_tokens: int) -> DispatchFn:
+    """The strategy for one MoE call, chosen at trace time from the config and the context mesh:
+    `expert_parallel` when asked, or under `auto` when the mesh's expert axis is > 1 and the tokens
+    split over its data-parallel shards (small decode steps fall back to the local strategies)."""
+    ep = expert_axis_size()
+    if moe.dispatch == "expert_parallel" or (
+            moe.dispatch == "auto" and ep > 1 and num_tokens % token_shards(context_mesh()) == 0):
+        return make_dispatch(moe)
+    return DISPATCH[resolve_dispatch(moe.dispatch)]
+
+
+__all__ = ["select_dispatch", "expert_parallel", "make_dispatch", "rank_load", "slot_of_expert", "expert_axis_size", "token_shards",
+           "context_mesh"]
