@@ -90,9 +90,15 @@ class MoEConfig:
     aux_loss_alpha: float = 0.001
     seq_aux: bool = True
     z_loss_alpha: float = 0.0
-    # "auto" picks "capacity" on CPU and "dropless" elsewhere; "reference" is the slow per-expert loop.
+    # "auto" picks "expert_parallel" under a mesh whose expert axis is > 1, else "capacity" on CPU and
+    # "dropless" elsewhere; "reference" is the slow per-expert loop.
     dispatch: str = "auto"
     capacity_factor: float = 1.25
+    # Expert parallelism (nn/moe/expert_parallel.py). ep_exchange: "auto" (fixed-capacity all-to-all
+    # on CPU, ragged all-to-all on TPU/GPU), "capacity" or "ragged". ep_placement: "canonical"
+    # (rank r holds experts r*E/EP..) or "balanced" (modality groups interleaved over the ranks).
+    ep_exchange: str = "auto"
+    ep_placement: str = "canonical"
 
     def validate(self, prefix: str) -> None:
         _check(self.num_experts > 0, f"{prefix}.num_experts", "must be positive")
@@ -103,8 +109,12 @@ class MoEConfig:
         _check(self.scoring in ("softmax", "sigmoid"), f"{prefix}.scoring", f"unknown scoring {self.scoring!r}")
         _check(self.topk_method in ("greedy", "group_limited_greedy"), f"{prefix}.topk_method",
                f"unknown method {self.topk_method!r}")
-        _check(self.dispatch in ("auto", "dropless", "capacity", "reference"), f"{prefix}.dispatch",
+        _check(self.dispatch in ("auto", "dropless", "capacity", "reference", "expert_parallel"), f"{prefix}.dispatch",
                f"unknown dispatch {self.dispatch!r}")
+        _check(self.ep_exchange in ("auto", "capacity", "ragged"), f"{prefix}.ep_exchange",
+               f"must be 'auto', 'capacity' or 'ragged', got {self.ep_exchange!r}")
+        _check(self.ep_placement in ("canonical", "balanced"), f"{prefix}.ep_placement",
+               f"must be 'canonical' or 'balanced', got {self.ep_placement!r}")
         _check(self.capacity_factor > 0, f"{prefix}.capacity_factor", "must be positive")
         if self.topk_method == "group_limited_greedy":
             _check(self.n_group > 0 and self.num_experts % self.n_group == 0, f"{prefix}.n_group",
@@ -303,6 +313,28 @@ class TrainConfig:
         _check(self.clip_norm >= 0, f"{prefix}.clip_norm", f"must be >= 0 (0: no clipping), got {self.clip_norm}")
 
 
+MESH_AXES = ("slice", "data", "fsdp", "expert", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes; -1 means "the devices left over" (at most one axis). Outermost first:
+    `slice` spans TPU slices over DCN (data parallel), `tensor` is innermost (fastest links)."""
+
+    slice: int = 1
+    data: int = -1
+    fsdp: int = 1
+    expert: int = 1
+    tensor: int = 1
+
+    def validate(self, prefix: str = "mesh") -> None:
+        for name in MESH_AXES:
+            value = getattr(self, name)
+            _check(value == -1 or value > 0, f"{prefix}.{name}", f"must be positive or -1 (the rest), got {value}")
+        rest = [name for name in MESH_AXES if getattr(self, name) == -1]
+        _check(len(rest) <= 1, prefix, f"only one axis may be -1, got {', '.join(rest)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run. Later concerns (data, train, mesh) add their own sections."""
@@ -310,11 +342,13 @@ class Config:
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
 
     def validate(self) -> None:
         self.model.validate("model")
         self.data.validate("data")
         self.train.validate("train")
+        self.mesh.validate("mesh")
         _check(self.data.batch_size % self.train.micro_batches == 0, "train.micro_batches",
                f"{self.train.micro_batches} does not divide data.batch_size={self.data.batch_size}")
 
