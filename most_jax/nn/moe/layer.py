@@ -10,7 +10,8 @@ from flax import nnx
 
 from most_jax.config import ModelConfig
 from most_jax.nn.mlp import SwiGLU
-from most_jax.nn.moe.dispatch import DISPATCH, ExpertWeights, resolve_dispatch
+from most_jax.nn.moe.dispatch import ExpertWeights
+from most_jax.nn.moe.expert_parallel import select_dispatch
 from most_jax.nn.moe.router import num_groups, route
 from most_jax.nn.params import DTYPES, normal_param
 
@@ -39,7 +40,6 @@ class MoE(nnx.Module):
         std, pdt = cfg.init_std, cfg.param_dtype
         self.cfg = moe
         self.dtype = DTYPES[cfg.dtype]
-        self.dispatch = resolve_dispatch(moe.dispatch)
         self.gate = normal_param(rngs, (d, e), ("embed", None), std, pdt)
         self.w_gate = normal_param(rngs, (e, d, f), ("expert", "embed", "mlp"), std, pdt)
         self.w_up = normal_param(rngs, (e, d, f), ("expert", "embed", "mlp"), std, pdt)
@@ -53,7 +53,8 @@ class MoE(nnx.Module):
         x_ND = x_BTD.reshape(b * t, d).astype(self.dtype)
         experts = ExpertWeights(self.w_gate[...].astype(self.dtype), self.w_up[...].astype(self.dtype),
                                 self.w_down[...].astype(self.dtype))
-        routed_ND, dropped_NK = DISPATCH[self.dispatch](x_ND, routing, experts, self.cfg.capacity_factor)
+        dispatch = select_dispatch(self.cfg, b * t)  # at trace time: depends on the context mesh
+        routed_ND, dropped_NK = dispatch(x_ND, routing, experts, self.cfg.capacity_factor)
         y_ND = routed_ND.astype(self.dtype)
         if self.shared is not None:
             y_ND = y_ND + self.shared(x_ND)
