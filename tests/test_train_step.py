@@ -203,3 +203,16 @@ def test_global_norm_clipping(clip_norm):
     g = 0.5 if clip_norm else 50.0
     np.testing.assert_allclose(updates["w"], -g / (g + 1e3), rtol=1e-5)
     assert float(optax.tree.norm(grads)) == pytest.approx(100.0)
+
+
+def test_bf16_params_keep_state_dtypes_across_steps():
+    # bf16 master weights: gradients accumulate in f32 but the state must come back in the dtypes it
+    # went in with, or the once-compiled step would not accept it again.
+    cfg, _, optimizer, shardings, step, bsh = _setup(FAST + ["model.dtype=bfloat16", "model.param_dtype=bfloat16",
+                                                             "train.micro_batches=2"])
+    state = init_state(cfg.model, optimizer, 0, shardings)
+    dtypes = jax.tree.map(lambda x: x.dtype, state)
+    state, metrics = step(state, put_batch(SyntheticBatches(cfg.model.vocab, 4, 24).batch(0), bsh))
+    assert bool(metrics["finite"])
+    assert jax.tree.map(lambda x: x.dtype, state) == dtypes
+    assert state.params["lm_head"].dtype == jnp.bfloat16

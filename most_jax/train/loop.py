@@ -162,12 +162,12 @@ class _Loop:
                                 vocab_size=self.cfg.model.vocab_size)
                     state, metrics = compiled(state, put_batch(batch, batch_sharding))
                     step += 1
-                    data_state = self.batches.get_state()
                     if pending is not None:
                         self._consume(*pending, end)
                     pending = (step, metrics)
                     if step % cfg.checkpoint_every == 0:
-                        self.ckpt.save(state, data_state=data_state, cfg=self.cfg)
+                        # the iterator stands right after this step's batch until the next `next`
+                        self.ckpt.save(state, data_state=self.batches.get_state(), cfg=self.cfg)
                 if pending is not None:
                     self._consume(*pending, end, final=True)
                 if stopped_by is None and step < cfg.steps:

@@ -87,6 +87,9 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: Config, optimizer: optax.Gradie
         grads, obj, sums, moe = accumulate_gradients(graphdef, state.params, batch, cfg, num_tasks)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(obj) & jnp.isfinite(grad_norm)
+        # Accumulated in float32; handed over in the params' dtype so the optimizer state keeps
+        # its dtypes from step to step (the step is compiled once for them).
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
