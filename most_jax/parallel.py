@@ -142,7 +142,7 @@ def _abstract_model(model_cfg: ModelConfig, seed: int = 0):
 def param_logical_names(model_cfg: ModelConfig) -> dict:
     """Nested dict (the params layout) of each parameter's logical axis names."""
     abstract = _abstract_model(model_cfg)
-    specs = nnx.get_partition_spec(nnx.state(abstract, nnx.Param)).to_pure_dict()
+    specs = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(abstract, nnx.Param)))
     return jax.tree.map(tuple, specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
@@ -222,11 +222,11 @@ def init_sharded_model(model_cfg: ModelConfig, mesh: Mesh, seed: int = 0):
     from most_jax.models.most import MoST
 
     graphdef, abstract_state = nnx.split(_abstract_model(model_cfg, seed))
-    pure = abstract_state.to_pure_dict()
+    pure = nnx.to_pure_dict(abstract_state)
     shardings = param_sharding_fn(model_cfg)(pure, mesh)
 
     def init():
-        return nnx.state(MoST(model_cfg, rngs=nnx.Rngs(seed))).to_pure_dict()
+        return nnx.to_pure_dict(nnx.state(MoST(model_cfg, rngs=nnx.Rngs(seed))))
 
     params = jax.jit(init, out_shardings=shardings)()
     nnx.replace_by_pure_dict(abstract_state, params)
@@ -241,7 +241,7 @@ def place_params(model_cfg: ModelConfig, params: Any, mesh: Mesh) -> Any:
 def sharding_table(model_cfg: ModelConfig) -> dict[str, dict[str, Any]]:
     """{param path: {"shape", "logical", "spec"}} with specs from RULES alone (no mesh sizes): the
     content of the golden file tests/golden/<config>_sharding.json."""
-    shapes = nnx.state(_abstract_model(model_cfg), nnx.Param).to_pure_dict()
+    shapes = nnx.to_pure_dict(nnx.state(_abstract_model(model_cfg), nnx.Param))
     names = param_logical_names(model_cfg)
     logical = dict(jax.tree_util.tree_leaves_with_path(names, is_leaf=lambda x: isinstance(x, tuple)))
     table = {}
