@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Protocol, TextIO
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from most_jax.checkpoint.manager import CheckpointError, TrainCheckpointManager
 from most_jax.checkpoint import param_tree
@@ -79,22 +79,19 @@ class _StopSignals:
 def run_training(cfg: Config, run_dir: str | Path, batches: BatchIterator, *, resume: bool = False,
                  init_from: str | Path | None = None, stop_after: int | None = None, mesh: Mesh | None = None,
                  param_shardings: Callable[[Any, Mesh], Any] = replicated_shardings,
-                 console: TextIO = sys.stderr) -> RunResult:
+                 batch_sharding: NamedSharding | None = None, console: TextIO = sys.stderr) -> RunResult:
     """Trains `cfg.train.steps` steps (or until `stop_after`) writing to `run_dir`.
 
     resume: continue from the latest checkpoint in run_dir (a fresh start if there is none);
         without it, a run_dir that already holds checkpoints is an error.
     init_from: a params checkpoint (e.g. from `most import-hf`) to start from; optimizer fresh.
+    mesh, param_shardings, batch_sharding: where state and batches live (default: one device;
+        batch rows over the mesh's `data` axis).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or single_device_mesh()
-    graphdef, params_shape = model_graphdef(cfg.model)
-    optimizer = make_optimizer(cfg.train, params_shape)
-    schedule = learning_rate_schedule(cfg.train)
-    abstract = abstract_state(params_shape, optimizer, cfg.train.seed)
-    shardings = state_shardings(abstract, mesh, param_shardings)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    batch_sharding = batch_sharding or batch_sharding_for(mesh)
 
     def say(message: str) -> None:
         console.write(f"[train] {message}\n")
@@ -102,29 +99,42 @@ def run_training(cfg: Config, run_dir: str | Path, batches: BatchIterator, *, re
 
     ckpt = TrainCheckpointManager(run_dir / CHECKPOINT_DIR, keep=cfg.train.keep, async_save=cfg.train.async_checkpoint)
     try:
-        latest = ckpt.latest_step()
-        if latest is not None and not resume:
-            raise CheckpointError(f"{ckpt.directory} already holds checkpoints (latest step {latest}); pass --resume "
-                                  "to continue that run or choose another --run-dir")
-        if latest is not None:
-            _check_resumable(ckpt.read_config(latest), cfg, ckpt.directory / str(latest), say)
-            state, data_state = ckpt.restore(latest, target)
-            batches.set_state(data_state)
-            say(f"resumed from {ckpt.directory / str(latest)}")
-        else:
-            if resume:
-                say(f"no checkpoint in {ckpt.directory}; starting from scratch")
-            params = None if init_from is None else _load_init_params(init_from, params_shape)
-            state = init_state(cfg.model, optimizer, cfg.train.seed, shardings, params)
-            if init_from is not None:
-                say(f"parameters from {init_from}")
-        return _Loop(cfg, run_dir, batches, ckpt, say, console).run(
-            state, make_train_step(graphdef, cfg, optimizer, schedule, num_tasks=len(TASKS), state_shardings=shardings,
-                                   batch_sharding=batch_sharding_for(mesh)),
-            target, batch_sharding_for(mesh), stop_after)
+        return _start(cfg, run_dir, batches, ckpt, say, console, resume=resume, init_from=init_from,
+                      stop_after=stop_after, mesh=mesh, param_shardings=param_shardings, batch_sharding=batch_sharding)
     finally:
         ckpt.wait()
         ckpt.close()
+
+
+def _start(cfg: Config, run_dir: Path, batches: BatchIterator, ckpt: TrainCheckpointManager, say, console, *,
+           resume: bool, init_from, stop_after, mesh: Mesh, param_shardings, batch_sharding) -> RunResult:
+    """Restores or initialises the state, then runs the loop."""
+    graphdef, params_shape = model_graphdef(cfg.model)
+    optimizer = make_optimizer(cfg.train, params_shape)
+    schedule = learning_rate_schedule(cfg.train)
+    abstract = abstract_state(params_shape, optimizer, cfg.train.seed)
+    shardings = state_shardings(abstract, mesh, param_shardings)
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
+        raise CheckpointError(f"{ckpt.directory} already holds checkpoints (latest step {latest}); pass --resume "
+                              "to continue that run or choose another --run-dir")
+    if latest is not None:
+        _check_resumable(ckpt.read_config(latest), cfg, ckpt.directory / str(latest), say)
+        state, data_state = ckpt.restore(latest, target)
+        batches.set_state(data_state)
+        say(f"resumed from {ckpt.directory / str(latest)}")
+    else:
+        if resume:
+            say(f"no checkpoint in {ckpt.directory}; starting from scratch")
+        params = None if init_from is None else _load_init_params(init_from, params_shape)
+        state = init_state(cfg.model, optimizer, cfg.train.seed, shardings, params)
+        if init_from is not None:
+            say(f"parameters from {init_from}")
+    return _Loop(cfg, run_dir, batches, ckpt, say, console).run(
+        state, make_train_step(graphdef, cfg, optimizer, schedule, num_tasks=len(TASKS), state_shardings=shardings,
+                               batch_sharding=batch_sharding),
+        target, batch_sharding, stop_after)
 
 
 class _Loop:
@@ -143,7 +153,9 @@ class _Loop:
         batch_abstract = {k: jax.ShapeDtypeStruct((self.cfg.data.batch_size, self.cfg.data.seq_len), np.int32,
                                                   sharding=batch_sharding) for k in BATCH_KEYS}
         started = time.perf_counter()
-        compiled = step_fn.lower(target, batch_abstract).compile()
+        # The model picks its MoE dispatch from the context mesh when traced (expert parallelism).
+        with jax.set_mesh(batch_sharding.mesh):
+            compiled = step_fn.lower(target, batch_abstract).compile()
         self.say(f"compiled the train step in {time.perf_counter() - started:.1f} s; steps {step + 1}..{end} "
                  f"of {cfg.steps}, run dir {self.run_dir}")
         self.logger = MetricsLogger(self.run_dir, total_steps=cfg.steps, start_step=step, stream=self.console)
