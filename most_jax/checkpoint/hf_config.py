@@ -14,7 +14,7 @@ Spellings accepted on import:
   Token ids map to modalities with the original MoST vocabulary layout (`VocabConfig` defaults).
 
 Export writes the release spelling (what DeepSeek-V2-Lite and MoST ship), which reads back to the
-same ModelConfig. Fields that would change the computation in ways we do not implement (another
+same ModelConfig (for MoST, with the vocabulary layout in our own field `most_jax_vocab`). Fields that would change the computation in ways we do not implement (another
 activation, biases, `moe_layer_freq != 1`, sigmoid scoring, other rope types...) are errors naming
 the field and the file.
 """
@@ -29,11 +29,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from most_jax.config import (AttentionConfig, ConfigError, ModalityGroup, ModelConfig, MoEConfig, RopeConfig,
-                             VocabConfig)
+                             VocabConfig, from_dict, to_dict)
 from most_jax.nn.rope import yarn_mscale
 from most_jax.vocab import AUDIO, TEXT
 
 MODEL_TYPES = ("deepseek_v2", "MoST")
+# Our own config.json field (MoST exports only): the token id layout, so modality ids derived from
+# token ids survive an export -> import round trip for vocabularies other than the original one.
+VOCAB_FIELD = "most_jax_vocab"
 
 _REMOTE_CODE_YARN_DEFAULTS = {"original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0,
                               "mscale": 1.0, "mscale_all_dim": 0.0}
@@ -170,8 +173,14 @@ def _modality_groups(hf: HFConfig, num_experts: int) -> tuple[ModalityGroup, ...
 
 
 def _most_vocab(hf: HFConfig) -> VocabConfig:
-    """The original MoST layout (fixed id thresholds, whatever the vocabulary size: every id of a small
-    vocabulary is text, as in the original), with bos/eos/pad as the checkpoint declares them."""
+    """The `most_jax_vocab` layout when the file carries one (our exports of MoST do), else the
+    original MoST layout (fixed id thresholds, whatever the vocabulary size: every id of a small
+    vocabulary is text, as in the original) with bos/eos/pad as the checkpoint declares them."""
+    if hf.has(VOCAB_FIELD):
+        try:
+            return from_dict(VocabConfig, hf.data[VOCAB_FIELD], f"{VOCAB_FIELD}.")
+        except ConfigError as e:
+            raise hf.error(VOCAB_FIELD, str(e)) from None
     default = VocabConfig()
 
     def token_id(field: str, fallback: int) -> int:
@@ -241,7 +250,7 @@ def _mscale_giving(cos_sin_scale: float, factor: float, mscale_all_dim: float, h
 
 def hf_config_from_model(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
     """config.json contents (release spelling) describing `cfg`; reads back to an equal ModelConfig
-    through model_config_from_hf, apart from VocabConfig, which config.json does not carry."""
+    through model_config_from_hf (for deepseek_v2, apart from a non-default VocabConfig)."""
     if model_type not in MODEL_TYPES:
         raise ConfigError(f"model_type: unknown {model_type!r} (supported: {', '.join(MODEL_TYPES)})")
     a, moe, rope = cfg.attention, cfg.moe, cfg.rope
@@ -296,6 +305,7 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
         })
     if model_type == "MoST":
         out.update(_most_routing_fields(moe, dense_model))
+        out[VOCAB_FIELD] = to_dict(cfg.vocab)
     elif moe.modality_groups and not dense_model:
         raise ConfigError("model.moe.modality_groups: deepseek_v2 has no modality routing; export as MoST")
     return out

@@ -1,17 +1,15 @@
-"""Hugging Face DeepSeek-V2 / MoST safetensors -> the MoST parameter tree.
+"""Hugging Face DeepSeek-V2 / MoST safetensors -> a most_jax parameter checkpoint, streaming.
 
-Weights come from `model.safetensors` or from the shards listed in `model.safetensors.index.json`.
-HF linear weights are [out, in]; our kernels are [in, out], so they are transposed. Decoder layers
-go to two stacks with a leading layer axis: layers 0..first_k_dense_replace-1 to `dense_layers`,
-the rest to `moe_layers`. Routed experts are read either per expert
-(`mlp.experts.{j}.{gate,up,down}_proj.weight`, the DeepSeek-V2-Lite / MoST release and what
-transformers writes) or fused (`mlp.experts.gate_up_proj` [E, 2F, D] and `mlp.experts.down_proj`
-[E, D, F], transformers' in-memory layout) and stacked over j.
+Weights come from `model.safetensors` or from the shards listed in `model.safetensors.index.json`;
+routed experts either per expert (the release layout, hf_layout.py) or fused
+(`mlp.experts.gate_up_proj` [E, 2F, D] and `mlp.experts.down_proj` [E, D, F], transformers'
+in-memory layout). The expected name, shape and place of every tensor come from the model itself
+(`nnx.eval_shape`). Every tensor header is checked before anything is written: a tensor missing,
+unexpected, misshapen or not floating point is an error naming the tensor and its file.
 
-Tensors are produced one decoder layer at a time (`iter_params`), so a writer that stores each
-layer's slice as it arrives keeps memory near one layer. The expected name, shape and place of every
-tensor come from the model itself (`nnx.eval_shape`), so a mismatch between file, config and model
-is an error naming the tensor and its file; tensors nobody asked for are errors too.
+Conversion streams: each parameter is a `StreamedArray` (streamed.py) whose layer slices are read
+from the files only when Orbax writes them, so memory stays near one layer's stacked experts
+whatever the model size.
 """
 
 from __future__ import annotations
@@ -19,15 +17,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import jax
 import numpy as np
+
 from most_jax import config as config_lib
-from most_jax.checkpoint.hf_config import model_config_from_hf, read_hf_config
-from most_jax.checkpoint.safetensors_file import DTYPES as FILE_DTYPES, SafetensorsError, SafetensorsFile
-from most_jax.checkpoint.param_tree import Path_, abstract_params, unflatten
+from most_jax.checkpoint.hf_config import HFConfig, model_config_from_hf, read_hf_config
+from most_jax.checkpoint.hf_layout import EXPERT_PATHS, Path_, TensorMap, release_layout, stack_of
+from most_jax.checkpoint.param_tree import abstract_params, unflatten
 from most_jax.checkpoint.params_io import CheckpointError, save_params
+from most_jax.checkpoint.safetensors_file import DTYPES as FILE_DTYPES, SafetensorsError, SafetensorsFile
+from most_jax.checkpoint.streamed import StreamedArray
+from most_jax.checkpoint.transpose import transpose_into, transposed
 from most_jax.nn.params import DTYPES
 
 # Non-persistent buffers that some exporters still write; they are derived from the config.
@@ -40,16 +41,15 @@ class HFImportError(ValueError):
 
 
 class HFTensors:
-    """Every tensor of a Hugging Face directory, looked up by name; remembers which were taken."""
+    """Every tensor of a Hugging Face directory, looked up by name; remembers which were checked."""
 
     def __init__(self, hf_dir: str | Path):
         hf_dir = Path(hf_dir)
         index_path, single_path = hf_dir / "model.safetensors.index.json", hf_dir / "model.safetensors"
-        files: dict[str, SafetensorsFile] = {}
         self._where: dict[str, SafetensorsFile] = {}
         try:
             if index_path.is_file():
-                self._open_sharded(index_path, files)
+                self._open_sharded(index_path)
             elif single_path.is_file():
                 f = SafetensorsFile(single_path)
                 self._where = {name: f for name in f.tensors}
@@ -61,11 +61,14 @@ class HFTensors:
             raise HFImportError(str(e)) from None
         self._taken: set[str] = set()
 
-    def _open_sharded(self, index_path: Path, files: dict[str, SafetensorsFile]) -> None:
+    def _open_sharded(self, index_path: Path) -> None:
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
+            if not isinstance(weight_map, dict):
+                raise TypeError("'weight_map' is not an object")
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise HFImportError(f"{index_path}: not a safetensors index (needs a 'weight_map' object): {e}") from None
+        files: dict[str, SafetensorsFile] = {}
         for name, file_name in weight_map.items():
             if file_name not in files:
                 shard = index_path.parent / file_name
@@ -84,8 +87,11 @@ class HFTensors:
     def __contains__(self, name: str) -> bool:
         return name in self._where
 
-    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """The tensor `name`, checked to have `shape` (a zero-copy view into the mapped file)."""
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def check(self, name: str, shape: tuple[int, ...]) -> None:
+        """`name` exists, has `shape` and a floating dtype; marks it as used."""
         if name not in self._where:
             files = sorted({str(f.path) for f in self._where.values()})
             raise HFImportError(f"missing tensor {name!r} (not in {', '.join(files)})")
@@ -97,7 +103,12 @@ class HFTensors:
         if info.dtype not in _FLOAT_DTYPES:
             raise HFImportError(f"{f.path}: tensor {name!r} has dtype {info.dtype}, expected a floating type")
         self._taken.add(name)
-        return f.read(name)
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            return self._where[name].read(name)
+        except SafetensorsError as e:
+            raise HFImportError(str(e)) from None
 
     def check_all_taken(self) -> None:
         left = sorted(n for n in set(self._where) - self._taken if not n.endswith(_DERIVED_BUFFER_SUFFIXES))
@@ -106,150 +117,171 @@ class HFTensors:
             more = f" and {len(left) - 10} more" if len(left) > 10 else ""
             raise HFImportError(f"unexpected tensors, not part of the configured model: {shown}{more}")
 
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """HF tensor `hf` (relative to its layer) -> our parameter `ours`; `transpose` for [out,in] kernels."""
-
-    hf: str
-    ours: Path_
-    transpose: bool
+    def close(self) -> None:
+        for f in set(self._where.values()):
+            f.close()
 
 
-def _attention_rules(cfg: config_lib.ModelConfig) -> list[Rule]:
-    if cfg.attention.q_lora_rank is None:
-        q = [Rule("self_attn.q_proj.weight", ("attn", "q_proj", "kernel"), True)]
-    else:
-        q = [Rule("self_attn.q_a_proj.weight", ("attn", "q_a_proj", "kernel"), True),
-             Rule("self_attn.q_a_layernorm.weight", ("attn", "q_a_norm", "scale"), False),
-             Rule("self_attn.q_b_proj.weight", ("attn", "q_b_proj", "kernel"), True)]
-    return [
-        Rule("input_layernorm.weight", ("attn_norm", "scale"), False),
-        Rule("post_attention_layernorm.weight", ("ffn_norm", "scale"), False),
-        *q,
-        Rule("self_attn.kv_a_proj_with_mqa.weight", ("attn", "kv_a_proj", "kernel"), True),
-        Rule("self_attn.kv_a_layernorm.weight", ("attn", "kv_a_norm", "scale"), False),
-        Rule("self_attn.kv_b_proj.weight", ("attn", "kv_b_proj", "kernel"), True),
-        Rule("self_attn.o_proj.weight", ("attn", "o_proj", "kernel"), True),
-    ]
-
-
-def _swiglu_rules(hf_prefix: str, ours: Path_) -> list[Rule]:
-    return [Rule(f"{hf_prefix}.{p}.weight", ours + (p, "kernel"), True) for p in ("gate_proj", "up_proj", "down_proj")]
-
-
-def layer_rules(cfg: config_lib.ModelConfig, moe: bool) -> list[Rule]:
-    """The one-to-one (non-expert) tensors of a decoder layer."""
-    rules = _attention_rules(cfg)
-    if not moe:
-        return rules + _swiglu_rules("mlp", ("mlp",))
-    rules.append(Rule("mlp.gate.weight", ("moe", "gate"), True))
-    if cfg.moe.num_shared_experts > 0:
-        rules += _swiglu_rules("mlp.shared_experts", ("moe", "shared"))
-    return rules
-
-
-TOP_RULES = (
-    Rule("model.embed_tokens.weight", ("embed", "embedding"), False),
-    Rule("model.norm.weight", ("final_norm", "scale"), False),
-    Rule("lm_head.weight", ("lm_head",), True),
-)
-EXPERT_PATHS = {"gate_proj": ("moe", "w_gate"), "up_proj": ("moe", "w_up"), "down_proj": ("moe", "w_down")}
-
-
-def iter_params(cfg: config_lib.ModelConfig, expected: dict[Path_, jax.ShapeDtypeStruct], tensors: HFTensors,
-                dtype: str, *, tied_embeddings: bool = False) -> Iterator[tuple[Path_, int | None, np.ndarray]]:
-    """Yields (parameter path, layer index within its stack or None, value in `dtype`), top-level
-    tensors first, then decoder layer by decoder layer; `expected` is `abstract_params(cfg)`."""
+def hf_sources(cfg: config_lib.ModelConfig, tensors: HFTensors, dtype: str, *,
+               tied_embeddings: bool = False) -> dict[Path_, StreamedArray]:
+    """{parameter path: StreamedArray reading it from `tensors` in `dtype`}, after checking every
+    tensor header against the model of `cfg` (and that no tensor is left over)."""
     target = np.dtype(DTYPES[dtype])
+    expected = abstract_params(cfg)
+    maps = release_layout(cfg, expected)
+    fused_layers = {m.layer for m in maps if m.expert is not None
+                    and f"model.layers.{_layer_of(cfg, m)}.mlp.experts.gate_up_proj" in tensors}
+    by_path: dict[Path_, list[TensorMap]] = {}
+    for m in maps:
+        if m.path == ("lm_head",) and tied_embeddings:
+            continue
+        if m.expert is not None and m.layer in fused_layers:
+            continue
+        tensors.check(m.hf, m.hf_shape)
+        by_path.setdefault(m.path, []).append(m)
+    for index in sorted(fused_layers):
+        _check_fused(cfg, tensors, index, expected)
+    if tied_embeddings and "lm_head.weight" in tensors:
+        tensors.check("lm_head.weight", expected[("lm_head",)].shape[::-1])
+    tensors.check_all_taken()
 
-    def convert(rule: Rule, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        hf_shape = shape[::-1] if rule.transpose else shape
-        value = tensors.take(name, hf_shape)
-        return np.ascontiguousarray(value.T if rule.transpose else value).astype(target)
-
-    for rule in TOP_RULES:
-        shape = expected[rule.ours].shape
-        if rule.ours == ("lm_head",) and tied_embeddings:
-            yield rule.ours, None, _tied_head(tensors, shape, target)
+    sources = {}
+    for path, shape_dtype in expected.items():
+        shape = tuple(shape_dtype.shape)
+        if path == ("lm_head",) and tied_embeddings:
+            read = _tied_head_reader(tensors, target)
+        elif path[0] in ("dense_layers", "moe_layers"):
+            read = _layer_reader(cfg, tensors, by_path.get(path, []), path, shape, target, fused_layers)
         else:
-            yield rule.ours, None, convert(rule, rule.hf, shape)
-    for layer in range(cfg.num_layers):
-        is_moe = layer >= cfg.first_k_dense_replace
-        stack = "moe_layers" if is_moe else "dense_layers"
-        index = layer - cfg.first_k_dense_replace if is_moe else layer
-        for rule in layer_rules(cfg, is_moe):
-            shape = expected[(stack,) + rule.ours].shape[1:]
-            yield (stack,) + rule.ours, index, convert(rule, f"model.layers.{layer}.{rule.hf}", shape)
-        if is_moe:
-            shapes = {kind: expected[(stack,) + path].shape[1:] for kind, path in EXPERT_PATHS.items()}
-            for kind, value in _experts(tensors, layer, shapes).items():
-                yield (stack,) + EXPERT_PATHS[kind], index, value.astype(target)
+            (m,) = by_path[path]
+            read = _top_reader(tensors, m, target)
+        sources[path] = StreamedArray(shape, target, read, stacked=path[0] in ("dense_layers", "moe_layers"))
+    return sources
 
 
-def _tied_head(tensors: HFTensors, shape: tuple[int, ...], target: np.dtype) -> np.ndarray:
-    embedding = tensors.take("model.embed_tokens.weight", shape[::-1])
-    if "lm_head.weight" in tensors and not np.array_equal(tensors.take("lm_head.weight", shape[::-1]), embedding):
-        raise HFImportError("tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight")
-    return np.ascontiguousarray(embedding.T).astype(target)
+def _layer_of(cfg: config_lib.ModelConfig, m: TensorMap) -> int:
+    return m.layer + (cfg.first_k_dense_replace if m.path[0] == "moe_layers" else 0)
 
 
-def _experts(tensors: HFTensors, layer: int, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """{gate_proj, up_proj: [E, D, F], down_proj: [E, F, D]} for one layer, from either layout."""
-    prefix = f"model.layers.{layer}.mlp.experts"
-    e, d, f = shapes["gate_proj"]
-    if f"{prefix}.gate_up_proj" in tensors:
-        gate_up_EFD = tensors.take(f"{prefix}.gate_up_proj", (e, 2 * f, d))
-        down_EDF = tensors.take(f"{prefix}.down_proj", (e, d, f))
-        # transformers computes gate, up = chunk(x @ gate_up^T, 2): the first F rows are the gate.
-        return {"gate_proj": gate_up_EFD[:, :f].transpose(0, 2, 1), "up_proj": gate_up_EFD[:, f:].transpose(0, 2, 1),
-                "down_proj": down_EDF.transpose(0, 2, 1)}
-    out = {}
-    for kind, shape in shapes.items():
-        per_expert = [tensors.take(f"{prefix}.{j}.{kind}.weight", shape[1:][::-1]) for j in range(e)]
-        out[kind] = np.stack(per_expert).transpose(0, 2, 1)
-    return out
+def _fused_names(cfg: config_lib.ModelConfig, index: int) -> tuple[str, str]:
+    prefix = f"model.layers.{index + cfg.first_k_dense_replace}.mlp.experts"
+    return f"{prefix}.gate_up_proj", f"{prefix}.down_proj"
 
 
-def read_hf(hf_dir: str | Path, dtype: str = "float32",
-            progress: Callable[[str], None] | None = None) -> tuple[config_lib.Config, dict]:
-    """(Config, nested parameter dict of NumPy arrays) for a Hugging Face DeepSeek-V2 / MoST directory.
+def _check_fused(cfg: config_lib.ModelConfig, tensors: HFTensors, index: int, expected: dict) -> None:
+    e, d, f = expected[("moe_layers",) + EXPERT_PATHS["gate_proj"]].shape[1:]
+    gate_up, down = _fused_names(cfg, index)
+    tensors.check(gate_up, (e, 2 * f, d))
+    tensors.check(down, (e, d, f))
 
-    `dtype` ("float32" or "bfloat16") is the stored parameter dtype and the compute dtype."""
+
+def _top_reader(tensors: HFTensors, m: TensorMap, target: np.dtype) -> Callable[[int], np.ndarray]:
+    def read(_: int) -> np.ndarray:
+        return _converted(tensors.read(m.hf), m.transpose, target)
+    return read
+
+
+def _tied_head_reader(tensors: HFTensors, target: np.dtype) -> Callable[[int], np.ndarray]:
+    def read(_: int) -> np.ndarray:
+        embedding = tensors.read("model.embed_tokens.weight")
+        if "lm_head.weight" in tensors and not np.array_equal(tensors.read("lm_head.weight"), embedding):
+            raise HFImportError("tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight")
+        return transposed(embedding, target)
+    return read
+
+
+def _layer_reader(cfg: config_lib.ModelConfig, tensors: HFTensors, maps: list[TensorMap], path: Path_,
+                  shape: tuple[int, ...], target: np.dtype, fused_layers: set[int]) -> Callable[[int], np.ndarray]:
+    by_layer: dict[int, list[TensorMap]] = {}
+    for m in maps:
+        by_layer.setdefault(m.layer, []).append(m)
+    kind = next((k for k, leaf in EXPERT_PATHS.items() if path[1:] == leaf), None)
+
+    def read(index: int) -> np.ndarray:
+        if kind is not None and index in fused_layers:
+            return _fused_slice(cfg, tensors, index, kind, shape[1:]).astype(target, copy=False)
+        layer_maps = by_layer[index]
+        if kind is None:
+            (m,) = layer_maps
+            return _converted(tensors.read(m.hf), m.transpose, target)
+        out = np.empty(shape[1:], target)
+        for m in layer_maps:  # one expert at a time, transposed straight into its row of the stack
+            value = tensors.read(m.hf)
+            if value.dtype == target:
+                transpose_into(value, out[m.expert])
+            else:
+                out[m.expert] = transposed(value)
+        return out
+    return read
+
+
+def _fused_slice(cfg: config_lib.ModelConfig, tensors: HFTensors, index: int, kind: str,
+                 shape: tuple[int, ...]) -> np.ndarray:
+    gate_up_name, down_name = _fused_names(cfg, index)
+    if kind == "down_proj":
+        return transposed(tensors.read(down_name))
+    f = shape[2]
+    gate_up_EFD = tensors.read(gate_up_name)
+    # transformers computes gate, up = chunk(x @ gate_up^T, 2): the first F rows are the gate.
+    return transposed(gate_up_EFD[:, :f] if kind == "gate_proj" else gate_up_EFD[:, f:])
+
+
+def _converted(value: np.ndarray, transpose: bool, target: np.dtype) -> np.ndarray:
+    return transposed(value, target) if transpose else value.astype(target, copy=False)
+
+
+def hf_model_config(hf: HFConfig, dtype: str) -> config_lib.ModelConfig:
     if dtype not in DTYPES:
         raise HFImportError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dataclasses.replace(model_config_from_hf(hf), dtype=dtype, param_dtype=dtype)
+
+
+def open_hf(hf_dir: str | Path, dtype: str) -> tuple[config_lib.Config, dict[Path_, StreamedArray], HFTensors]:
+    """(Config, checked streamed parameters, the open files) of a Hugging Face directory."""
     hf = read_hf_config(hf_dir)
-    model_cfg = dataclasses.replace(model_config_from_hf(hf), dtype=dtype, param_dtype=dtype)
-    cfg = config_lib.Config(model=model_cfg)
+    cfg = config_lib.Config(model=hf_model_config(hf, dtype))
     tensors = HFTensors(hf_dir)
-    expected = abstract_params(model_cfg)
-    stacks: dict[Path_, np.ndarray] = {}
-    flat: dict[Path_, np.ndarray] = {}
-    layers_seen: set[tuple[str, int]] = set()
-    tied = bool(hf.get("tie_word_embeddings", False))
-    for path, index, value in iter_params(model_cfg, expected, tensors, dtype, tied_embeddings=tied):
-        if index is None:
-            flat[path] = value
-            continue
-        if path not in stacks:
-            stacks[path] = np.empty(expected[path].shape, value.dtype)
-        stacks[path][index] = value
-        if progress is not None and (path[0], index) not in layers_seen:
-            layers_seen.add((path[0], index))
-            progress(f"reading decoder layer {len(layers_seen)}/{model_cfg.num_layers}")
-    tensors.check_all_taken()
-    flat.update(stacks)
-    missing = sorted(".".join(p) for p in set(expected) - set(flat))
-    if missing:
-        raise HFImportError(f"no Hugging Face tensor maps to model parameters {', '.join(missing)}")
-    return cfg, unflatten(flat)
+    try:
+        sources = hf_sources(cfg.model, tensors, dtype, tied_embeddings=bool(hf.get("tie_word_embeddings", False)))
+    except BaseException:
+        tensors.close()
+        raise
+    return cfg, sources, tensors
+
+
+def materialize(sources: dict[Path_, StreamedArray]) -> dict:
+    """The nested parameter dict of NumPy arrays (for small models and tests)."""
+    flat = {p: np.stack([s.read(i) for i in range(s.shape[0])]) if s.stacked else s.read(0)
+            for p, s in sources.items()}
+    return unflatten(flat)
+
+
+def read_hf(hf_dir: str | Path, dtype: str = "float32") -> tuple[config_lib.Config, dict]:
+    """(Config, nested parameter dict of NumPy arrays) of a Hugging Face DeepSeek-V2 / MoST directory;
+    `dtype` ("float32" or "bfloat16") is the parameter and compute dtype. Holds the whole model."""
+    cfg, sources, tensors = open_hf(hf_dir, dtype)
+    try:
+        return cfg, materialize(sources)
+    finally:
+        tensors.close()
 
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
-              progress: Callable[[str], None] | None = None) -> config_lib.Config:
-    """Converts a Hugging Face directory into a parameter checkpoint at `out_dir` (see params_io)."""
+              progress: Callable[[str], None] | None = None,
+              write_shapes: Callable[[Path_, tuple[int, ...]], tuple[int, ...]] | None = None) -> config_lib.Config:
+    """Converts a Hugging Face directory into a parameter checkpoint at `out_dir` (see params_io),
+    streaming. `write_shapes(path, shape)` may give each parameter's storage block (its shard
+    under the target sharding), so chunks line up with the devices that will read them."""
     if Path(out_dir).exists():
         raise CheckpointError(f"{out_dir}: already exists; choose a new output directory")
-    cfg, params = read_hf(hf_dir, dtype, progress)
-    save_params(out_dir, cfg, params)
+    cfg, sources, tensors = open_hf(hf_dir, dtype)
+    try:
+        if write_shapes is not None:
+            sources = {p: dataclasses.replace(s, write_shape=write_shapes(p, s.shape)) for p, s in sources.items()}
+        save_params(out_dir, cfg, unflatten(sources), progress)
+    finally:
+        tensors.close()
     return cfg
+
+
+__all__ = ["HFImportError", "HFTensors", "hf_sources", "open_hf", "read_hf", "import_hf", "materialize"]

@@ -19,6 +19,13 @@ def abstract_params(cfg: ModelConfig) -> dict[Path_, jax.ShapeDtypeStruct]:
     return dict(flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
 
 
+def logical_specs(cfg: ModelConfig) -> dict[Path_, jax.sharding.PartitionSpec]:
+    """Flat {path: PartitionSpec of logical axis names} of MoST(cfg)'s parameters (stacked layers
+    lead with 'layers'); parallel.py maps these names onto a mesh."""
+    model = nnx.eval_shape(lambda: MoST(cfg, rngs=nnx.Rngs(0)))
+    return dict(flatten(nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param)))))
+
+
 def flatten(tree: dict, prefix: Path_ = ()) -> Iterator[tuple[Path_, object]]:
     for key, value in tree.items():
         if isinstance(value, dict):

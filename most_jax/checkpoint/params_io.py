@@ -4,13 +4,14 @@ Layout. A checkpoint directory is one *step directory* in the layout of
 `orbax.checkpoint.CheckpointManager`, holding at least two items:
 
     STEP/
-      params/   Orbax StandardSave of the parameter pytree: the nested dict
+      params/   Orbax PyTree checkpoint of the parameter pytree: the nested dict
                 `nnx.state(model, nnx.Param).to_pure_dict()` (layer stacks keep their leading
                 layer axis; keys are the module attribute names, e.g. moe_layers/attn/q_proj/kernel)
       config/   Orbax JsonSave of `most_jax.config.to_dict(cfg)` (the whole Config)
 
 `save_params` writes exactly that (via a temporary sibling directory renamed on success, so an
-interrupted write never looks complete). A trainer writes the same items inside its manager root,
+interrupted write never looks complete); leaves may be arrays or `StreamedArray`s (streamed.py),
+whose data is produced slice by slice while it is written, so a converter never holds the model. A trainer writes the same items inside its manager root,
 next to whatever else it keeps (optimizer state, data iterator, ...):
 
     mgr = ocp.CheckpointManager(ROOT)
@@ -18,7 +19,9 @@ next to whatever else it keeps (optimizer state, data iterator, ...):
                                            config=ocp.args.JsonSave(to_dict(cfg)), ...))
 
 `load_checkpoint` / `restore_model` accept a step directory (ours or a trainer's ROOT/<step>), a
-manager root (its latest complete step) or a training run directory holding the root `checkpoints/`.
+manager root (its latest complete step) or a training run directory holding the root `checkpoints/`,
+and read only the parameters (a trainer's optimizer state is left on disk). Each array is read
+straight into the sharding asked for (any mesh, whatever mesh wrote it) or onto one device.
 Restoring checks the stored parameter names and shapes against the model built from the stored
 config and names every missing, unexpected or misshapen one.
 """
@@ -28,13 +31,15 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from most_jax import config as config_lib
-from most_jax.checkpoint.param_tree import abstract_params, flatten, unflatten
+from most_jax.checkpoint.param_tree import abstract_params, flatten, logical_specs, unflatten
+from most_jax.checkpoint.streamed import pytree_handler, save_args_for
 from most_jax.models.most import MoST
 from most_jax.nn.params import DTYPES
 
@@ -47,21 +52,24 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or does not match its config (names the culprit)."""
 
 
-def save_params(path: str | Path, cfg: config_lib.Config, params: dict) -> Path:
-    """Writes `params` (nested dict of arrays matching MoST(cfg.model)) and `cfg` to the step directory `path`."""
+def save_params(path: str | Path, cfg: config_lib.Config, params: dict,
+                progress: Callable[[str], None] | None = None) -> Path:
+    """Writes `params` (nested dict of arrays or StreamedArrays matching MoST(cfg.model)) and `cfg`
+    to the step directory `path`; `progress` hears about each layer slice streamed."""
     path = Path(path)
     if path.exists():
         raise CheckpointError(f"{path}: already exists; choose a new output directory")
     expected = abstract_params(cfg.model)
-    _check_tree(expected, {p: (v.shape, v.dtype) for p, v in flatten(params)}, f"parameters to save at {path}",
+    check_tree(expected, {p: (v.shape, v.dtype) for p, v in flatten(params)}, f"parameters to save at {path}",
                 check_dtype=True)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     if partial.exists():
         shutil.rmtree(partial)
     try:
-        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{
+            PARAMS_ITEM: pytree_handler(progress), CONFIG_ITEM: ocp.JsonCheckpointHandler()}))
         checkpointer.save(partial, args=ocp.args.Composite(**{
-            PARAMS_ITEM: ocp.args.StandardSave(params),
+            PARAMS_ITEM: ocp.args.PyTreeSave(params, save_args=jax.tree.map(save_args_for, params)),
             CONFIG_ITEM: ocp.args.JsonSave(config_lib.to_dict(cfg))}))
         checkpointer.close()
         partial.rename(path)
@@ -101,36 +109,47 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise CheckpointError(f"{step / CONFIG_ITEM}: {e}") from None
 
 
-def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
-                    ) -> tuple[config_lib.Config, dict]:
-    """(Config, nested dict of parameters as arrays on the first local device), stored dtypes cast to
-    the config's `model.param_dtype`."""
+# (parameter path, its logical PartitionSpec, e.g. P('layers', 'expert', 'embed', 'mlp')) -> sharding.
+ShardingFn = Callable[[tuple[str, ...], jax.sharding.PartitionSpec], jax.sharding.Sharding]
+
+
+def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                    sharding: ShardingFn | None = None) -> tuple[config_lib.Config, dict]:
+    """(Config, nested dict of parameters), stored dtypes cast to the config's `model.param_dtype`.
+
+    `sharding(path, logical_spec)` gives the sharding of each parameter (the spec names its logical
+    axes); by default every parameter lands on the first local device."""
     cfg = load_config(path, overrides)
-    return cfg, _restore_params(step_dir(path), cfg)
+    return cfg, _restore_params(step_dir(path), cfg, sharding)
 
 
-def restore_model(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[config_lib.Config, MoST]:
+def restore_model(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                  sharding: ShardingFn | None = None) -> tuple[config_lib.Config, MoST]:
     """(Config, MoST with the checkpoint's parameters), without ever initialising random weights."""
-    cfg, params = load_checkpoint(path, overrides)
+    cfg, params = load_checkpoint(path, overrides, sharding)
     abstract = nnx.eval_shape(lambda: MoST(cfg.model, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, params)
     return cfg, nnx.merge(graphdef, state)
 
 
-def _restore_params(step: Path, cfg: config_lib.Config) -> dict:
+def _restore_params(step: Path, cfg: config_lib.Config, sharding: ShardingFn | None) -> dict:
     checkpointer = ocp.StandardCheckpointer()
     tree = checkpointer.metadata(step / PARAMS_ITEM).item_metadata.tree
     stored = {p: (m.shape, m.dtype) for p, m in flatten(tree)}
     expected = abstract_params(cfg.model)
-    _check_tree(expected, stored, f"checkpoint {step / PARAMS_ITEM}", check_dtype=False)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    check_tree(expected, stored, f"checkpoint {step / PARAMS_ITEM}", check_dtype=False)
+    if sharding is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        sharding = lambda _path, _abstract: device  # noqa: E731
+    logical = logical_specs(cfg.model)
     dtype = DTYPES[cfg.model.param_dtype]
-    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, dtype, sharding=device) for p, s in expected.items()})
+    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sharding(p, logical[p]))
+                        for p, s in expected.items()})
     return checkpointer.restore(step / PARAMS_ITEM, target)
 
 
-def _check_tree(expected: dict, found: dict, what: str, *, check_dtype: bool) -> None:
+def check_tree(expected: dict, found: dict, what: str, *, check_dtype: bool) -> None:
     missing = sorted(".".join(p) for p in set(expected) - set(found))
     unexpected = sorted(".".join(p) for p in set(found) - set(expected))
     wrong = [f"{'.'.join(p)} has shape {list(found[p][0])}, the model needs {list(expected[p].shape)}"
@@ -144,4 +163,4 @@ def _check_tree(expected: dict, found: dict, what: str, *, check_dtype: bool) ->
         raise CheckpointError(f"{what} do not match the model: " + "; ".join(problems))
 
 
-__all__ = ["CheckpointError", "save_params", "step_dir", "load_config", "load_checkpoint", "restore_model"]
+__all__ = ["CheckpointError", "save_params", "step_dir", "load_config", "load_checkpoint", "restore_model", "check_tree"]

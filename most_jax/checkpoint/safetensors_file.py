@@ -1,17 +1,25 @@
-"""Memory-mapped reading of safetensors files, without torch (bfloat16 through ml_dtypes).
+"""safetensors files without torch (bfloat16 through ml_dtypes): a reader and a streaming writer.
 
 Layout of a file: an 8-byte little-endian header length N, N bytes of JSON mapping each tensor name
 to {dtype, shape, data_offsets: [begin, end]} (plus an optional "__metadata__" entry), then the raw
-little-endian tensor bytes, offsets counted from the end of the header. Reading maps the file once
-and returns zero-copy views, so a caller converting one tensor at a time holds one tensor in memory.
+little-endian tensor bytes, offsets counted from the end of the header.
+
+Reading uses positioned reads (pread) into fresh arrays rather than a memory map: pages of a mapped
+file count towards the process's resident memory until the kernel reclaims them, so converting a
+checkpoint larger than RAM through a map looks (and, under pressure, behaves) like holding it all.
+Writing knows every tensor's name, dtype and shape up front, writes the header first and then each
+tensor as it is produced, so a writer holds one tensor at a time.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
+import os
 import struct
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import ml_dtypes
 import numpy as np
@@ -21,7 +29,9 @@ DTYPES = {
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
     "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
 }
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _HEADER_LIMIT = 100 * 2**20  # the format's own bound on the JSON header
+_ALIGN = 8  # the header is padded with spaces so tensor data starts 8-byte aligned
 
 
 class SafetensorsError(ValueError):
@@ -39,23 +49,35 @@ class TensorInfo:
 
 
 class SafetensorsFile:
-    """One file's tensor directory (validated on open) and zero-copy reads."""
+    """One file's tensor directory (validated on open) and reads of single tensors."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.tensors = _read_directory(self.path)
-        self._buffer: np.memmap | None = None
+        self._fd: int | None = None
 
     def read(self, name: str) -> np.ndarray:
-        """The tensor as a read-only array view into the mapped file."""
+        """The tensor as a new array (read from the file, not mapped)."""
         info = self.tensors.get(name)
         if info is None:
             raise SafetensorsError(f"{self.path}: no tensor named {name!r}")
-        if info.begin == info.end:
-            return np.zeros(info.shape, info.dtype)
-        if self._buffer is None:
-            self._buffer = np.memmap(self.path, dtype=np.uint8, mode="r")
-        return self._buffer[info.begin:info.end].view(info.dtype).reshape(info.shape)
+        out = np.empty(info.shape, info.dtype)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], info.begin + done)
+            if got == 0:
+                raise SafetensorsError(f"{self.path}: truncated while reading tensor {name!r} "
+                                       f"(bytes {info.begin}..{info.end} of a file now {os.fstat(self._fd).st_size})")
+            done += got
+        return out
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _read_directory(path: Path) -> dict[str, TensorInfo]:
@@ -98,3 +120,66 @@ def _read_directory(path: Path) -> dict[str, TensorInfo]:
                                    f"the file has {size}")
         tensors[name] = TensorInfo(name, path, dtype, shape, data_start + begin, data_start + end)
     return tensors
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A tensor to be written: its name, dtype and shape, known before its data."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class SafetensorsWriter:
+    """Writes the tensors `specs` (in that order) to `path`: header at once, data by `write`."""
+
+    def __init__(self, path: str | Path, specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None):
+        self.path = Path(path)
+        self._specs = list(specs)
+        header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+        offset = 0
+        for spec in self._specs:
+            header[spec.name] = {"dtype": DTYPE_NAMES[spec.dtype], "shape": list(spec.shape),
+                                 "data_offsets": [offset, offset + spec.nbytes]}
+            offset += spec.nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-(8 + len(encoded)) % _ALIGN)
+        self._file = open(self.path, "wb")
+        self._file.write(struct.pack("<Q", len(encoded)) + encoded)
+        self._next = 0
+        # One write in flight on a helper thread (file writes release the GIL), so the caller
+        # produces the next tensor while the previous one goes to disk.
+        self._pool = concurrent.futures.ThreadPoolExecutor(1)
+        self._pending: concurrent.futures.Future | None = None
+
+    def write(self, value: np.ndarray) -> None:
+        """The data of the next tensor; its dtype and shape must be those announced."""
+        spec = self._specs[self._next]
+        if value.dtype != spec.dtype or tuple(value.shape) != spec.shape:
+            raise SafetensorsError(f"{self.path}: tensor {spec.name!r} was announced as {DTYPE_NAMES[spec.dtype]} "
+                                   f"{list(spec.shape)}, got {value.dtype} {list(value.shape)}")
+        data = memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+        self._wait()
+        self._pending = self._pool.submit(self._file.write, data)
+        self._next += 1
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+
+    def close(self) -> None:
+        """Finishes the file; every announced tensor must have been written."""
+        try:
+            self._wait()
+        finally:
+            self._pool.shutdown()
+            self._file.close()
+        if self._next != len(self._specs):
+            raise SafetensorsError(f"{self.path}: {len(self._specs) - self._next} announced tensors were never "
+                                   f"written, the first {self._specs[self._next].name!r}")

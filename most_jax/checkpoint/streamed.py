@@ -1,0 +1,100 @@
+"""Orbax leaves written piece by piece: a checkpoint larger than memory, saved through Orbax.
+
+A `StreamedArray` announces its shape and dtype and produces its data on demand: a stacked leaf
+([L, ...], one slice per layer) one leading-axis slice at a time, any other leaf whole. The
+`StreamedArrayHandler` is an Orbax type handler that writes such leaves exactly as Orbax's own
+NumPy handler writes an array (same TensorStore spec, same tree metadata, value type
+`np.ndarray`), except that each stacked leaf is stored in chunks of one layer (or less) and
+written slice by slice, layer-major over all stacked leaves, with at most one slice in flight
+while the next is produced. Everything else (the temporary directory renamed on commit, OCDBT
+merging, `_METADATA`) is Orbax's, so `orbax.checkpoint` restores the result like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorstore as ts
+from orbax.checkpoint import type_handlers
+
+# Largest stored chunk: small enough that TensorStore compresses several at once and a reader of
+# one layer (or one device's shard) decodes little beyond what it asked for.
+CHUNK_BYTES = 64 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedArray:
+    """An array of `shape` and `dtype` whose data comes from `read`: `read(i)` is slice i along the
+    leading (layer) axis when `stacked`, else `read(0)` is the whole array. `write_shape` is the
+    block the storage chunks must tile (e.g. one device's shard under the target sharding); by
+    default one layer of a stacked leaf, the whole of any other."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[int], np.ndarray]
+    stacked: bool
+    write_shape: tuple[int, ...] | None = None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def block_shape(self) -> tuple[int, ...]:
+        block = self.write_shape or self.shape
+        return ((1,) + tuple(block[1:])) if self.stacked else tuple(block)
+
+
+class StreamedArrayHandler(type_handlers.NumpyHandler):
+    """Writes StreamedArray leaves; reads back as NumPy / JAX arrays through Orbax's own handlers."""
+
+    def __init__(self, progress: Callable[[str], None] | None = None):
+        super().__init__(deepcopy_host_arrays=False)
+        self._progress = progress
+
+    async def _background_serialize(self, values: Sequence[StreamedArray], infos, args=None):
+        opened = []
+        for value, info, arg in zip(values, infos, args):
+            await info.await_path_creation()
+            spec = type_handlers.get_json_tspec_write(
+                info, use_ocdbt=info.is_ocdbt_checkpoint, global_shape=value.shape,
+                local_shape=value.block_shape(), dtype=value.dtype, process_index=jax.process_index(), arg=arg)
+            opened.append(await ts.open(ts.Spec(spec), create=True, open=True, context=info.ts_context))
+        pending = None
+
+        async def write(target, data: np.ndarray, what: str):
+            nonlocal pending
+            if data.shape != tuple(target.shape) or data.dtype != np.dtype(target.dtype.numpy_dtype):
+                raise ValueError(f"{what}: produced {data.dtype} {list(data.shape)}, announced "
+                                 f"{target.dtype.numpy_dtype} {list(target.shape)}")
+            future = target.write(data, can_reference_source_data_indefinitely=True)
+            if pending is not None:
+                await pending
+            pending = future
+
+        for value, info, t in zip(values, infos, opened):
+            if not value.stacked:
+                await write(t, value.read(0), info.name)
+        depth = max((v.shape[0] for v in values if v.stacked), default=0)
+        for i in range(depth):
+            for value, info, t in zip(values, infos, opened):
+                if value.stacked and i < value.shape[0]:
+                    await write(t[i], value.read(i), f"{info.name}[{i}]")
+            if self._progress is not None:
+                self._progress(f"wrote layer slice {i + 1}/{depth}")
+        if pending is not None:
+            await pending
+
+
+def pytree_handler(progress: Callable[[str], None] | None = None) -> ocp.PyTreeCheckpointHandler:
+    """Orbax's PyTree handler with the default array handlers plus StreamedArray."""
+    handlers = [(t, type_handlers.get_type_handler(t)) for t in (int, float, np.number, np.ndarray, jax.Array)]
+    registry = type_handlers.create_type_handler_registry(*handlers, (StreamedArray, StreamedArrayHandler(progress)))
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+def save_args_for(value) -> ocp.SaveArgs:
+    return ocp.SaveArgs(chunk_byte_size=CHUNK_BYTES) if isinstance(value, StreamedArray) else ocp.SaveArgs()
