@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "train",
     "bench",
     "import_hf",
+    "export_hf",
+    "init_most",
     "logits",
 )
 
