@@ -38,12 +38,11 @@ def test_causal_by_gradient():
     embeds = model.embed(tokens)
     t = 5
 
-    def out_at_t(e):
-        h, _ = model.hidden_states(tokens, embeds_BTD=e)
-        return h[0, t].sum()
+    @nnx.jit
+    def grad_of_output_t(m, e):
+        return jax.grad(lambda e: m.hidden_states(tokens, embeds_BTD=e)[0][0, t].sum())(e)
 
-    g = jax.grad(out_at_t)(embeds)
-    norms = np.abs(np.asarray(g[0])).sum(-1)
+    norms = np.abs(np.asarray(grad_of_output_t(model, embeds)[0])).sum(-1)
     assert np.all(norms[t + 1:] == 0.0)
     assert np.all(norms[: t + 1] > 0.0)
 
@@ -51,34 +50,46 @@ def test_causal_by_gradient():
 def test_packed_row_equals_separate_segments():
     cfg = tiny()
     model = MoST(cfg, rngs=nnx.Rngs(1))
-    a, b = random_tokens(cfg, (1, 7), seed=1), random_tokens(cfg, (1, 6), seed=2)
-    pad = jnp.full((1, 3), cfg.vocab.pad_id, jnp.int32)
-    packed = jnp.concatenate([a, b, pad], axis=1)
-    segment_ids = jnp.asarray([[1] * 7 + [2] * 6 + [0] * 3], jnp.int32)
-    positions = jnp.asarray([list(range(7)) + list(range(6)) + [0] * 3], jnp.int32)
-    packed_logits, _ = model(packed, segment_ids_BT=segment_ids, positions_BT=positions)
-    logits_a, _ = model(a)
-    logits_b, _ = model(b)
-    np.testing.assert_allclose(packed_logits[:, :7], logits_a, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(packed_logits[:, 7:13], logits_b, atol=1e-5, rtol=1e-5)
+    a, b = random_tokens(cfg, (7,), seed=1), random_tokens(cfg, (6,), seed=2)
+    pad = cfg.vocab.pad_id
+    # Row 0 packs a and b; rows 1 and 2 hold a and b alone, right-padded to the same width.
+    tokens = jnp.stack([jnp.concatenate([a, b, jnp.full(3, pad)]), jnp.concatenate([a, jnp.full(9, pad)]),
+                        jnp.concatenate([b, jnp.full(10, pad)])]).astype(jnp.int32)
+    segment_ids = jnp.asarray([[1] * 7 + [2] * 6 + [0] * 3, [1] * 7 + [0] * 9, [1] * 6 + [0] * 10], jnp.int32)
+    positions = jnp.asarray([list(range(7)) + list(range(6)) + [0] * 3, list(range(7)) + [0] * 9,
+                             list(range(6)) + [0] * 10], jnp.int32)
+    logits, _ = nnx.jit(lambda m: m(tokens, segment_ids_BT=segment_ids, positions_BT=positions))(model)
+    np.testing.assert_allclose(logits[0, :7], logits[1, :7], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(logits[0, 7:13], logits[2, :6], atol=1e-5, rtol=1e-5)
 
 
 def _loss_and_grads(cfg, tokens):
     model = MoST(cfg, rngs=nnx.Rngs(3))
 
-    def loss_fn(m):
-        logits, stats = m(tokens)
-        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + jnp.sum(stats.aux_loss)
+    @nnx.jit
+    def value_and_grad(m):
+        def loss_fn(m):
+            logits, stats = m(tokens)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + jnp.sum(stats.aux_loss)
 
-    return nnx.value_and_grad(loss_fn)(model)
+        return nnx.value_and_grad(loss_fn)(m)
+
+    return value_and_grad(model)
+
+
+SCAN_BASE = tiny(num_layers=4, first_k_dense_replace=2)
+
+
+@pytest.fixture(scope="module")
+def scanned_reference():
+    tokens = random_tokens(SCAN_BASE, (2, 9), seed=4)
+    return tokens, _loss_and_grads(SCAN_BASE, tokens)
 
 
 @pytest.mark.parametrize("scan, remat", [(False, "none"), (True, "full"), (True, "dots"), (False, "full")])
-def test_scan_and_remat_are_equivalent(scan, remat):
-    base = tiny(num_layers=4, first_k_dense_replace=2)
-    tokens = random_tokens(base, (2, 9), seed=4)
-    loss0, grads0 = _loss_and_grads(base, tokens)
-    loss1, grads1 = _loss_and_grads(dataclasses.replace(base, scan_layers=scan, remat=remat), tokens)
+def test_scan_and_remat_are_equivalent(scan, remat, scanned_reference):
+    tokens, (loss0, grads0) = scanned_reference
+    loss1, grads1 = _loss_and_grads(dataclasses.replace(SCAN_BASE, scan_layers=scan, remat=remat), tokens)
     np.testing.assert_allclose(loss1, loss0, rtol=1e-6)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-5), grads1, grads0)
 
@@ -86,8 +97,9 @@ def test_scan_and_remat_are_equivalent(scan, remat):
 def test_bfloat16_compute_tracks_float32():
     cfg = tiny()
     tokens = random_tokens(cfg, (2, 8), seed=5)
-    logits32, _ = MoST(cfg, rngs=nnx.Rngs(6))(tokens)
-    logits16, _ = MoST(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(6))(tokens)
+    forward = nnx.jit(lambda m: m(tokens)[0])
+    logits32 = forward(MoST(cfg, rngs=nnx.Rngs(6)))
+    logits16 = forward(MoST(dataclasses.replace(cfg, dtype="bfloat16"), rngs=nnx.Rngs(6)))
     assert logits16.dtype == jnp.float32
     scale = float(jnp.abs(logits32).max())
     assert float(jnp.abs(logits16 - logits32).max()) < 0.05 * scale
