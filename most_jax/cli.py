@@ -14,6 +14,8 @@ import sys
 COMMAND_MODULES = (
     "data",
     "train",
+    "generate",
+    "eval",
     "bench",
     "import_hf",
     "export_hf",

@@ -70,6 +70,22 @@ class PreparedData:
             self._sources[kind] = grain.sources.ArrayRecordDataSource([str(p) for p in paths]) if paths else None
         return self._sources[kind]
 
+    def unit_extractor(self):
+        """The unit extractor the records were made with (for new audio at generation time)."""
+        from most_jax.speech.units import UnitExtractor
+
+        path = self.directory / rec.UNITS_DIR
+        if not path.is_dir():
+            raise PipelineError(f"{self.directory}: no {rec.UNITS_DIR}/ (prepared without audio, or by an older "
+                                f"version); re-run `most data prepare --units DIR`")
+        return UnitExtractor.load(path)
+
+    def records(self, kind: str):
+        """Every decoded record of `kind`, in order."""
+        source = self.source(kind)
+        for i in range(0 if source is None else len(source)):
+            yield rec.decode_record(source[i])
+
     def num_records(self, kind: str) -> int:
         source = self.source(kind)
         return 0 if source is None else len(source)

@@ -443,6 +443,9 @@ def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions,
         }
         (tmp / rec.LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=2))
         copy_tokenizer(options.tokenizer_dir, tmp / rec.TOKENIZER_DIR)
+        if options.units_dir is not None:
+            # Generation and evaluation extract units from new audio with this same codebook.
+            shutil.copytree(options.units_dir, tmp / rec.UNITS_DIR)
         (tmp / rec.REPORT_FILE).write_text(json.dumps(report, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -4,6 +4,7 @@ A prepared directory (written by `most data prepare`) holds
 
     layout.json                      the vocabulary layout (`VocabLayout.to_dict`)
     tokenizer/                       a copy of the text tokenizer used
+    units/                           a copy of the unit extractor used (when the inputs had audio)
     {kind}-SSSSS-of-NNNNN.array_record   records of each kind: "pair" (speech + transcript),
                                      "text" (text only), and the dialog kinds "spoken_qa_text",
                                      "spoken_qa_speech", "instruct" (prompt -> response)
@@ -27,6 +28,7 @@ import numpy as np
 KINDS = ("pair", "text", "spoken_qa_text", "spoken_qa_speech", "instruct")
 LAYOUT_FILE = "layout.json"
 TOKENIZER_DIR = "tokenizer"
+UNITS_DIR = "units"
 REPORT_FILE = "report.json"
 
 

@@ -82,12 +82,24 @@ class Formatter:
     def prompt_response(self, task: str, instruction: np.ndarray | None, source: np.ndarray,
                         target: np.ndarray) -> Example:
         """BOS [instruction "\\n\\n"] source EOS "\\n\\nOutput: " | BOS target EOS; loss on the response."""
-        head = [] if instruction is None else [instruction, self._separator]
-        prompt = np.concatenate([self._bos, *head, source, self._eos, self._output_marker])
+        prompt = self._prompt(instruction, source)
         response = np.concatenate([self._bos, target, self._eos])
         tokens = np.concatenate([prompt, response])
         loss_mask = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)])
         return self._example(task, tokens, loss_mask)
+
+    def _prompt(self, instruction: np.ndarray | None, source: np.ndarray) -> np.ndarray:
+        head = [] if instruction is None else [instruction, self._separator]
+        return np.concatenate([self._bos, *head, source, self._eos, self._output_marker])
+
+    def generation_prompt(self, task: str, source: np.ndarray) -> np.ndarray:
+        """The tokens a model continues to answer `task` for `source` (formatted text or audio):
+        the prompt plus the fixed start of the response (BOS, and begin-of-audio for speech
+        answers), so generation emits only the content and then EOS or end-of-audio."""
+        if task not in ("asr", "tts", "spoken_qa_text", "spoken_qa_speech"):
+            raise ValueError(f"no generation prompt for task {task!r}")
+        head = [self._bos, self._boa] if task in ("tts", "spoken_qa_speech") else [self._bos]
+        return np.concatenate([self._prompt(self._instruction[task], source), *head]).astype(np.int32)
 
     def _example(self, task: str, tokens: np.ndarray, loss_mask: np.ndarray) -> Example:
         tokens = tokens.astype(np.int32)

@@ -1,0 +1,71 @@
+"""Speech tasks by generation: ASR (units -> text) and TTS (text -> units) with a trained MoST.
+
+Prompts follow the training template (most_jax/data/tasks.py). Decoding is constrained to the
+modality being written: text ids and EOS for transcripts, unit ids and end-of-audio for speech.
+Prompts are grouped into fixed-size batches of bucketed width so a whole evaluation compiles the
+generation loop only a few times.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from most_jax.data.pipeline import PreparedData
+from most_jax.infer.generate import Sampling, generate, speech_token_mask, text_token_mask
+from most_jax.models.most import MoST
+
+WIDTH_BUCKET = 32  # prompt widths are padded up to a multiple of this
+
+
+class AssetsMismatch(ValueError):
+    """The tokenizer/units of a prepared directory do not fit the checkpoint's vocabulary."""
+
+
+def check_assets(model: MoST, data: PreparedData) -> None:
+    cfg = model.cfg
+    if data.layout.vocab_size != cfg.vocab_size or data.layout.config != cfg.vocab:
+        raise AssetsMismatch(f"{data.directory}: its vocabulary layout (vocab_size {data.layout.vocab_size}) differs "
+                             f"from the checkpoint's (vocab_size {cfg.vocab_size}); use the prepared directory the "
+                             f"model was trained on")
+
+
+def _batched_generate(model: MoST, prompts: Sequence[np.ndarray], *, allowed: np.ndarray, stop_id: int,
+                      sampling: Sampling, batch_size: int, seed: int) -> list[list[int]]:
+    # Similar lengths together; every call gets `batch_size` rows (the last batch is filled with
+    # copies of its first prompt, whose outputs are dropped) and a bucketed width.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = [prompts[i].tolist() for i in chunk]
+        batch += [batch[0]] * (batch_size - len(batch))
+        outs = generate(model, batch, allowed=allowed, stop_ids=[stop_id], sampling=sampling, seed=seed + start,
+                        width_multiple=WIDTH_BUCKET)
+        for i, out in zip(chunk, outs):
+            results[i] = out
+    return results
+
+
+def transcribe(model: MoST, data: PreparedData, unit_seqs: Sequence[np.ndarray], *, sampling: Sampling,
+               batch_size: int = 8, seed: int = 0) -> list[str]:
+    """ASR: unit id sequences (0..K-1) -> transcripts."""
+    check_assets(model, data)
+    cfg = model.cfg
+    prompts = [data.formatter.generation_prompt("asr", data.formatter.audio(u)) for u in unit_seqs]
+    outs = _batched_generate(model, prompts, allowed=text_token_mask(cfg.vocab, cfg.vocab_size),
+                             stop_id=cfg.vocab.eos_id, sampling=sampling, batch_size=batch_size, seed=seed)
+    return [data.tokenizer.decode(out) for out in outs]
+
+
+def synthesize_units(model: MoST, data: PreparedData, texts: Sequence[str], *, sampling: Sampling,
+                     batch_size: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """TTS: texts -> unit id sequences (0..K-1), deduplicated units as the model was trained on."""
+    check_assets(model, data)
+    cfg = model.cfg
+    prompts = [data.formatter.generation_prompt("tts", data.formatter.text(data.tokenizer.encode(t)))
+               for t in texts]
+    outs = _batched_generate(model, prompts, allowed=speech_token_mask(cfg.vocab, cfg.vocab_size),
+                             stop_id=cfg.vocab.end_audio_id, sampling=sampling, batch_size=batch_size, seed=seed)
+    return [data.layout.tokens_to_units(np.asarray(out, np.int32)) for out in outs]
