@@ -35,12 +35,14 @@ from typing import Callable
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
 from flax import nnx
 
 from most_jax import config as config_lib
 from most_jax.checkpoint.param_tree import abstract_params, flatten, logical_specs, unflatten
 from most_jax.checkpoint.streamed import pytree_handler, save_args_for
 from most_jax.models.most import MoST
+from most_jax.parallel import logical_to_spec
 from most_jax.nn.params import DTYPES
 
 PARAMS_ITEM = "params"
@@ -109,42 +111,42 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise CheckpointError(f"{step / CONFIG_ITEM}: {e}") from None
 
 
-# (parameter path, its logical PartitionSpec, e.g. P('layers', 'expert', 'embed', 'mlp')) -> sharding.
-ShardingFn = Callable[[tuple[str, ...], jax.sharding.PartitionSpec], jax.sharding.Sharding]
-
-
 def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                    sharding: ShardingFn | None = None) -> tuple[config_lib.Config, dict]:
+                    mesh: Mesh | None = None) -> tuple[config_lib.Config, dict]:
     """(Config, nested dict of parameters), stored dtypes cast to the config's `model.param_dtype`.
 
-    `sharding(path, logical_spec)` gives the sharding of each parameter (the spec names its logical
-    axes); by default every parameter lands on the first local device."""
+    With `mesh`, each parameter is read straight into its sharding under parallel.py's rules
+    (whatever mesh wrote it); without, onto the first local device."""
     cfg = load_config(path, overrides)
-    return cfg, _restore_params(step_dir(path), cfg, sharding)
+    return cfg, _restore_params(step_dir(path), cfg, mesh)
 
 
 def restore_model(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                  sharding: ShardingFn | None = None) -> tuple[config_lib.Config, MoST]:
+                  mesh: Mesh | None = None) -> tuple[config_lib.Config, MoST]:
     """(Config, MoST with the checkpoint's parameters), without ever initialising random weights."""
-    cfg, params = load_checkpoint(path, overrides, sharding)
+    cfg, params = load_checkpoint(path, overrides, mesh)
     abstract = nnx.eval_shape(lambda: MoST(cfg.model, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, params)
     return cfg, nnx.merge(graphdef, state)
 
 
-def _restore_params(step: Path, cfg: config_lib.Config, sharding: ShardingFn | None) -> dict:
+def _restore_params(step: Path, cfg: config_lib.Config, mesh: Mesh | None) -> dict:
     checkpointer = ocp.StandardCheckpointer()
     tree = checkpointer.metadata(step / PARAMS_ITEM).item_metadata.tree
     stored = {p: (m.shape, m.dtype) for p, m in flatten(tree)}
     expected = abstract_params(cfg.model)
     check_tree(expected, stored, f"checkpoint {step / PARAMS_ITEM}", check_dtype=False)
-    if sharding is None:
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        sharding = lambda _path, _abstract: device  # noqa: E731
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     logical = logical_specs(cfg.model)
+
+    def sharding(p: tuple[str, ...], shape: tuple[int, ...]) -> jax.sharding.Sharding:
+        if mesh is None:
+            return device
+        return NamedSharding(mesh, logical_to_spec(tuple(logical[p]), shape, mesh, what=".".join(p)))
+
     dtype = DTYPES[cfg.model.param_dtype]
-    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sharding(p, logical[p]))
+    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sharding(p, tuple(s.shape)))
                         for p, s in expected.items()})
     return checkpointer.restore(step / PARAMS_ITEM, target)
 
