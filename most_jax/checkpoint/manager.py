@@ -24,15 +24,12 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from most_jax.checkpoint.params_io import CheckpointError
 from most_jax.config import Config, to_dict
 from most_jax.train.state import TrainState
 
 ITEMS = ("params", "opt_state", "counters", "rng", "data_iter", "config")
 _COUNTERS = ("step", "skipped", "nonfinite_streak")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is unusable for this run."""
 
 
 class TrainCheckpointManager:

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from most_jax.checkpoint.manager import CheckpointError, TrainCheckpointManager
 from most_jax.checkpoint import param_tree
 from most_jax.checkpoint.param_tree import flatten
+from most_jax.checkpoint.params_io import load_checkpoint
 from most_jax.config import Config, ConfigError, config_from_dict, to_dict
 from most_jax.data.tasks import TASKS
 from most_jax.train.metrics import MetricsLogger, MetricsWindow
@@ -249,8 +250,6 @@ def _lookup(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
 
 def _load_init_params(path: str | Path, params_shape: Any) -> Any:
     """Params of a params checkpoint, checked leaf by leaf against the model and cast to its dtypes."""
-    from most_jax.checkpoint.params_io import load_checkpoint
-
     _, params = load_checkpoint(path)
     want = dict(flatten(params_shape))
     have = dict(flatten(params))

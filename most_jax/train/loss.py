@@ -7,9 +7,12 @@ The objective of a step over micro-batches m = 1..M is
 where CE_sum_m is the summed next-token cross-entropy over the loss-masked tokens of micro-batch m,
 N the number of loss tokens in the WHOLE step batch, and aux_m / z_m the MoE losses of micro-batch
 m summed over layers (each already a mean over that micro-batch's sequences or tokens). Summing the
-gradients of these per-micro-batch terms gives exactly the gradient of the one-big-batch objective
-for the cross-entropy and the sequence-level balance loss; the original MoST let the aux-loss
-gradient bypass the accumulation scaling (M times too large).
+gradients of these per-micro-batch terms gives the gradient of the one-big-batch objective: exactly
+for the cross-entropy; for the sequence-level balance loss (a mean over rows) and the z-loss (a mean
+over routed tokens) when every micro-batch has the same number of rows with routed tokens / of
+routed tokens (equal-size packed micro-batches); the batch-level balance loss (seq_aux false) is a
+product of batch means, so accumulation averages the micro-batch values instead. The original MoST
+let the aux-loss gradient bypass the accumulation scaling (M times too large).
 
 Besides the objective, every micro-batch returns sums (never means) for metrics, so they can be
 added over micro-batches and over logging windows: loss per task and per target modality.
