@@ -1,10 +1,12 @@
 """Restore anywhere: a checkpoint written from one mesh restores onto another mesh (other device
-count and axes) and onto one CPU, parameters only; mismatches are reported by parameter name."""
+count and axes) and onto one CPU, parameters only; mismatches are reported by parameter name;
+import-hf --mesh lays chunks out for a target mesh."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -13,6 +15,7 @@ from hf_reference import tiny_model
 from most_jax.checkpoint.hf_import import import_hf
 from most_jax.checkpoint.params_io import CheckpointError, load_checkpoint, save_params
 from most_jax.checkpoint.param_tree import flatten, logical_specs, unflatten
+from most_jax.cli import main
 from most_jax.config import MeshConfig, load_config
 from most_jax.models.most import MoST
 from most_jax.parallel import logical_to_spec, make_mesh
@@ -76,3 +79,18 @@ def test_mismatched_parameters_are_named(tiny, tmp_path):
                                               r"moe_layers.attn.q_b_proj.kernel; unexpected parameters: "
                                               r"dense_layers.attn.q_proj.kernel, moe_layers.attn.q_proj.kernel"):
         load_checkpoint(tmp_path / "ck", ["model.attention.q_lora_rank=8"])
+
+
+def test_import_for_a_target_mesh_chunks_by_shard(tmp_path):
+    """--mesh stores each parameter in chunks of one device's shard (and one layer); it restores anywhere."""
+    model = tiny_model(seed=32, n_routed_experts=8)
+    model.save_pretrained(tmp_path / "hf")
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ck"), "--mesh", "fsdp=3,expert=4"]) == 0
+    tree = ocp.StandardCheckpointer().metadata(tmp_path / "ck" / "params").item_metadata.tree
+    assert tree["moe_layers"]["moe"]["w_up"].storage.chunk_shape == (1, 2, 5, 9)  # [L, E/4, D/3, F]
+    assert tree["lm_head"].storage.chunk_shape == (5, 101)
+    _, plain = load_checkpoint(tmp_path / "ck")
+    np.testing.assert_array_equal(np.asarray(plain["moe_layers"]["moe"]["w_up"][1, 7]),
+                                  model.model.layers[2].mlp.experts.gate_up_proj[7, 9:].detach().numpy().T)
+    with pytest.raises(SystemExit, match="--mesh 'fsdp=2,pipeline=2'"):
+        main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "x"), "--mesh", "fsdp=2,pipeline=2"])

@@ -24,7 +24,7 @@ import numpy as np
 from most_jax import config as config_lib
 from most_jax.checkpoint.hf_config import HFConfig, model_config_from_hf, read_hf_config
 from most_jax.checkpoint.hf_layout import EXPERT_PATHS, Path_, TensorMap, release_layout, stack_of
-from most_jax.checkpoint.param_tree import abstract_params, unflatten
+from most_jax.checkpoint.param_tree import abstract_params, shard_shapes, unflatten
 from most_jax.checkpoint.params_io import CheckpointError, save_params
 from most_jax.checkpoint.safetensors_file import DTYPES as FILE_DTYPES, SafetensorsError, SafetensorsFile
 from most_jax.checkpoint.streamed import StreamedArray
@@ -268,16 +268,17 @@ def read_hf(hf_dir: str | Path, dtype: str = "float32") -> tuple[config_lib.Conf
 
 def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
               progress: Callable[[str], None] | None = None,
-              write_shapes: Callable[[Path_, tuple[int, ...]], tuple[int, ...]] | None = None) -> config_lib.Config:
+              mesh_sizes: dict[str, int] | None = None) -> config_lib.Config:
     """Converts a Hugging Face directory into a parameter checkpoint at `out_dir` (see params_io),
-    streaming. `write_shapes(path, shape)` may give each parameter's storage block (its shard
-    under the target sharding), so chunks line up with the devices that will read them."""
+    streaming. With `mesh_sizes` (mesh axis -> size), each parameter is stored in chunks of one
+    device's shard under that mesh, so the devices of a pod each read exactly their own chunks."""
     if Path(out_dir).exists():
         raise CheckpointError(f"{out_dir}: already exists; choose a new output directory")
     cfg, sources, tensors = open_hf(hf_dir, dtype)
     try:
-        if write_shapes is not None:
-            sources = {p: dataclasses.replace(s, write_shape=write_shapes(p, s.shape)) for p, s in sources.items()}
+        if mesh_sizes is not None:
+            blocks = shard_shapes(cfg.model, mesh_sizes)
+            sources = {p: dataclasses.replace(s, write_shape=blocks[p]) for p, s in sources.items()}
         save_params(out_dir, cfg, unflatten(sources), progress)
     finally:
         tensors.close()

@@ -6,6 +6,7 @@ from typing import Iterator
 
 import jax
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from most_jax.config import ModelConfig
 from most_jax.models.most import MoST
@@ -24,6 +25,18 @@ def logical_specs(cfg: ModelConfig) -> dict[Path_, jax.sharding.PartitionSpec]:
     lead with 'layers'); parallel.py maps these names onto a mesh."""
     model = nnx.eval_shape(lambda: MoST(cfg, rngs=nnx.Rngs(0)))
     return dict(flatten(nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param)))))
+
+
+def shard_shapes(cfg: ModelConfig, mesh_sizes: dict[str, int]) -> dict[Path_, tuple[int, ...]]:
+    """Flat {path: one device's block of the parameter} under parallel.py's rules on a mesh of
+    `mesh_sizes` (axis -> size; no devices needed)."""
+    from most_jax.parallel import logical_to_spec  # parallel.py builds models: import it lazily
+
+    names = tuple(mesh_sizes)
+    mesh = jax.sharding.AbstractMesh(tuple(mesh_sizes[a] for a in names), names)
+    shapes = abstract_params(cfg)
+    return {p: NamedSharding(mesh, logical_to_spec(tuple(spec), tuple(shapes[p].shape), mesh)).shard_shape(
+        tuple(shapes[p].shape)) for p, spec in logical_specs(cfg).items()}
 
 
 def flatten(tree: dict, prefix: Path_ = ()) -> Iterator[tuple[Path_, object]]:

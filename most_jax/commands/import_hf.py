@@ -26,7 +26,25 @@ def register(subparsers) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="checkpoint directory to create")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="parameter (and compute) dtype of the converted model (default: float32)")
+    parser.add_argument("--mesh", default=None, metavar="AXIS=SIZE,...",
+                        help="target mesh, e.g. fsdp=16,expert=8: store each parameter in chunks of one device's "
+                             "shard under that mesh (and one layer), so the pod reads exactly its own chunks; "
+                             "axes left out have size 1. Any mesh can still restore the result.")
     parser.set_defaults(handler=run)
+
+
+def mesh_sizes(text: str) -> dict[str, int]:
+    """'fsdp=16,expert=8' -> every mesh axis with its size (1 where not given)."""
+    from most_jax.config import MESH_AXES
+    from most_jax.parallel import parse_mesh_arg
+
+    sizes = {axis: 1 for axis in MESH_AXES}
+    for item in parse_mesh_arg(text):
+        axis, value = item.removeprefix("mesh.").split("=")
+        if int(value) <= 0:
+            raise ConfigError(f"--mesh {text!r}: {axis} must be a positive size, got {value}")
+        sizes[axis] = int(value)
+    return sizes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        cfg = import_hf(args.hf_dir, args.out_dir, args.dtype, progress=progress)
+        sizes = None if args.mesh is None else mesh_sizes(args.mesh)
+        cfg = import_hf(args.hf_dir, args.out_dir, args.dtype, progress=progress, mesh_sizes=sizes)
     except (HFImportError, ConfigError, CheckpointError, SafetensorsError) as e:
         raise SystemExit(f"most import-hf: error: {e}") from None
     m = cfg.model
