@@ -13,6 +13,7 @@ ranks divide among themselves.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -99,6 +100,38 @@ def parse_mesh_arg(text: str) -> list[str]:
     return overrides
 
 
+# Set by launch/local.sh (and usable anywhere the cluster is not auto-detected).
+ENV_COORDINATOR = "MOST_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "MOST_NUM_PROCESSES"
+ENV_PROCESS_ID = "MOST_PROCESS_ID"
+# "1": call jax.distributed.initialize() with JAX's own cluster detection (TPU VM slices, SLURM).
+ENV_AUTO = "MOST_DISTRIBUTED"
+
+
+def initialize_distributed(heartbeat_timeout_s: int = 30) -> bool:
+    """Joins the JAX processes of a multi-process run, if the environment describes one.
+
+    Must run before anything touches a JAX backend. On CPU, cross-process collectives go through
+    gloo. A process that dies stops sending heartbeats; the coordination service then fails the
+    others after `heartbeat_timeout_s` instead of letting them wait in a collective forever.
+    Returns True when a multi-process run was joined."""
+    explicit = os.environ.get(ENV_COORDINATOR)
+    if not explicit and os.environ.get(ENV_AUTO) != "1":
+        return False
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    kwargs: dict[str, Any] = dict(heartbeat_timeout_seconds=heartbeat_timeout_s)
+    if explicit:
+        try:
+            kwargs.update(coordinator_address=explicit, num_processes=int(os.environ[ENV_NUM_PROCESSES]),
+                          process_id=int(os.environ[ENV_PROCESS_ID]))
+        except (KeyError, ValueError) as e:
+            raise MeshError(f"{ENV_COORDINATOR} is set, so {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID} must be "
+                            f"integers too ({e})") from None
+    jax.distributed.initialize(**kwargs)
+    return True
+
+
 # ----------------------------------------------------------------------------- logical -> mesh
 
 def mesh_axes_for(name: str | None) -> tuple[str, ...]:
@@ -122,7 +155,7 @@ def logical_to_spec(names: tuple[str | None, ...], shape: tuple[int, ...] | None
     for i, name in enumerate(names):
         axes = mesh_axes_for(name)
         if mesh is not None:
-            axes = tuple(a for a in axes if mesh.shape[a] > 1)
+            axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
             ways = math.prod(mesh.shape[a] for a in axes)
             if axes and shape is not None and shape[i] % ways:
                 if name == "expert":
@@ -178,7 +211,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def batch_shards(mesh: Mesh) -> int:
     """How many ways the batch rows are split."""
-    return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+    return math.prod(mesh.shape.get(a, 1) for a in BATCH_AXES)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -202,7 +235,7 @@ def check_model_fits(model_cfg: ModelConfig, mesh: Mesh) -> None:
 def check_batch_fits(batch_size: int, micro_batches: int, mesh: Mesh, what: str = "data.batch_size") -> None:
     """Every micro-batch must split evenly over the data-like axes."""
     shards = batch_shards(mesh)
-    axes = " x ".join(f"{a}={mesh.shape[a]}" for a in BATCH_AXES if mesh.shape[a] > 1) or "1"
+    axes = " x ".join(f"{a}={mesh.shape[a]}" for a in BATCH_AXES if mesh.shape.get(a, 1) > 1) or "1"
     if batch_size % micro_batches or (batch_size // micro_batches) % shards:
         raise MeshError(f"{what}={batch_size} in {micro_batches} micro-batch(es) of {batch_size // max(micro_batches, 1)} "
                         f"rows does not split over the data-parallel axes ({axes} = {shards} ways)")
