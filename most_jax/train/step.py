@@ -83,8 +83,12 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: Config, optimizer: optax.Gradie
     A step whose objective or gradient norm is not finite changes nothing but the counters: params
     and optimizer state (hence the schedule position) stay as they were."""
 
+    abstract_mesh = batch_sharding.mesh.abstract_mesh
+
     def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-        grads, obj, sums, moe = accumulate_gradients(graphdef, state.params, batch, cfg, num_tasks)
+        # The mesh as trace-time context: MoE layers choose expert parallelism (shard_map) from it.
+        with jax.sharding.use_abstract_mesh(abstract_mesh):
+            grads, obj, sums, moe = accumulate_gradients(graphdef, state.params, batch, cfg, num_tasks)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(obj) & jnp.isfinite(grad_norm)
         # Accumulated in float32; handed over in the params' dtype so the optimizer state keeps
@@ -129,8 +133,10 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: Config, optimizer: optax.Gradie
 
 
 def batch_sharding_for(mesh) -> NamedSharding:
-    """Rows split over the mesh's `data` axis, sequence positions whole."""
-    return NamedSharding(mesh, PartitionSpec("data"))
+    """Rows split over the mesh's data-like axes (parallel.RULES["batch"]), sequence positions whole."""
+    from most_jax.parallel import batch_sharding
+
+    return batch_sharding(mesh)
 
 
 def check_batch(batch: dict[str, np.ndarray], *, batch_size: int, seq_len: int, vocab_size: int) -> None:
