@@ -181,14 +181,23 @@ class MetricsLogger:
     def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int, stream: TextIO = sys.stderr):
         from tensorboardX import SummaryWriter  # heavy import, only where metrics are written
 
+        import jax
+
         run_dir = Path(run_dir)
         self.path = run_dir / METRICS_FILE
-        _truncate_jsonl(self.path, start_step)
-        self._file = self.path.open("a", encoding="utf-8")
-        self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
         self.progress = ProgressBar(total_steps, stream)
+        # Metrics are replicated, so every process of a multi-process run holds the same records; only
+        # process 0 writes the shared run directory's files.
+        self._file = self._tb = None
+        if jax.process_index() == 0:
+            _truncate_jsonl(self.path, start_step)
+            self._file = self.path.open("a", encoding="utf-8")
+            self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
 
     def write(self, rec: dict[str, Any]) -> None:
+        if self._file is None:
+            self.progress.update(rec)
+            return
         self._file.write(json.dumps(rec) + "\n")
         self._file.flush()
         step = rec["step"]
@@ -205,8 +214,9 @@ class MetricsLogger:
 
     def close(self) -> None:
         self.progress.close()
-        self._file.close()
-        self._tb.close()
+        if self._file is not None:
+            self._file.close()
+            self._tb.close()
 
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:
