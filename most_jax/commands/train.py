@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--init-from", default=None, metavar="CKPT",
                         help="start from the parameters of a checkpoint (e.g. written by `most import-hf`); "
                              "the optimizer starts fresh")
+    parser.add_argument("--mesh", default=None, metavar="AXIS=N,...",
+                        help="device mesh, e.g. data=2,expert=4 (axes slice, data, fsdp, expert, tensor; -1: the rest); "
+                             "same as --set mesh.AXIS=N. Default: every device on the data axis")
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                         help="save and stop after this step (the schedule still spans train.steps); "
                              "for runs split over several jobs")
@@ -32,21 +35,30 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+
+    from most_jax import parallel
     from most_jax.checkpoint.manager import CheckpointError
     from most_jax.config import ConfigError, load_config
     from most_jax.data.pipeline import PipelineError, PreparedData, build_dataset
     from most_jax.train.loop import NonFiniteError, run_training
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        parallel.initialize_distributed()
+        mesh_overrides = parallel.parse_mesh_arg(args.mesh) if args.mesh else []
+        cfg = load_config(args.config, [*args.overrides, *mesh_overrides])
+        mesh = parallel.make_mesh(cfg.mesh)
+        parallel.check_config(cfg, mesh)
         data = PreparedData(cfg.data.records)
         _check_vocab(cfg, data)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (Path(args.config).stem if args.config
                                                                           else "default")
         batches = iter(build_dataset(cfg.data, data))
+        print(f"[train] mesh {parallel.describe(mesh)} over {jax.device_count()} devices in {jax.process_count()} "
+              f"process(es)", file=sys.stderr, flush=True)
         result = run_training(cfg, run_dir, batches, resume=args.resume, init_from=args.init_from,
-                              stop_after=args.stop_after)
-    except (ConfigError, PipelineError, CheckpointError, NonFiniteError) as e:
+                              stop_after=args.stop_after, mesh=mesh, param_shardings=parallel.param_sharding_fn(cfg.model))
+    except (ConfigError, PipelineError, CheckpointError, NonFiniteError, parallel.MeshError) as e:
         print(f"most train: error: {e}", file=sys.stderr)
         return 1
     if result.last_record is not None and result.last_record.get("loss") is not None:
