@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "export_hf",
     "init_most",
     "logits",
+    "compile",
 )
 
 
