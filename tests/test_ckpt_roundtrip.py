@@ -134,3 +134,11 @@ def test_training_checkpoint_exports(tmp_path):
     _, restored = load_checkpoint(tmp_path / "run")
     np.testing.assert_array_equal(np.asarray(restored["embed"]["embedding"]),
                                   params["embed"]["embedding"] * np.float32(0.5))
+
+
+def test_conversion_commands_have_help(capsys):
+    for argv in (["export-hf"], ["init-most"], ["bench", "convert"], ["import-hf"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        out = capsys.readouterr().out
+        assert "usage: most " + " ".join(argv) in out and len(out) > 400
