@@ -224,3 +224,20 @@ def test_auto_dispatch_needs_an_expert_axis_and_divisible_tokens():
     with jax.set_mesh(parallel.make_mesh(MeshConfig(data=2, expert=4))):
         with pytest.raises(parallel.MeshError, match="60 tokens do not split"):
             ep_lib.expert_parallel(x_ND[:60], Routing(*(a[:60] for a in routing)), experts, 1.0)
+
+
+def test_most_logits_with_a_mesh_equals_one_device(tmp_path):
+    from most_jax import cli
+    from most_jax.checkpoint.params_io import save_params
+
+    cfg = tiny()
+    save_params(tmp_path / "ckpt", cfg, nnx.to_pure_dict(nnx.state(MoST(cfg.model, rngs=nnx.Rngs(2)), nnx.Param)))
+    np.savez(tmp_path / "in.npz", tokens=np.asarray(_tokens(cfg, rows=8, length=12, seed=5)))
+    common = [str(tmp_path / "ckpt"), "--input", str(tmp_path / "in.npz")]
+    assert cli.main(["logits", *common, "--output", str(tmp_path / "one.npz")]) == 0
+    assert cli.main(["logits", *common, "--output", str(tmp_path / "ep.npz"), "--mesh", "data=2,expert=4"]) == 0
+    one, ep = (np.load(tmp_path / f"{n}.npz")["logits"] for n in ("one", "ep"))
+    np.testing.assert_allclose(ep, one, atol=1e-5, rtol=0)
+    with pytest.raises(SystemExit, match="rows per pass .*=4 .* 8 ways"):
+        cli.main(["logits", *common, "--output", str(tmp_path / "x.npz"), "--mesh", "data=2,expert=4",
+                  "--batch-size", "4"])

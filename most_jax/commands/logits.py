@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from most_jax import parallel
 from most_jax.checkpoint.params_io import CheckpointError, load_config, restore_model
 from most_jax.config import ConfigError
 from most_jax.infer.logits import LogitsInputError, batched_logits, read_token_batch, write_npz_atomic
@@ -17,7 +18,9 @@ their logits to OUT.npz. IN.npz holds `tokens` (int32 [B, T]) and optionally `mo
 the checkpoint's vocabulary layout. OUT.npz holds `logits` (float32 [B, T, V]).
 
 The routed experts run dropless by default, so every row is exact and independent of the others;
---set model.moe.dispatch=capacity (or reference) chooses another path.
+--set model.moe.dispatch=capacity (or reference) chooses another path. With --mesh (e.g.
+data=2,expert=4) the parameters are sharded over the devices and, when the expert axis is > 1, the
+experts run expert-parallel with buffers large enough that nothing is dropped.
 """
 
 
@@ -29,6 +32,9 @@ def register(subparsers) -> None:
     parser.add_argument("--output", required=True, metavar="OUT.npz", help="where to write logits [B, T, V]")
     parser.add_argument("--batch-size", type=int, default=0, metavar="N",
                         help="rows per forward pass (default 0: all rows at once)")
+    parser.add_argument("--mesh", default=None, metavar="AXIS=N,...",
+                        help="shard over a device mesh, e.g. data=2,expert=4 (rows per pass must split over the "
+                             "data-like axes)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of the checkpoint's config, e.g. --set model.dtype=float32")
     parser.set_defaults(handler=run)
@@ -37,13 +43,49 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         overrides = ["model.moe.dispatch=dropless", *args.overrides]
+        mesh = None
+        if args.mesh:
+            mesh, overrides = _mesh_overrides(args, overrides)
         tokens, modality = read_token_batch(args.input, load_config(args.checkpoint, overrides).model)
-        _, model = restore_model(args.checkpoint, overrides)
+        cfg, model = restore_model(args.checkpoint, overrides)
         print(f"{args.checkpoint}: {tokens.shape[0]} rows x {tokens.shape[1]} tokens"
               f"{'' if modality is not None else ' (modality from token ids)'}", file=sys.stderr, flush=True)
-        logits = batched_logits(model, tokens, modality, args.batch_size)
+        if mesh is None:
+            logits = batched_logits(model, tokens, modality, args.batch_size)
+        else:
+            logits = _sharded_logits(cfg, model, mesh, tokens, modality, args.batch_size)
         write_npz_atomic(args.output, logits=logits)
-    except (CheckpointError, ConfigError, LogitsInputError) as e:
+    except (CheckpointError, ConfigError, LogitsInputError, parallel.MeshError) as e:
         raise SystemExit(f"most logits: error: {e}") from None
     print(f"wrote {args.output}: logits {list(logits.shape)} float32")
     return 0
+
+
+def _mesh_overrides(args: argparse.Namespace, overrides: list[str]):
+    """(mesh, overrides): the mesh from --mesh; with an expert axis > 1 the expert-parallel dispatch,
+    its buffers sized so that nothing can be dropped (capacity C = all local tokens; a ragged receive
+    buffer for every rank's rows)."""
+    overrides = [*overrides, *parallel.parse_mesh_arg(args.mesh)]
+    cfg = load_config(args.checkpoint, overrides)
+    mesh = parallel.make_mesh(cfg.mesh)
+    parallel.check_model_fits(cfg.model, mesh)
+    ep = mesh.shape["expert"]
+    if ep > 1:
+        moe = cfg.model.moe
+        factor = max(moe.num_experts / moe.top_k, ep)
+        overrides = [*overrides, "model.moe.dispatch=expert_parallel", f"model.moe.capacity_factor={factor}"]
+    return mesh, overrides
+
+
+def _sharded_logits(cfg, model, mesh, tokens, modality, batch_size):
+    import jax
+    from flax import nnx
+
+    rows = tokens.shape[0] if batch_size <= 0 else min(batch_size, tokens.shape[0])
+    parallel.check_batch_fits(rows, 1, mesh, what="rows per pass (--batch-size, or all rows)")
+    graphdef, state = nnx.split(model)
+    placed = parallel.place_params(cfg.model, nnx.to_pure_dict(state), mesh)
+    nnx.replace_by_pure_dict(state, placed)
+    with jax.set_mesh(mesh):  # MoE layers find the expert axis here at trace time
+        return batched_logits(nnx.merge(graphdef, state), tokens, modality, batch_size)
+
