@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from most_jax.checkpoint.hf_config import hf_config_from_model
-from most_jax.checkpoint.hf_layout import Path_, TensorMap, release_layout
+from most_jax.checkpoint.hf_layout import TensorMap, release_layout
 from most_jax.checkpoint.param_tree import abstract_params
 from most_jax.checkpoint.params_io import PARAMS_ITEM, CheckpointError, check_tree, load_config, step_dir
 from most_jax.checkpoint.safetensors_file import SafetensorsWriter, TensorSpec

@@ -23,7 +23,7 @@ import numpy as np
 
 from most_jax import config as config_lib
 from most_jax.checkpoint.hf_config import HFConfig, model_config_from_hf, read_hf_config
-from most_jax.checkpoint.hf_layout import EXPERT_PATHS, Path_, TensorMap, release_layout, stack_of
+from most_jax.checkpoint.hf_layout import EXPERT_PATHS, Path_, TensorMap, release_layout
 from most_jax.checkpoint.param_tree import abstract_params, shard_shapes, unflatten
 from most_jax.checkpoint.params_io import CheckpointError, save_params
 from most_jax.checkpoint.safetensors_file import DTYPES as FILE_DTYPES, SafetensorsError, SafetensorsFile
