@@ -83,8 +83,9 @@ def save_params(path: str | Path, cfg: config_lib.Config, params: dict,
 
 def step_dir(path: str | Path) -> Path:
     """`path` itself when it is a step directory, else the latest complete step of a manager root
-    (`path`, or `path/checkpoints` for a training run directory)."""
-    path = Path(path)
+    (`path`, or `path/checkpoints` for a training run directory). Absolute, because Orbax reads no
+    metadata through a relative path."""
+    path = Path(path).absolute()
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint directory")
     if (path / PARAMS_ITEM).is_dir():
