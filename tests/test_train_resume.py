@@ -16,8 +16,7 @@ import pytest
 import yaml
 from data_corpus import make_prepared, make_tokenizer
 
-from most_jax.checkpoint.manager import TrainCheckpointManager
-from most_jax.checkpoint.params_io import load_checkpoint
+from most_jax.checkpoint.params_io import load_checkpoint, step_dir
 from most_jax.config import load_config
 from most_jax.data import records as rec
 from most_jax.data.pipeline import build_dataset
@@ -54,14 +53,27 @@ def _losses(run_dir):
     return {r["step"]: r["loss"] for r in records}
 
 
+def _latest_step(run_dir):
+    # Read from the directory names: opening a second CheckpointManager here would start a second
+    # background cleanup of the killed run's temporary directories next to the one of the resume.
+    return int(step_dir(run_dir / CHECKPOINT_DIR).name)
+
+
 def _params(run_dir):
     return jax.tree.leaves(load_checkpoint(run_dir / CHECKPOINT_DIR)[1])
 
 
 def _most_train(config_path, run_dir, *extra):
     log = open(run_dir.parent / f"{run_dir.name}.log", "ab")
+    # One CPU device, so `most train`'s default mesh is the single device the in-process runs use
+    # (conftest simulates 8). The subprocesses compile the same step: a shared persistent cache
+    # saves all but the first compile.
+    xla_flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                         if not f.startswith("--xla_force_host_platform_device_count"))
+    env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_COMPILATION_CACHE_DIR": str(run_dir.parent / "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     return subprocess.Popen([sys.executable, "-m", "most_jax.cli", "train", "--config", str(config_path),
-                             "--run-dir", str(run_dir), *extra], stdout=log, stderr=log, env=os.environ.copy())
+                             "--run-dir", str(run_dir), *extra], stdout=log, stderr=log, env=env)
 
 
 def _wait_for_steps(run_dir, proc, count, timeout=300):
@@ -96,10 +108,8 @@ def test_sigterm_saves_and_resume_continues_exactly(setup):
     _wait_for_steps(run_dir, proc, 2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, (root / "sigterm.log").read_text()[-3000:]
-    manager = TrainCheckpointManager(run_dir / CHECKPOINT_DIR, keep=cfg.train.keep)
-    stopped_at = manager.latest_step()
-    manager.close()
-    assert stopped_at is not None and 2 <= stopped_at < STEPS, "SIGTERM should stop the run mid-way with a checkpoint"
+    stopped_at = _latest_step(run_dir)
+    assert 2 <= stopped_at < STEPS, "SIGTERM should stop the run mid-way with a checkpoint"
     assert f"stopped by SIGTERM at step {stopped_at}" in (root / "sigterm.log").read_text()
     resumed = _most_train(config_path, run_dir, "--resume", "--stop-after", str(max(COMPARE, stopped_at + 2)))
     assert resumed.wait(timeout=300) == 0, (root / "sigterm.log").read_text()[-3000:]
@@ -116,11 +126,7 @@ def test_sigkill_during_checkpointing_leaves_a_resumable_latest(setup):
     _wait_for_steps(run_dir, proc, 4)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    manager = TrainCheckpointManager(run_dir / CHECKPOINT_DIR, keep=2)
-    latest = manager.latest_step()
-    manager.close()
-    assert latest is not None
-    end = max(COMPARE, latest + 2)
+    end = max(COMPARE, _latest_step(run_dir) + 2)
     resumed = run_training(cfg, run_dir, iter(build_dataset(cfg.data)), resume=True, stop_after=end,
                            console=io.StringIO())
     assert resumed.step == end

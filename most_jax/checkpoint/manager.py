@@ -13,7 +13,8 @@ so `params` + `config` read like a params checkpoint (checkpoint/params_io.py lo
 or a step directory). Saves are asynchronous: `save` returns once the arrays are copied off the
 device, and files are written by a background thread. Orbax writes each step into a temporary
 directory and renames it when complete, so a save killed half-way never becomes the latest step;
-its leftovers are removed the next time the manager opens the directory.
+its leftovers are removed (in the background) the next time a manager opens the directory, so open
+one manager per directory at a time.
 """
 
 from __future__ import annotations
