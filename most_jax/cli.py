@@ -12,6 +12,7 @@ import sys
 
 # Order here is the order of `most --help`.
 COMMAND_MODULES = (
+    "demo",
     "data",
     "train",
     "generate",

@@ -313,6 +313,42 @@ class TrainConfig:
         _check(self.clip_norm >= 0, f"{prefix}.clip_norm", f"must be >= 0 (0: no clipping), got {self.clip_norm}")
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """The main job (`most demo`): sizes of the built-in corpus, the tokenizer, the unit codebook and
+    the evaluation. The model, data and train sections of the same config train the model."""
+
+    utterances: int = 8400  # spoken utterances over all splits
+    test_utterances: int = 200  # held out: their sentences occur nowhere in training
+    text_lm_sentences: int = 30000  # text-only sentences (text LM task, tokenizer training)
+    corpus_seed: int = 0
+    tokenizer_size: int = 1000  # sentencepiece BPE pieces
+    units_k: int = 256
+    units_rate: float = 25.0  # Hz
+    units_features: str = "mfcc"
+    units_hours: float = 1.5  # audio the k-means codebook is fitted on
+    kmeans_epochs: int = 5
+    workers: int = 2  # processes for synthesis and preparation
+    eval_batch_size: int = 32
+    asr_max_new_tokens: int = 64
+    tts_eval_utterances: int = 16  # held-out utterances for the TTS unit accuracy (0: none)
+    tts_max_new_tokens: int = 256
+
+    def validate(self, prefix: str = "demo") -> None:
+        for name in ("utterances", "test_utterances", "text_lm_sentences", "units_k", "kmeans_epochs", "workers",
+                     "eval_batch_size", "asr_max_new_tokens", "tts_max_new_tokens"):
+            value = getattr(self, name)
+            _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
+        _check(self.tts_eval_utterances >= 0, f"{prefix}.tts_eval_utterances", "must be >= 0")
+        _check(self.test_utterances < self.utterances / 2, f"{prefix}.test_utterances",
+               f"must be under half of demo.utterances={self.utterances}, got {self.test_utterances}")
+        _check(self.tts_eval_utterances <= self.test_utterances, f"{prefix}.tts_eval_utterances",
+               f"cannot exceed demo.test_utterances={self.test_utterances}")
+        _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
+        _check(self.units_rate > 0, f"{prefix}.units_rate", "must be positive")
+        _check(self.units_hours > 0, f"{prefix}.units_hours", "must be positive")
+
+
 MESH_AXES = ("slice", "data", "fsdp", "expert", "tensor")
 
 
@@ -343,12 +379,14 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
+    demo: DemoConfig = DemoConfig()
 
     def validate(self) -> None:
         self.model.validate("model")
         self.data.validate("data")
         self.train.validate("train")
         self.mesh.validate("mesh")
+        self.demo.validate("demo")
         _check(self.data.batch_size % self.train.micro_batches == 0, "train.micro_batches",
                f"{self.train.micro_batches} does not divide data.batch_size={self.data.batch_size}")
 
