@@ -154,9 +154,7 @@ class _Loop:
         batch_abstract = {k: jax.ShapeDtypeStruct((self.cfg.data.batch_size, self.cfg.data.seq_len), np.int32,
                                                   sharding=batch_sharding) for k in BATCH_KEYS}
         started = time.perf_counter()
-        # The model picks its MoE dispatch from the context mesh when traced (expert parallelism).
-        with jax.set_mesh(batch_sharding.mesh):
-            compiled = step_fn.lower(target, batch_abstract).compile()
+        compiled = step_fn.lower(target, batch_abstract).compile()
         self.say(f"compiled the train step in {time.perf_counter() - started:.1f} s; steps {step + 1}..{end} "
                  f"of {cfg.steps}, run dir {self.run_dir}")
         self.logger = MetricsLogger(self.run_dir, total_steps=cfg.steps, start_step=step, stream=self.console)
