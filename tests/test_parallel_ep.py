@@ -241,3 +241,16 @@ def test_most_logits_with_a_mesh_equals_one_device(tmp_path):
     with pytest.raises(SystemExit, match="rows per pass .*=4 .* 8 ways"):
         cli.main(["logits", *common, "--output", str(tmp_path / "x.npz"), "--mesh", "data=2,expert=4",
                   "--batch-size", "4"])
+
+
+def test_bench_ep_reports_bytes_and_load():
+    from most_jax.bench.ep import run
+
+    cfg = tiny("model.moe.capacity_factor=1.25", *parallel.parse_mesh_arg("data=4,expert=2"))
+    r = run(cfg, tokens=4096, repeats=1)
+    d, k, e = cfg.model.hidden_size, cfg.model.moe.top_k, cfg.model.moe.num_experts
+    assert r["simulated"] and r["bytes_min_per_layer_forward"] == 4096 * k * d * 4 * 2
+    assert r["capacity_per_expert"] == 160  # 1.25 x 512 local tokens x 2 / 8 experts
+    assert r["bytes_exchanged_per_layer_forward"] == 8 * e * 160 * d * 4 * 2
+    assert r["bytes_min_per_step"] == r["bytes_min_per_layer_forward"] * 2 * cfg.model.num_moe_layers
+    assert r["rank_load_max_over_mean"]["balanced"] < 1.2 < r["rank_load_max_over_mean"]["canonical"]
