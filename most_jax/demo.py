@@ -279,7 +279,7 @@ class Demo:
                  f"{cfg.train.steps} steps of {cfg.data.batch_size} x {cfg.data.seq_len} tokens, mixture "
                  f"{_mixture(cfg)}")
         batches = iter(build_dataset(cfg.data, PreparedData(self.paths.prepared)))
-        result = run_training(cfg, self.paths.train, batches, resume=True)
+        result = run_training(cfg, self.paths.train, batches, resume=True, console=sys.stderr)
         if result.stopped_by in ("SIGTERM", "SIGINT"):
             raise DemoInterrupted(result.stopped_by, result.step)
         return {"steps": result.step, "params": params, "active_params": active_params(cfg, params),
@@ -316,7 +316,7 @@ class Demo:
         return {"wer": asr["wer"], "utterances": asr["utterances"], "seconds": asr["seconds"]}
 
     def build_report(self, this_run_seconds: float) -> dict:
-        from most_jax.train.curves import plot_losses, read_metrics
+        from most_jax.train.curves import loss_series, plot_losses, read_metrics
 
         start = time.monotonic()
         records = read_metrics(self.paths.train)
@@ -332,8 +332,9 @@ class Demo:
             "test_utterances": asr["utterances"],
             "tts": {k: result["tts"][k] for k in ("unit_accuracy", "unit_error_rate", "utterances")}
             if "tts" in result else None,
-            "final_losses": {"step": last["step"], "loss": last["loss"],
-                             **{k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("loss_task/")}},
+            # each task's latest logged value: a short log window may have held no sequence of a task
+            "final_losses": {"step": last["step"], **{name: values[-1] for name, (_, values) in
+                                                      loss_series(records).items()}},
             "stage_seconds": stage_seconds,
             "total_seconds": round(sum(stage_seconds.values()), 1),
             "this_run_seconds": round(this_run_seconds + stage_seconds["report"], 1),

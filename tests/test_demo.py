@@ -1,0 +1,118 @@
+"""`most demo` at toy scale: every stage's output, held-out sentences disjoint from training, the
+summary and the curves, and re-runs that skip finished stages or resume training."""
+
+import json
+
+import numpy as np
+import pytest
+
+from most_jax import cli
+from most_jax.config import load_config
+from most_jax.demo import STAGES, chained_keys, differences, stage_settings
+
+TOY = ["--config", "configs/most_tiny.yaml",
+       "--set", "model.num_layers=2", "--set", "model.scan_layers=false",
+       "--set", "data.seq_len=256", "--set", "data.batch_size=4", "--set", "data.packing_bins=4",
+       "--set", "train.steps=4", "--set", "train.log_every=2", "--set", "train.checkpoint_every=2",
+       "--set", "demo.utterances=30", "--set", "demo.test_utterances=6", "--set", "demo.text_lm_sentences=300",
+       "--set", "demo.tokenizer_size=300", "--set", "demo.units_k=16", "--set", "demo.kmeans_epochs=2",
+       "--set", "demo.workers=1", "--set", "demo.eval_batch_size=8", "--set", "demo.asr_max_new_tokens=6",
+       "--set", "demo.tts_eval_utterances=1", "--set", "demo.tts_max_new_tokens=6"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _demo(out, capsys):
+    capsys.readouterr()
+    code = cli.main(["demo", "--out", str(out), *TOY])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    return captured.out + captured.err
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert cli.main(["demo", "--out", str(out), *TOY]) == 0
+    return out
+
+
+def test_every_stage_writes_its_outputs(first_run):
+    out = first_run
+    for path in ("corpus/train.jsonl", "corpus/test.jsonl", "corpus/text_lm.txt", "tokenizer/spm.model",
+                 "units/units.json", "units/centroids.npy", "prepared/layout.json", "prepared/report.json",
+                 "test/report.json", "train/metrics.jsonl", "eval.json", "summary.json", "stages.json"):
+        assert (out / path).is_file(), path
+    assert list((out / "train" / "checkpoints").glob("4/params"))
+    ledger = json.loads((out / "stages.json").read_text())
+    assert [name for name in STAGES[:-1] if ledger[name]["done"]] == list(STAGES[:-1])
+
+
+def test_curves_are_a_png_of_the_task_losses(first_run):
+    import matplotlib.pyplot as plt
+
+    data = (first_run / "curves.png").read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    image = plt.imread(first_run / "curves.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert np.ptp(image[..., :3]) > 0.5  # something is drawn
+
+
+def test_held_out_sentences_never_occur_in_training(first_run):
+    corpus = first_run / "corpus"
+    train = {row["text"] for row in _lines(corpus / "train.jsonl")}
+    text_lm = set(corpus.joinpath("text_lm.txt").read_text().splitlines())
+    test = {row["text"] for row in _lines(corpus / "test.jsonl")}
+    assert len(test) == 6 and len(train) == 24
+    assert not test & (train | text_lm)
+    # the WER was measured on exactly those held-out utterances
+    evaluated = json.loads((first_run / "eval.json").read_text())["asr"]["examples"]
+    assert {ex["reference"] for ex in evaluated} == test
+
+
+def test_summary_has_the_figures(first_run):
+    summary = json.loads((first_run / "summary.json").read_text())
+    assert 0.0 <= summary["wer"] and summary["words"] > 0 and summary["test_utterances"] == 6
+    assert summary["word_errors"] == round(summary["wer"] * summary["words"])
+    assert set(summary["final_losses"]) >= {"step", "loss", "asr", "tts", "text_lm"}
+    assert summary["final_losses"]["step"] == 4
+    assert set(summary["stage_seconds"]) == set(STAGES)
+    assert summary["total_seconds"] == pytest.approx(sum(summary["stage_seconds"].values()), abs=0.2)
+    assert summary["stages_run"] == list(STAGES)
+    sizes = summary["sizes"]
+    assert sizes["utterances"]["test"] == 6 and sizes["units_k"] == 16 and sizes["tokenizer_pieces"] == 300
+    assert sizes["train_steps"] == 4 and 0 < sizes["active_params"] < sizes["params"]
+    assert summary["tts"]["utterances"] == 1
+    assert len(summary["machine"]["load_average_start"]) == 3
+
+
+def test_a_rerun_skips_finished_stages_and_resumes_training(first_run, capsys):
+    before = (first_run / "eval.json").read_text()
+    log = _demo(first_run, capsys)
+    for index, name in enumerate(STAGES[:-1], start=1):
+        assert f"{index}/{len(STAGES)} {name}: done already" in log, name
+    summary = json.loads((first_run / "summary.json").read_text())
+    assert summary["stages_run"] == ["report"]
+    assert (first_run / "eval.json").read_text() == before
+
+    # A training stage left unfinished (as after SIGTERM) resumes from its checkpoint, keeping it.
+    ledger_path = first_run / "stages.json"
+    ledger = json.loads(ledger_path.read_text())
+    ledger["train"]["done"] = False
+    ledger_path.write_text(json.dumps(ledger))
+    log = _demo(first_run, capsys)
+    assert "5/7 train: resuming" in log and "nothing to do: the state is at step 4" in log
+    assert json.loads((first_run / "summary.json").read_text())["stages_run"] == ["train", "report"]
+
+
+def test_changed_settings_rebuild_that_stage_and_the_later_ones():
+    base = load_config("configs/demo.yaml")
+    changed = load_config("configs/demo.yaml", ["demo.units_k=128"])
+    old, new = chained_keys(stage_settings(base)), chained_keys(stage_settings(changed))
+    assert [name for name in STAGES[:-1] if old[name] != new[name]] == ["units", "prepare", "train", "eval"]
+    assert differences(old["units"], new["units"]) == ["settings.k"]
+    retrained = chained_keys(stage_settings(load_config("configs/demo.yaml", ["train.lr=1e-3"])))
+    assert [name for name in STAGES[:-1] if old[name] != retrained[name]] == ["train", "eval"]

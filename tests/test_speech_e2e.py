@@ -1,0 +1,76 @@
+"""End to end on real speech: eSpeak pairs -> units/tokenizer -> prepared records -> training ->
+`most eval asr|tts` by generation. A tiny model that memorises a handful of pairs must give them
+back through generation, which only works when the generation prompt matches the training format
+(markers, instruction, response start) token for token."""
+
+import dataclasses
+import io
+import json
+
+import pytest
+
+from most_jax import cli
+from most_jax.config import config_from_dict, load_config, to_dict
+from most_jax.data.pipeline import PreparedData, build_dataset
+from most_jax.data.prepare import PrepareOptions, manifest_items, prepare
+from most_jax.data.tasks import TEMPLATE_TEXTS
+from most_jax.data.tokenizers import train_sentencepiece
+from most_jax.speech import kmeans, units
+from most_jax.speech.audio import load_audio
+from most_jax.speech.manifest import read_manifest
+from most_jax.speech.synth import synthesize_corpus
+from most_jax.train.loop import run_training
+
+NUM_PAIRS = 4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    synthesize_corpus(root / "corpus", NUM_PAIRS, seed=3, workers=1, dev_fraction=0.0, test_fraction=0.0,
+                      num_text_lm=400, log=lambda _: None)
+    train_sentencepiece([root / "corpus" / "text_lm.txt"], root / "tok", 300, extra_lines=TEMPLATE_TEXTS)
+    manifest = root / "corpus" / "train.jsonl"
+    waves = [load_audio(e["audio"])[0] for e in read_manifest(manifest)]
+    extractor = units.UnitExtractor.fit(waves, units.build_features("mfcc"), 25.0,
+                                        options=kmeans.KMeansOptions(num_clusters=24, epochs=3, seed=0))
+    extractor.save(root / "units")
+    prepare(manifest_items(manifest), root / "prepared", PrepareOptions(str(root / "tok"), str(root / "units")),
+            progress=None)
+    layout = PreparedData(root / "prepared").layout
+    cfg = load_config("configs/most_tiny.yaml", [
+        "model.num_layers=2", "model.scan_layers=false", "data.seq_len=192", "data.batch_size=4",
+        "data.mixture.asr=0.5", "data.mixture.tts=0.5", "data.mixture.text_lm=0", f"data.records={root / 'prepared'}",
+        "train.steps=240", "train.lr=3e-3", "train.warmup_steps=20", "train.min_lr_ratio=0.01",
+        "train.log_every=50", "train.checkpoint_every=1000", "train.async_checkpoint=false"])
+    cfg = config_from_dict(to_dict(dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, vocab=layout.config, vocab_size=layout.vocab_size))))
+    result = run_training(cfg, root / "run", iter(build_dataset(cfg.data)), console=io.StringIO())
+    return root, result
+
+
+def _eval(capsys, task, root):
+    capsys.readouterr()
+    assert cli.main(["eval", task, str(root / "run"), "--data", str(root / "prepared"), "--json",
+                     "--batch-size", "4"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_training_memorises_the_pairs(trained):
+    _, result = trained
+    assert result.step == 240
+    assert result.last_record["loss_task/asr"] < 0.05 and result.last_record["loss_task/tts"] < 0.2, result.last_record
+
+
+def test_eval_asr_gives_back_the_memorised_transcripts(trained, capsys):
+    root, _ = trained
+    out = _eval(capsys, "asr", root)
+    assert out["utterances"] == NUM_PAIRS and out["words"] > 10
+    assert out["wer"] <= 0.05, out["examples"]
+
+
+def test_eval_tts_gives_back_the_memorised_units(trained, capsys):
+    root, _ = trained
+    out = _eval(capsys, "tts", root)
+    assert out["utterances"] == NUM_PAIRS
+    assert out["unit_accuracy"] >= 0.9 and out["unit_error_rate"] <= 0.1, out
