@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
+from most_jax.atomic import atomic_file
 from most_jax.checkpoint.params_io import CheckpointError
 from most_jax.commands.speech_args import add_model_args, load_model_and_assets
 from most_jax.config import ConfigError
@@ -58,11 +56,7 @@ def run_tts(args: argparse.Namespace) -> int:
         (units,) = synthesize_units(model, data, [args.text], sampling=sampling, batch_size=1, seed=args.seed)
     except ERRORS as e:
         raise SystemExit(f"most generate tts: error: {e}") from None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, units.astype(np.int32))
-    os.replace(tmp, out)
-    print(f"wrote {out}: {len(units)} units", file=sys.stderr)
+    with atomic_file(args.out) as tmp, open(tmp, "wb") as f:
+        np.save(f, units.astype(np.int32))  # through a handle: np.save appends .npy to other names
+    print(f"wrote {args.out}: {len(units)} units", file=sys.stderr)
     return 0

@@ -39,7 +39,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from most_jax.atomic import atomic_directory
 from most_jax.data import records as rec
 from most_jax.data.tasks import Formatter
 from most_jax.data.tokenizers import TokenizerError, copy_tokenizer, load_tokenizer
@@ -425,13 +425,11 @@ def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions,
         layout, _ = load_layout(tokenizer, options.units_dir)
     except VocabError as err:
         raise PrepareError(f"vocabulary layout: {err}") from None
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     start = last_print = time.monotonic()
     skipped, repaired = Counter(), Counter()
     seconds = units = 0.0
     done = 0
-    try:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         writer = ShardWriter(tmp, options.num_shards)
         for outcome in _outcomes(items, options):
             done += 1
@@ -467,12 +465,6 @@ def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions,
             # Generation and evaluation extract units from new audio with this same codebook.
             shutil.copytree(options.units_dir, tmp / rec.UNITS_DIR)
         (tmp / rec.REPORT_FILE).write_text(json.dumps(report, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if progress is not None:
         print(f"prepare: wrote {report['records_written']} records ({report['hours']:.2f} h of audio) to {out_dir}; "
               f"skipped {dict(skipped) or 'none'}", file=progress, flush=True)

@@ -7,7 +7,6 @@ it the model derives modality from token ids through the config's vocabulary lay
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from most_jax.atomic import atomic_file
 from most_jax.config import ModelConfig
 from most_jax.models.most import MoST
 from most_jax.vocab import NO_GROUP
@@ -103,11 +103,6 @@ def write_npz_atomic(path: str | Path, **arrays: np.ndarray) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         raise LogitsInputError(f"{path}: the output file name must end in .npz")
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}.npz")
-    try:
+    with atomic_file(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

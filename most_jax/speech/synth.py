@@ -22,8 +22,6 @@ import json
 import multiprocessing
 import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from most_jax.atomic import atomic_directory
 from most_jax.speech import sentences
 from most_jax.speech.manifest import write_manifest
 
@@ -113,9 +112,7 @@ def synthesize_corpus(out_dir: str | os.PathLike, num: int, seed: int = 0, worke
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     utterances, text_lm = plan_corpus(num, seed, dev_fraction, test_fraction, num_text_lm)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         audio_dir = tmp / "audio"
         audio_dir.mkdir()
         blocks = [(utterances[i:i + BLOCK_SIZE], str(audio_dir)) for i in range(0, len(utterances), BLOCK_SIZE)]
@@ -140,16 +137,6 @@ def synthesize_corpus(out_dir: str | os.PathLike, num: int, seed: int = 0, worke
             info["hours"][split] = round(sum(r["duration"] for r in rows) / 3600, 4)
         (tmp / "text_lm.txt").write_text("".join(line + "\n" for line in text_lm))
         (tmp / "corpus.json").write_text(json.dumps(info, indent=1) + "\n")
-        if out_dir.exists():  # --overwrite: swap, then delete the old corpus
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"synth: wrote {out_dir} ({sum(info['utterances'].values())} utterances, "
         f"{sum(info['hours'].values()):.2f} h)")
     return info

@@ -16,13 +16,12 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, runtime_checkable
 
 import numpy as np
 
+from most_jax.atomic import atomic_directory
 from most_jax.speech import features as feat
 from most_jax.speech import kmeans
 
@@ -221,23 +220,10 @@ class UnitExtractor:
 
     def save(self, directory: str | os.PathLike, extra_metadata: dict | None = None) -> None:
         """Writes `directory` (replacing it) via a temporary sibling, renamed into place when complete."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with atomic_directory(directory, overwrite=True) as tmp:
             np.save(tmp / "centroids.npy", self.centroids.astype(np.float32))
             meta = self.metadata() | ({"fit": extra_metadata} if extra_metadata else {})
             (tmp / "units.json").write_text(json.dumps(meta, indent=1) + "\n")
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                directory.rename(old)
-                tmp.rename(directory)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "UnitExtractor":
