@@ -108,6 +108,22 @@ def test_a_rerun_skips_finished_stages_and_resumes_training(first_run, capsys):
     assert json.loads((first_run / "summary.json").read_text())["stages_run"] == ["train", "report"]
 
 
+def test_training_stopped_by_sigterm_exits_143_and_stays_resumable(first_run, capsys, monkeypatch):
+    from most_jax.train import loop
+
+    ledger_path = first_run / "stages.json"
+    ledger = json.loads(ledger_path.read_text())
+    ledger["train"]["done"] = False
+    ledger_path.write_text(json.dumps(ledger))
+    # what run_training returns after its SIGTERM handler saved a checkpoint mid-run
+    monkeypatch.setattr(loop, "run_training", lambda *a, **k: loop.RunResult(3, "SIGTERM", None))
+    capsys.readouterr()
+    assert cli.main(["demo", "--out", str(first_run), *TOY]) == 128 + 15
+    assert "stopped by SIGTERM at step 3" in capsys.readouterr().err
+    ledger = json.loads(ledger_path.read_text())
+    assert not ledger["train"]["done"] and (first_run / "train" / "checkpoints").is_dir()
+
+
 def test_changed_settings_rebuild_that_stage_and_the_later_ones():
     base = load_config("configs/demo.yaml")
     changed = load_config("configs/demo.yaml", ["demo.units_k=128"])
