@@ -228,16 +228,13 @@ class Demo:
         return {"pieces": tok.text_size}
 
     def build_units(self) -> dict:
-        from most_jax import cli
+        from most_jax.speech import kmeans
+        from most_jax.speech.units import fit_from_manifest
 
         d = self.cfg.demo
-        argv = ["data", "train-units", "--manifest", str(self.paths.corpus / "train.jsonl"), "--out",
-                str(self.paths.units), "--k", str(d.units_k), "--rate", str(d.units_rate), "--features",
-                d.units_features, "--max-hours", str(d.units_hours), "--epochs", str(d.kmeans_epochs),
-                "--seed", str(d.corpus_seed)]
-        if cli.main(argv) != 0:
-            raise DemoError(f"most {' '.join(argv)} failed")
-        fit = json.loads((self.paths.units / "units.json").read_text())["fit"]
+        options = kmeans.KMeansOptions(num_clusters=d.units_k, epochs=d.kmeans_epochs, seed=d.corpus_seed)
+        fit = fit_from_manifest(self.paths.corpus / "train.jsonl", self.paths.units, features=d.units_features,
+                                unit_rate=d.units_rate, max_hours=d.units_hours, options=options, log=self.say)
         return {"k": d.units_k, "fit_hours": fit["hours"], "units_per_second": fit["units_per_second"]}
 
     def build_prepare(self) -> dict:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import time
 
 from most_jax.speech import kmeans, units
-from most_jax.speech.audio import AudioError, load_audio
-from most_jax.speech.manifest import read_manifest
 
 
 def register(subparsers) -> None:
@@ -37,55 +33,17 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    entries = read_manifest(args.manifest)
-    features = units.build_features(args.features)
-    units.frames_per_unit(features, args.rate)  # fail on a bad rate before reading any audio
-    skipped: collections.Counter[str] = collections.Counter()
-    totals = {"files": 0, "seconds": 0.0}
-    sample: list = []  # the first files, kept to report the unit rate after fitting
-
-    def waves():
-        # A generator, so only the (much smaller) unit-rate frames of each file are held in memory.
-        for entry in entries:
-            if totals["seconds"] >= args.max_hours * 3600:
-                return
-            try:
-                wave, _ = load_audio(entry["audio"])
-            except AudioError as exc:
-                skipped[exc.reason] += 1
-                print(f"train-units: skipping {exc}")
-                continue
-            totals["files"] += 1
-            totals["seconds"] += len(wave) / 16000
-            if len(sample) < 200:
-                sample.append(wave)
-            if totals["files"] % 500 == 0:
-                print(f"train-units: featurised {totals['files']} files, {totals['seconds'] / 3600:.2f} h")
-            yield wave
-
     options = kmeans.KMeansOptions(num_clusters=args.k, batch_size=args.batch_size, epochs=args.epochs,
                                    init=args.init, seed=args.seed)
-
-    def progress(epoch: int, inertia: float, reseeded: int) -> None:
-        print(f"train-units: k-means epoch {epoch + 1}/{args.epochs}: mean batch inertia {inertia:.3f}, "
-              f"{reseeded} empty centroids re-seeded")
-
     start = time.perf_counter()
     try:
-        extractor = units.UnitExtractor.fit(waves(), features, args.rate, args.pooling, args.dedup, options,
-                                            progress)
-    except ValueError as exc:
-        raise SystemExit(f"train-units: cannot fit on {args.manifest}: {exc} (skipped {dict(skipped)})") from exc
-    hours = totals["seconds"] / 3600
-    frames = sum(len(extractor.raw_unit_frames(w)) for w in sample)
-    emitted = sum(len(u) for u in extractor.extract_batch(sample))
-    fit_info = {"manifest": str(args.manifest), "files": totals["files"], "hours": round(hours, 4),
-                "skipped": dict(skipped), "kmeans": dataclasses.asdict(options),
-                "units_per_second": round(emitted / max(sum(len(w) for w in sample) / 16000, 1e-9), 2),
-                "kept_after_dedup": round(emitted / max(frames, 1), 4)}
-    extractor.save(args.out, fit_info)
-    print(f"train-units: {totals['files']} files, {hours:.2f} h, skipped {dict(skipped) or 'none'}; fitted in "
+        fit = units.fit_from_manifest(args.manifest, args.out, features=args.features, unit_rate=args.rate,
+                                      pooling=args.pooling, dedup=args.dedup, max_hours=args.max_hours,
+                                      options=options)
+    except units.UnitExtractorError as exc:
+        raise SystemExit(f"train-units: {exc}") from exc
+    print(f"train-units: {fit['files']} files, {fit['hours']:.2f} h, skipped {fit['skipped'] or 'none'}; fitted in "
           f"{time.perf_counter() - start:.0f} s")
-    print(f"train-units: wrote {args.out} (K={args.k}, {args.rate:g} Hz, {features.kind}); "
-          f"{fit_info['units_per_second']} units/s after dedup on the first {len(sample)} files")
+    print(f"train-units: wrote {args.out} (K={args.k}, {args.rate:g} Hz, {args.features}); "
+          f"{fit['units_per_second']} units/s after dedup on the first {fit['sample_files']} files")
     return 0

@@ -42,7 +42,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TextIO
 
 import numpy as np
 
@@ -413,8 +413,12 @@ class ShardWriter:
 
 
 def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions, total: int | None = None,
-            overwrite: bool = False, progress=sys.stderr) -> dict:
-    """Writes the prepared directory OUT_DIR (see most_jax/data/records.py) and returns its report."""
+            overwrite: bool = False, progress: TextIO | None | str = "stderr") -> dict:
+    """Writes the prepared directory OUT_DIR (see most_jax/data/records.py) and returns its report.
+
+    Progress goes to `progress` (None: silent; "stderr": sys.stderr as it is at call time)."""
+    if progress == "stderr":
+        progress = sys.stderr
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise PrepareError(f"{out_dir} already exists (use --overwrite to replace it)")

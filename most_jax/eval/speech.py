@@ -30,8 +30,8 @@ class EvalItem:
     text: str
 
 
-def load_eval_set(path: str | Path, data: PreparedData, limit: int | None = None, log=sys.stderr) -> list[EvalItem]:
-    path = Path(path)
+def load_eval_set(path: str | Path, data: PreparedData, limit: int | None = None, log=None) -> list[EvalItem]:
+    path, log = Path(path), log or sys.stderr
     items: list[EvalItem] = []
     if path.is_dir():
         for record in PreparedData(path).records("pair"):

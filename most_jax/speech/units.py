@@ -267,3 +267,61 @@ class UnitExtractor:
         except ValueError as exc:
             raise UnitExtractorError(f"{meta_path}: field 'unit_rate': {exc}") from exc
         return extractor
+
+
+def fit_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, features: str = "mfcc",
+                      unit_rate: float = 25.0, pooling: str = "stack", dedup: bool = True,
+                      max_hours: float = 10.0, options: kmeans.KMeansOptions = kmeans.KMeansOptions(),
+                      log: Callable[[str], None] = print) -> dict:
+    """Fits a unit extractor on the audio of a manifest (up to `max_hours`) and saves it to `out_dir`.
+
+    Unreadable files are skipped and counted by reason. Returns the fit report, also stored under
+    "fit" in units.json: files, hours, skips, k-means options, units per second and the fraction of
+    unit frames kept after duplicate removal (measured on the first 200 files).
+    """
+    from most_jax.speech.audio import AudioError, load_audio
+    from most_jax.speech.manifest import read_manifest
+
+    entries = read_manifest(manifest)
+    frame_features = build_features(features)
+    frames_per_unit(frame_features, unit_rate)  # fail on a bad rate before reading any audio
+    skipped: dict[str, int] = {}
+    totals = {"files": 0, "seconds": 0.0}
+    sample: list[np.ndarray] = []
+
+    def waves():
+        # A generator, so only the (much smaller) unit-rate frames of each file are held in memory.
+        for entry in entries:
+            if totals["seconds"] >= max_hours * 3600:
+                return
+            try:
+                wave, _ = load_audio(entry["audio"])
+            except AudioError as exc:
+                skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+                log(f"train-units: skipping {exc}")
+                continue
+            totals["files"] += 1
+            totals["seconds"] += len(wave) / 16000
+            if len(sample) < 200:
+                sample.append(wave)
+            if totals["files"] % 500 == 0:
+                log(f"train-units: featurised {totals['files']} files, {totals['seconds'] / 3600:.2f} h")
+            yield wave
+
+    def progress(epoch: int, inertia: float, reseeded: int) -> None:
+        log(f"train-units: k-means epoch {epoch + 1}/{options.epochs}: mean batch inertia {inertia:.3f}, "
+            f"{reseeded} empty centroids re-seeded")
+
+    try:
+        extractor = UnitExtractor.fit(waves(), frame_features, unit_rate, pooling, dedup, options, progress)
+    except ValueError as exc:
+        raise UnitExtractorError(f"cannot fit on {manifest}: {exc} (skipped {skipped})") from exc
+    frames = sum(len(extractor.raw_unit_frames(w)) for w in sample)
+    emitted = sum(len(u) for u in extractor.extract_batch(sample))
+    fit_info = {"manifest": str(manifest), "files": totals["files"], "hours": round(totals["seconds"] / 3600, 4),
+                "skipped": skipped, "kmeans": dataclasses.asdict(options),
+                "units_per_second": round(emitted / max(sum(len(w) for w in sample) / 16000, 1e-9), 2),
+                "kept_after_dedup": round(emitted / max(frames, 1), 4), "sample_files": len(sample)}
+    extractor.save(out_dir, fit_info)
+    return fit_info
+

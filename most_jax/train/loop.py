@@ -80,7 +80,7 @@ class _StopSignals:
 def run_training(cfg: Config, run_dir: str | Path, batches: BatchIterator, *, resume: bool = False,
                  init_from: str | Path | None = None, stop_after: int | None = None, mesh: Mesh | None = None,
                  param_shardings: Callable[[Any, Mesh], Any] = replicated_shardings,
-                 batch_sharding: NamedSharding | None = None, console: TextIO = sys.stderr) -> RunResult:
+                 batch_sharding: NamedSharding | None = None, console: TextIO | None = None) -> RunResult:
     """Trains `cfg.train.steps` steps (or until `stop_after`) writing to `run_dir`.
 
     resume: continue from the latest checkpoint in run_dir (a fresh start if there is none);
@@ -91,6 +91,7 @@ def run_training(cfg: Config, run_dir: str | Path, batches: BatchIterator, *, re
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    console = console or sys.stderr  # resolved per call: a default bound at import goes stale
     mesh = mesh or single_device_mesh()
     batch_sharding = batch_sharding or batch_sharding_for(mesh)
 

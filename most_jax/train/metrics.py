@@ -126,11 +126,11 @@ class ProgressBar:
     """One console line per log record: progress, loss by task, throughput and ETA. On a terminal
     the line is redrawn in place; in a log file each record is its own line."""
 
-    def __init__(self, total_steps: int, stream: TextIO = sys.stderr, width: int = 20):
+    def __init__(self, total_steps: int, stream: TextIO | None = None, width: int = 20):
         self.total = total_steps
-        self.stream = stream
+        self.stream = stream or sys.stderr  # resolved per call: a default bound at import goes stale under capture
         self.width = width
-        self.in_place = stream.isatty()
+        self.in_place = self.stream.isatty()
 
     def update(self, rec: dict[str, Any]) -> None:
         step = rec["step"]
@@ -178,7 +178,7 @@ class MetricsLogger:
     last checkpoint) are removed from metrics.jsonl and purged from TensorBoard, so the files
     describe one consistent history."""
 
-    def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int, stream: TextIO = sys.stderr):
+    def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int, stream: TextIO | None = None):
         from tensorboardX import SummaryWriter  # heavy import, only where metrics are written
 
         import jax
