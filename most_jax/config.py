@@ -322,6 +322,10 @@ class DemoConfig:
     test_utterances: int = 200  # held out: their sentences occur nowhere in training
     text_lm_sentences: int = 30000  # text-only sentences (text LM task, tokenizer training)
     corpus_seed: int = 0
+    voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (speech/synth.py VOICES)
+    pitches: tuple[int, ...] = ()  # empty: the built-in pitches
+    rate_wpm: tuple[int, ...] = ()  # [low, high] words per minute; empty: the built-in range
+    vocabulary: int = 0  # sentences over the generator's N most frequent words only; 0: every word
     tokenizer_size: int = 1000  # sentencepiece BPE pieces
     units_k: int = 256
     units_rate: float = 25.0  # Hz
@@ -347,6 +351,8 @@ class DemoConfig:
         _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
         _check(self.units_rate > 0, f"{prefix}.units_rate", "must be positive")
         _check(self.units_hours > 0, f"{prefix}.units_hours", "must be positive")
+        _check(self.vocabulary >= 0, f"{prefix}.vocabulary", f"must be >= 0 (0: every word), got {self.vocabulary}")
+        _check(len(self.rate_wpm) in (0, 2), f"{prefix}.rate_wpm", f"must be [low, high], got {list(self.rate_wpm)}")
 
 
 MESH_AXES = ("slice", "data", "fsdp", "expert", "tensor")

@@ -73,7 +73,9 @@ def stage_settings(cfg: Config) -> dict[str, dict[str, Any]]:
     d = cfg.demo
     return {
         "corpus": {"utterances": d.utterances, "test_utterances": d.test_utterances,
-                   "text_lm_sentences": d.text_lm_sentences, "seed": d.corpus_seed},
+                   "text_lm_sentences": d.text_lm_sentences, "seed": d.corpus_seed,
+                   "voices": list(d.voices), "pitches": list(d.pitches), "rate_wpm": list(d.rate_wpm),
+                   "vocabulary": d.vocabulary},
         "tokenizer": {"size": d.tokenizer_size},
         "units": {"k": d.units_k, "rate": d.units_rate, "features": d.units_features, "hours": d.units_hours,
                   "epochs": d.kmeans_epochs},
@@ -209,12 +211,18 @@ class Demo:
 
     # ------------------------------------------------------------------ stages
     def build_corpus(self) -> dict:
-        from most_jax.speech.synth import synthesize_corpus
+        from most_jax.speech import synth
 
         d = self.cfg.demo
-        info = synthesize_corpus(self.paths.corpus, d.utterances, seed=d.corpus_seed, workers=d.workers,
-                                 dev_fraction=0.0, test_fraction=d.test_utterances / d.utterances,
-                                 num_text_lm=d.text_lm_sentences, log=self.say)
+        try:
+            speaker_set = synth.SpeakerSet(d.voices or synth.VOICES, d.pitches or synth.PITCHES,
+                                           d.rate_wpm or synth.RATE_WPM)
+        except ValueError as exc:
+            raise DemoError(f"demo.voices / demo.pitches / demo.rate_wpm: {exc}") from None
+        info = synth.synthesize_corpus(self.paths.corpus, d.utterances, seed=d.corpus_seed, workers=d.workers,
+                                       dev_fraction=0.0, test_fraction=d.test_utterances / d.utterances,
+                                       num_text_lm=d.text_lm_sentences, speaker_set=speaker_set,
+                                       vocabulary_limit=d.vocabulary or None, log=self.say)
         return {"utterances": info["utterances"], "hours": info["hours"],
                 "text_lm_sentences": info["text_lm_sentences"], "vocabulary_words": info["vocabulary_size"]}
 

@@ -81,3 +81,15 @@ def test_years_and_ordinals():
     assert lexicon.year_words(1900) == "nineteen hundred"
     assert lexicon.ordinal_words(1) == "first" and lexicon.ordinal_words(23) == "twenty third"
     assert lexicon.ordinal_words(30) == "thirtieth"
+
+
+def test_vocabulary_limit_keeps_the_most_frequent_words_only():
+    small, larger = sentences.frequent_words(500), sentences.frequent_words(800)
+    assert len(small) == 500 and small < larger < sentences.vocabulary()
+    assert {"the", "a"} <= small  # the commonest words survive any sensible limit
+    drawn = sentences.unique_sentences(5, 300, vocabulary_limit=500)
+    assert drawn == sentences.unique_sentences(5, 300, vocabulary_limit=500)
+    assert all(small.issuperset(s.split()) for s in drawn)
+    assert not all(small.issuperset(s.split()) for s in sentences.unique_sentences(5, 300))
+    with pytest.raises(RuntimeError, match="within the 3 most frequent words"):
+        sentences.unique_sentences(5, 50, vocabulary_limit=3)

@@ -77,3 +77,26 @@ def test_overwrite_swaps_in_the_new_corpus(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c"]
     assert json.loads((tmp_path / "c" / "corpus.json").read_text())["seed"] == 2
     assert len(list((tmp_path / "c" / "audio").iterdir())) == 4
+
+
+def test_speaker_set_and_vocabulary_limit_choose_who_speaks_what():
+    chosen = synth.SpeakerSet(voices=("en-us", "en+f5"), pitches=(50,), rate_wpm=(150, 160))
+    utterances, text_lm = synth.plan_corpus(60, seed=1, num_text_lm=30, speaker_set=chosen, vocabulary_limit=500)
+    assert {u.speaker.name for u in utterances} == {"en-us-p50", "en+f5-p50"}
+    assert all(150 <= u.rate <= 160 for u in utterances)
+    allowed = synth.sentences.frequent_words(500)
+    assert all(allowed.issuperset(text.split()) for text in [u.text for u in utterances] + text_lm)
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (dict(voices=()), "voices"), (dict(voices=("en-us", "en-us")), "voices"), (dict(pitches=(120,)), "pitches"),
+    (dict(rate_wpm=(200, 150)), "rate_wpm"), (dict(rate_wpm=(50, 150)), "rate_wpm")])
+def test_bad_speaker_sets_are_refused_by_name(args, culprit):
+    with pytest.raises(ValueError, match=culprit):
+        synth.SpeakerSet(**args)
+
+
+def test_cli_names_a_bad_speaker_option(tmp_path):
+    with pytest.raises(SystemExit, match="pitches"):
+        main(["data", "synth", str(tmp_path / "c"), "--num", "4", "--pitches", "50,50"])
+    assert not (tmp_path / "c").exists()

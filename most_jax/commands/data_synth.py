@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from most_jax.speech import synth
 
 
@@ -20,12 +22,38 @@ def register(subparsers) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.05, help="share of utterances in test (default 0.05)")
     parser.add_argument("--text-lm", type=int, default=20000, metavar="N",
                         help="text-only sentences written to text_lm.txt (default 20000)")
+    parser.add_argument("--voices", type=_names, default=synth.VOICES, metavar="V1,V2,...",
+                        help=f"eSpeak voices (default: {','.join(synth.VOICES)})")
+    parser.add_argument("--pitches", type=_ints, default=synth.PITCHES, metavar="P1,P2,...",
+                        help=f"pitches 0..100, each voice at each (default: {','.join(map(str, synth.PITCHES))})")
+    parser.add_argument("--rate-wpm", type=_ints, default=synth.RATE_WPM, metavar="LOW,HIGH",
+                        help="speaking-rate range in words per minute, drawn per utterance "
+                             f"(default: {','.join(map(str, synth.RATE_WPM))})")
+    parser.add_argument("--vocabulary", type=int, default=None, metavar="N",
+                        help="use only the generator's N most frequent words (default: every word, about 3,500); "
+                             "fewer words make an easier corpus")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     parser.set_defaults(handler=_run)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _run(args) -> int:
+    try:
+        speaker_set = synth.SpeakerSet(args.voices, args.pitches, args.rate_wpm)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"most data synth: {exc}") from None
     synth.synthesize_corpus(args.out_dir, args.num, seed=args.seed, workers=args.workers,
                             dev_fraction=args.dev_fraction, test_fraction=args.test_fraction,
-                            num_text_lm=args.text_lm, overwrite=args.overwrite)
+                            num_text_lm=args.text_lm, speaker_set=speaker_set, vocabulary_limit=args.vocabulary,
+                            overwrite=args.overwrite)
     return 0

@@ -9,7 +9,9 @@ never occurs in training, though its words and shapes do.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import random
 
 from most_jax.speech import lexicon as lx
@@ -502,17 +504,37 @@ def sentence(rng: random.Random) -> str:
             return " ".join(words)
 
 
-def unique_sentences(seed: int, count: int) -> list[str]:
-    """`count` distinct sentences, in generation order; the same seed gives the same list."""
+# Sentences `frequent_words` ranks words on; a fixed sample, so a vocabulary limit names the same
+# words whatever the corpus seed.
+_RANKING_SEED, _RANKING_SENTENCES = 20240601, 50_000
+
+
+@functools.lru_cache(maxsize=8)
+def frequent_words(limit: int) -> frozenset[str]:
+    """The `limit` words the generator produces most often (ties: first produced first)."""
+    if limit < 1:
+        raise ValueError(f"vocabulary limit must be positive, got {limit}")
+    rng = random.Random(_RANKING_SEED)
+    counts = collections.Counter(w for _ in range(_RANKING_SENTENCES) for w in sentence(rng).split())
+    return frozenset(w for w, _ in counts.most_common(limit))
+
+
+def unique_sentences(seed: int, count: int, vocabulary_limit: int | None = None) -> list[str]:
+    """`count` distinct sentences, in generation order; the same seed gives the same list. With a
+    `vocabulary_limit`, only sentences made entirely of the `frequent_words(limit)` are kept."""
     rng = random.Random(seed)
+    allowed = None if vocabulary_limit is None else frequent_words(vocabulary_limit)
     seen: dict[str, None] = {}
     attempts = 0
     while len(seen) < count:
-        seen.setdefault(sentence(rng))
+        text = sentence(rng)
         attempts += 1
-        if attempts > 20 * count + 1000:
-            raise RuntimeError(f"could not draw {count} distinct sentences (got {len(seen)}); "
-                               "the grammar is too small for this corpus size")
+        if allowed is None or allowed.issuperset(text.split()):
+            seen.setdefault(text)
+        if attempts > 50 * count + 1000:
+            limit = "" if allowed is None else f" within the {vocabulary_limit} most frequent words"
+            raise RuntimeError(f"could not draw {count} distinct sentences{limit} (got {len(seen)} in {attempts} "
+                               "tries); the grammar is too small for this corpus size")
     return list(seen)
 
 
@@ -524,13 +546,15 @@ class SentenceSplits:
     text_lm: list[str]
 
 
-def make_splits(seed: int, num_train: int, num_dev: int, num_test: int, num_text_lm: int = 0) -> SentenceSplits:
-    """Pairwise disjoint sentence sets drawn from one distribution (text_lm: extra text-only sentences)."""
+def make_splits(seed: int, num_train: int, num_dev: int, num_test: int, num_text_lm: int = 0,
+                vocabulary_limit: int | None = None) -> SentenceSplits:
+    """Pairwise disjoint sentence sets drawn from one distribution (text_lm: extra text-only sentences),
+    optionally over the `vocabulary_limit` most frequent words only."""
     for name, value in (("num_train", num_train), ("num_dev", num_dev), ("num_test", num_test),
                         ("num_text_lm", num_text_lm)):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    pool = unique_sentences(seed, num_train + num_dev + num_test + num_text_lm)
+    pool = unique_sentences(seed, num_train + num_dev + num_test + num_text_lm, vocabulary_limit)
     # Held-out sets come first so that growing the training set leaves dev and test unchanged.
     dev, test = pool[:num_dev], pool[num_dev:num_dev + num_test]
     start = num_dev + num_test

@@ -8,7 +8,8 @@ Layout of a corpus directory (audio paths in the manifests are relative to this 
     corpus.json                   seed, counts, hours and the speaker table
 
 A speaker is an eSpeak voice (with a variant) at a pitch; each utterance also gets its own speaking
-rate and eSpeak random seed. Everything is decided up front from the seed. eSpeak's output also
+rate and eSpeak random seed. `SpeakerSet` chooses the voices, pitches and rate range (the default is
+every voice at three pitches; fewer speakers make an easier corpus). Everything is decided up front from the seed. eSpeak's output also
 depends on state its earlier utterances left in the process (oscillator phase, pitch flutter), which
 no API call resets, so utterances are rendered in fixed blocks of BLOCK_SIZE, each in a fresh
 process: the same seed then gives identical audio and byte-identical manifests whatever the number
@@ -50,7 +51,31 @@ class Speaker:
     pitch: int
 
 
-SPEAKERS = tuple(Speaker(f"{voice}-p{pitch}", voice, pitch) for voice in VOICES for pitch in PITCHES)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeakerSet:
+    """Who speaks the corpus: every voice at every pitch, at a rate drawn per utterance (words/min)."""
+
+    voices: tuple[str, ...] = VOICES
+    pitches: tuple[int, ...] = PITCHES
+    rate_wpm: tuple[int, int] = RATE_WPM
+
+    def __post_init__(self):
+        from most_jax.speech.espeak import RATE_RANGE
+
+        if not self.voices or len(set(self.voices)) != len(self.voices):
+            raise ValueError(f"voices must be a non-empty list without repeats, got {list(self.voices)}")
+        if not self.pitches or any(not 0 <= p <= 100 for p in self.pitches) or len(set(self.pitches)) != len(self.pitches):
+            raise ValueError(f"pitches must be distinct values in 0..100, got {list(self.pitches)}")
+        low, high = self.rate_wpm
+        if not RATE_RANGE[0] <= low <= high <= RATE_RANGE[1]:
+            raise ValueError(f"rate_wpm must be [low, high] within {list(RATE_RANGE)} words per minute, "
+                             f"got {list(self.rate_wpm)}")
+
+    @property
+    def speakers(self) -> tuple[Speaker, ...]:
+        return tuple(Speaker(f"{voice}-p{pitch}", voice, pitch) for voice in self.voices for pitch in self.pitches)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,21 +89,24 @@ class Utterance:
 
 
 def plan_corpus(num: int, seed: int, dev_fraction: float = 0.05, test_fraction: float = 0.05,
-                num_text_lm: int = 0) -> tuple[list[Utterance], list[str]]:
-    """(utterances in split order, text-LM sentences). Every utterance has its own sentence."""
+                num_text_lm: int = 0, speaker_set: SpeakerSet = SpeakerSet(),
+                vocabulary_limit: int | None = None) -> tuple[list[Utterance], list[str]]:
+    """(utterances in split order, text-LM sentences). Every utterance has its own sentence; with a
+    `vocabulary_limit`, sentences use only the generator's that many most frequent words."""
     if num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
     for name, value in (("dev_fraction", dev_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 0.5:
             raise ValueError(f"{name} must be in [0, 0.5), got {value}")
     num_dev, num_test = round(num * dev_fraction), round(num * test_fraction)
-    splits = sentences.make_splits(seed, num - num_dev - num_test, num_dev, num_test, num_text_lm)
+    splits = sentences.make_splits(seed, num - num_dev - num_test, num_dev, num_test, num_text_lm, vocabulary_limit)
     rng = random.Random(f"synth-{seed}")
     utterances = []
+    speakers = speaker_set.speakers
     for split in SPLITS:
         for index, text in enumerate(getattr(splits, split)):
-            utterances.append(Utterance(f"{split}-{index:06d}", split, text, rng.choice(SPEAKERS),
-                                        rng.randint(*RATE_WPM), rng.randrange(2 ** 31)))
+            utterances.append(Utterance(f"{split}-{index:06d}", split, text, rng.choice(speakers),
+                                        rng.randint(*speaker_set.rate_wpm), rng.randrange(2 ** 31)))
     return utterances, splits.text_lm
 
 
@@ -104,6 +132,7 @@ def _render_block(job: tuple[list[Utterance], str]) -> list[float]:
 
 def synthesize_corpus(out_dir: str | os.PathLike, num: int, seed: int = 0, workers: int = 1,
                       dev_fraction: float = 0.05, test_fraction: float = 0.05, num_text_lm: int = 20000,
+                      speaker_set: SpeakerSet = SpeakerSet(), vocabulary_limit: int | None = None,
                       overwrite: bool = False, log=print) -> dict:
     """Writes the corpus to out_dir (through a temporary sibling directory); returns corpus.json's content."""
     out_dir = Path(out_dir)
@@ -111,7 +140,9 @@ def synthesize_corpus(out_dir: str | os.PathLike, num: int, seed: int = 0, worke
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    utterances, text_lm = plan_corpus(num, seed, dev_fraction, test_fraction, num_text_lm)
+    utterances, text_lm = plan_corpus(num, seed, dev_fraction, test_fraction, num_text_lm, speaker_set,
+                                      vocabulary_limit)
+    words = sentences.vocabulary() if vocabulary_limit is None else sentences.frequent_words(vocabulary_limit)
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         audio_dir = tmp / "audio"
         audio_dir.mkdir()
@@ -127,8 +158,10 @@ def synthesize_corpus(out_dir: str | os.PathLike, num: int, seed: int = 0, worke
                 log(f"synth: {len(durations)}/{len(utterances)} utterances, {sum(durations) / 3600:.2f} h of "
                     f"audio, {len(durations) / max(elapsed, 1e-9):.0f} utt/s")
         info = {"seed": seed, "sample_rate": SAMPLE_RATE, "utterances": {}, "hours": {},
-                "text_lm_sentences": len(text_lm), "vocabulary_size": len(sentences.vocabulary()),
-                "speakers": [dataclasses.asdict(s) for s in SPEAKERS], "rate_wpm": list(RATE_WPM)}
+                "text_lm_sentences": len(text_lm), "vocabulary_size": len(words),
+                "vocabulary_limit": vocabulary_limit,
+                "speakers": [dataclasses.asdict(s) for s in speaker_set.speakers],
+                "rate_wpm": list(speaker_set.rate_wpm)}
         for split in SPLITS:
             rows = [{"id": u.id, "audio": f"audio/{u.id}.wav", "text": u.text, "speaker": u.speaker.name,
                      "duration": d} for u, d in zip(utterances, durations) if u.split == split]
