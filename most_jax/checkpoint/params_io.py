@@ -55,9 +55,10 @@ class CheckpointError(ValueError):
 
 
 def save_params(path: str | Path, cfg: config_lib.Config, params: dict,
-                progress: Callable[[str], None] | None = None) -> Path:
+                progress: Callable[[str], None] | None = None, compress: bool = True) -> Path:
     """Writes `params` (nested dict of arrays or StreamedArrays matching MoST(cfg.model)) and `cfg`
-    to the step directory `path`; `progress` hears about each layer slice streamed."""
+    to the step directory `path`; `progress` hears about each layer slice streamed; `compress`
+    stores the arrays zstd-compressed."""
     path = Path(path)
     if path.exists():
         raise CheckpointError(f"{path}: already exists; choose a new output directory")
@@ -69,7 +70,7 @@ def save_params(path: str | Path, cfg: config_lib.Config, params: dict,
         shutil.rmtree(partial)
     try:
         checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{
-            PARAMS_ITEM: pytree_handler(progress), CONFIG_ITEM: ocp.JsonCheckpointHandler()}))
+            PARAMS_ITEM: pytree_handler(progress, compress), CONFIG_ITEM: ocp.JsonCheckpointHandler()}))
         checkpointer.save(partial, args=ocp.args.Composite(**{
             PARAMS_ITEM: ocp.args.PyTreeSave(params, save_args=jax.tree.map(save_args_for, params)),
             CONFIG_ITEM: ocp.args.JsonSave(config_lib.to_dict(cfg))}))

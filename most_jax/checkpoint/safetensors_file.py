@@ -58,21 +58,36 @@ class SafetensorsFile:
 
     def read(self, name: str) -> np.ndarray:
         """The tensor as a new array (read from the file, not mapped)."""
-        info = self.tensors.get(name)
-        if info is None:
-            raise SafetensorsError(f"{self.path}: no tensor named {name!r}")
-        out = np.empty(info.shape, info.dtype)
+        info = self._info(name)
+        return self.read_into(name, np.empty(info.shape, info.dtype))
+
+    def read_into(self, name: str, out: np.ndarray, start: int = 0) -> np.ndarray:
+        """Reads rows `start .. start + len(out)` (along the leading axis) of the tensor into `out`, a
+        C-contiguous array of the tensor's dtype (a reused buffer saves faulting in fresh pages)."""
+        info = self._info(name)
+        rows = out.shape[0] if out.ndim else 1
+        if (out.dtype != info.dtype or tuple(out.shape[1:]) != info.shape[1:] or not out.flags.c_contiguous
+                or not 0 <= start <= start + rows <= (info.shape[0] if info.shape else 1)):
+            raise SafetensorsError(f"{self.path}: cannot read rows {start}..{start + rows} of tensor {name!r} "
+                                   f"({info.dtype} {list(info.shape)}) into {out.dtype} {list(out.shape)}")
+        begin = info.begin + start * int(np.prod(info.shape[1:], dtype=np.int64)) * info.dtype.itemsize
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         view = memoryview(out.reshape(-1).view(np.uint8))
         done = 0
         while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], info.begin + done)
+            got = os.preadv(self._fd, [view[done:]], begin + done)
             if got == 0:
                 raise SafetensorsError(f"{self.path}: truncated while reading tensor {name!r} "
                                        f"(bytes {info.begin}..{info.end} of a file now {os.fstat(self._fd).st_size})")
             done += got
         return out
+
+    def _info(self, name: str) -> TensorInfo:
+        info = self.tensors.get(name)
+        if info is None:
+            raise SafetensorsError(f"{self.path}: no tensor named {name!r}")
+        return info
 
     def close(self) -> None:
         if self._fd is not None:

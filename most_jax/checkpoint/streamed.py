@@ -5,9 +5,11 @@ A `StreamedArray` announces its shape and dtype and produces its data on demand:
 `StreamedArrayHandler` is an Orbax type handler that writes such leaves exactly as Orbax's own
 NumPy handler writes an array (same TensorStore spec, same tree metadata, value type
 `np.ndarray`), except that each stacked leaf is stored in chunks of one layer (or less) and
-written slice by slice, layer-major over all stacked leaves, with at most one slice in flight
-while the next is produced. Everything else (the temporary directory renamed on commit, OCDBT
-merging, `_METADATA`) is Orbax's, so `orbax.checkpoint` restores the result like any checkpoint.
+written slice by slice, layer-major over all stacked leaves. TensorStore copies each slice before
+the next is produced (so producers may reuse one buffer), and at most one copied slice is still
+being written while the next is produced. Compression (Orbax's zstd level 1) is optional: when
+converting, it costs more CPU time than it saves in bytes written. Everything else (the temporary
+directory renamed on commit, OCDBT merging, `_METADATA`) is Orbax's, so `orbax.checkpoint` restores the result like any checkpoint.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ CHUNK_BYTES = 64 * 2**20
 @dataclasses.dataclass(frozen=True)
 class StreamedArray:
     """An array of `shape` and `dtype` whose data comes from `read`: `read(i)` is slice i along the
-    leading (layer) axis when `stacked`, else `read(0)` is the whole array. `write_shape` is the
-    block the storage chunks must tile (e.g. one device's shard under the target sharding); by
+    leading (layer) axis when `stacked`, else `read(0)` is the whole array. The array returned may be
+    a buffer that `read` reuses: a consumer is done with it before its next `read` of any leaf
+    (StreamedArrayHandler is; hf_import.materialize copies each). `write_shape` is the block the
+    storage chunks must tile (e.g. one device's shard under the target sharding); by
     default one layer of a stacked leaf, the whole of any other."""
 
     shape: tuple[int, ...]
@@ -70,10 +74,11 @@ class StreamedArrayHandler(type_handlers.NumpyHandler):
             if data.shape != tuple(target.shape) or data.dtype != np.dtype(target.dtype.numpy_dtype):
                 raise ValueError(f"{what}: produced {data.dtype} {list(data.shape)}, announced "
                                  f"{target.dtype.numpy_dtype} {list(target.shape)}")
-            future = target.write(data, can_reference_source_data_indefinitely=True)
+            future = target.write(data)  # copied before `copy` resolves: the producer may reuse `data`
+            await future.copy
             if pending is not None:
                 await pending
-            pending = future
+            pending = future.commit
 
         for value, info, t in zip(values, infos, opened):
             if not value.stacked:
@@ -89,11 +94,12 @@ class StreamedArrayHandler(type_handlers.NumpyHandler):
             await pending
 
 
-def pytree_handler(progress: Callable[[str], None] | None = None) -> ocp.PyTreeCheckpointHandler:
-    """Orbax's PyTree handler with the default array handlers plus StreamedArray."""
+def pytree_handler(progress: Callable[[str], None] | None = None, compress: bool = True) -> ocp.PyTreeCheckpointHandler:
+    """Orbax's PyTree handler with the default array handlers plus StreamedArray; `compress`: store
+    arrays zstd-compressed (Orbax's default; restoring reads either)."""
     handlers = [(t, type_handlers.get_type_handler(t)) for t in (int, float, np.number, np.ndarray, jax.Array)]
     registry = type_handlers.create_type_handler_registry(*handlers, (StreamedArray, StreamedArrayHandler(progress)))
-    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=compress)
 
 
 def save_args_for(value) -> ocp.SaveArgs:
