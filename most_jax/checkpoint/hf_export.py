@@ -19,13 +19,14 @@ from typing import Callable
 
 import numpy as np
 
+from most_jax.checkpoint.buffers import Buffers
 from most_jax.checkpoint.hf_config import hf_config_from_model
 from most_jax.checkpoint.hf_layout import TensorMap, release_layout
 from most_jax.checkpoint.param_tree import abstract_params
 from most_jax.checkpoint.params_io import PARAMS_ITEM, CheckpointError, check_tree, load_config, step_dir
 from most_jax.checkpoint.safetensors_file import SafetensorsWriter, TensorSpec
 from most_jax.checkpoint.stored_params import StoredParams
-from most_jax.checkpoint.transpose import transposed
+from most_jax.checkpoint.transpose import swapped_shape, transpose_into
 from most_jax.nn.params import DTYPES
 
 MAX_SHARD_BYTES = 5 * 10**9  # the Hugging Face Hub's default shard bound
@@ -51,6 +52,7 @@ class _SliceReader:
 
     def __init__(self, stored: StoredParams, maps: list[TensorMap], dtype: np.dtype):
         self.stored, self.maps, self.dtype = stored, maps, dtype
+        self.buffers = Buffers()  # the writer copies each tensor before the next is asked for
         self.keys = list(dict.fromkeys((m.path, m.layer) for m in maps))
         self.position = -1
         self.value: np.ndarray | None = None
@@ -66,7 +68,11 @@ class _SliceReader:
             more = self.position + 1 < len(self.keys)
             self.next = self.stored.read_async(*self.keys[self.position + 1]) if more else None
         value = self.value if m.expert is None else self.value[m.expert]
-        return transposed(value, self.dtype) if m.transpose else value.astype(self.dtype, copy=False)
+        if not m.transpose:
+            return value.astype(self.dtype, copy=False)
+        out = self.buffers.get("out", swapped_shape(value.shape), value.dtype)
+        transpose_into(value, out)
+        return out.astype(self.dtype, copy=False)
 
 
 def export_hf(checkpoint: str | Path, out_dir: str | Path, model_type: str | None = None, dtype: str | None = None,
@@ -114,9 +120,13 @@ def write_hf_dir(out_dir: Path, specs: list[TensorSpec], tensor: Callable[[int],
         index = 0
         for name, shard in zip(names, shards):
             writer = SafetensorsWriter(partial / name, shard, metadata={"format": "pt"})
-            for _ in shard:
-                writer.write(tensor(index))
-                index += 1
+            try:
+                for _ in shard:
+                    writer.write(tensor(index))
+                    index += 1
+            except BaseException:
+                writer.abort()
+                raise
             writer.close()
             if progress is not None:
                 progress(f"wrote {name} ({len(shard)} tensors)")

@@ -8,12 +8,12 @@ Reading uses positioned reads (pread) into fresh arrays rather than a memory map
 file count towards the process's resident memory until the kernel reclaims them, so converting a
 checkpoint larger than RAM through a map looks (and, under pressure, behaves) like holding it all.
 Writing knows every tensor's name, dtype and shape up front, writes the header first and then each
-tensor as it is produced, so a writer holds one tensor at a time.
+tensor as it is produced, so a writer holds one tensor at a time; bytes go to the disk around the
+page cache (direct_file.py).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import os
@@ -23,6 +23,8 @@ from typing import Iterable, Mapping
 
 import ml_dtypes
 import numpy as np
+
+from most_jax.checkpoint.direct_file import DirectFile
 
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -164,37 +166,28 @@ class SafetensorsWriter:
             offset += spec.nbytes
         encoded = json.dumps(header, separators=(",", ":")).encode()
         encoded += b" " * (-(8 + len(encoded)) % _ALIGN)
-        self._file = open(self.path, "wb")
+        self._file = DirectFile(self.path)
         self._file.write(struct.pack("<Q", len(encoded)) + encoded)
         self._next = 0
-        # One write in flight on a helper thread (file writes release the GIL), so the caller
-        # produces the next tensor while the previous one goes to disk.
-        self._pool = concurrent.futures.ThreadPoolExecutor(1)
-        self._pending: concurrent.futures.Future | None = None
 
     def write(self, value: np.ndarray) -> None:
-        """The data of the next tensor; its dtype and shape must be those announced."""
+        """The data of the next tensor; its dtype and shape must be those announced. The bytes are
+        copied before this returns, so the caller may reuse `value`."""
         spec = self._specs[self._next]
         if value.dtype != spec.dtype or tuple(value.shape) != spec.shape:
             raise SafetensorsError(f"{self.path}: tensor {spec.name!r} was announced as {DTYPE_NAMES[spec.dtype]} "
                                    f"{list(spec.shape)}, got {value.dtype} {list(value.shape)}")
-        data = memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
-        self._wait()
-        self._pending = self._pool.submit(self._file.write, data)
+        self._file.write(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
         self._next += 1
 
-    def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
-
     def close(self) -> None:
-        """Finishes the file; every announced tensor must have been written."""
-        try:
-            self._wait()
-        finally:
-            self._pool.shutdown()
-            self._file.close()
+        """Finishes the file (synced to the device); every announced tensor must have been written."""
         if self._next != len(self._specs):
+            self._file.abort()
             raise SafetensorsError(f"{self.path}: {len(self._specs) - self._next} announced tensors were never "
                                    f"written, the first {self._specs[self._next].name!r}")
+        self._file.close()
+
+    def abort(self) -> None:
+        """Gives up on the file (the caller removes it)."""
+        self._file.abort()
