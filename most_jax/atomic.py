@@ -2,17 +2,22 @@
 
 Every file or directory a command produces is first written under a temporary sibling name and
 moved into place only when complete, so an interrupted run never leaves something that looks
-finished, and a failed run loses nothing that was already there.
+finished, and a failed run loses nothing that was already there. A run killed outright (SIGKILL,
+out of memory) cannot clean up after itself; the checkpoint converters name their temporary
+directory after their PID (`partial_directory`), so the next run into the same output can tell
+which leftovers are dead and remove them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -54,3 +59,45 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# Orbax saves into a sibling of the directory it is given and renames it when done.
+_ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def partial_directory(out_dir: str | os.PathLike, say: Callable[[str], None] | None = None) -> Path:
+    """The path `.NAME.partial-PID` beside `out_dir` (not created) in which this process builds
+    `out_dir` before renaming it into place.
+
+    First removes what earlier runs into the same `out_dir` left when killed: every
+    `.NAME.partial-PID` sibling (and Orbax's `.NAME.partial-PID.orbax-checkpoint-tmp...`) whose PID
+    is no longer running, or is this process; `say` (default: print to stderr) reports each removal. A partial whose PID is
+    alive belongs to a run still going and is left alone. PIDs are this machine's: runs on other
+    hosts writing the same output on a shared filesystem are not told apart.
+    """
+    out_dir = Path(out_dir)
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.partial-(\d+)(?:{re.escape(_ORBAX_TMP_SUFFIX)}.*)?")
+    if out_dir.parent.is_dir():
+        for sibling in sorted(out_dir.parent.iterdir()):
+            match = pattern.fullmatch(sibling.name)
+            if match and sibling.is_dir() and not sibling.is_symlink() and not _running(int(match.group(1))):
+                shutil.rmtree(sibling)
+                (say or _to_stderr)(f"removed {sibling}: left by an interrupted run (process {match.group(1)} is gone)")
+    return out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+
+
+def _running(pid: int) -> bool:
+    """Whether another process with this PID exists (this process does not count)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,8 +1,15 @@
 """Atomic outputs: complete or absent, never half-written; existing outputs survive failures."""
 
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 
-from most_jax.atomic import atomic_directory, atomic_file
+from most_jax.atomic import atomic_directory, atomic_file, partial_directory
+from most_jax.checkpoint.hf_export import write_hf_dir
+from most_jax.checkpoint.safetensors_file import TensorSpec
 
 
 def test_directory_appears_only_on_success(tmp_path):
@@ -46,3 +53,49 @@ def test_file_replaced_only_on_success(tmp_path):
         assert tmp.suffix == ".txt" and tmp.parent == tmp_path
         tmp.write_text("after")
     assert path.read_text() == "after"
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_partials_of_the_same_output_are_removed_live_ones_kept(tmp_path):
+    dead = _dead_pid()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [f".ck.partial-{dead}", f".ck.partial-{dead}.orbax-checkpoint-tmp", f".ck.partial-{os.getpid()}"]
+        kept = [f".ck.partial-{live.pid}", f".ck.partial-{live.pid}.orbax-checkpoint-tmp",  # a run still going
+                f".other.partial-{dead}", f".ck.partial-{dead}x", ".ck.partial-", f"ck.partial-{dead}",
+                f".ck.tmp-{dead}", "ck"]
+        for name in stale + kept:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "shard").write_text("data")
+        said = []
+        partial = partial_directory(tmp_path / "ck", said.append)
+        assert partial == tmp_path / f".ck.partial-{os.getpid()}" and not partial.exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+        assert len(said) == 3 and all("interrupted" in m for m in said)
+        assert any(f".ck.partial-{dead}.orbax-checkpoint-tmp" in m and str(dead) in m for m in said)
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_file_named_like_a_partial_is_not_touched(tmp_path):
+    (tmp_path / f".ck.partial-{_dead_pid()}").write_text("not ours")
+    partial_directory(tmp_path / "ck", pytest.fail)
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_export_after_a_killed_export_cleans_up_and_says_so(tmp_path):
+    stale = tmp_path / f".out.partial-{_dead_pid()}"
+    stale.mkdir()
+    (stale / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 100)
+    specs = [TensorSpec("w", np.dtype(np.float32), (2, 3))]
+    said = []
+    write_hf_dir(tmp_path / "out", specs, lambda i: np.ones((2, 3), np.float32), {"model_type": "x"}, 10**9,
+                 said.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert said[0] == f"removed {stale}: left by an interrupted run (process {stale.name.rsplit('-', 1)[1]} is gone)"

@@ -12,13 +12,13 @@ OUT_DIR only once complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from most_jax.atomic import partial_directory
 from most_jax.checkpoint.buffers import Buffers
 from most_jax.checkpoint.hf_config import hf_config_from_model
 from most_jax.checkpoint.hf_layout import TensorMap, release_layout
@@ -112,10 +112,9 @@ def write_hf_dir(out_dir: Path, specs: list[TensorSpec], tensor: Callable[[int],
     shards = plan_shards(specs, max_shard_size)
     names = ["model.safetensors"] if len(shards) == 1 else [
         f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    partial = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_directory(out_dir, progress)
+    partial.mkdir()
     try:
         index = 0
         for name, shard in zip(names, shards):

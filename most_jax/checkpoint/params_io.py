@@ -28,7 +28,6 @@ config and names every missing, unexpected or misshapen one.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -39,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from flax import nnx
 
 from most_jax import config as config_lib
+from most_jax.atomic import partial_directory
 from most_jax.checkpoint.param_tree import abstract_params, flatten, logical_specs, unflatten
 from most_jax.checkpoint.streamed import pytree_handler, save_args_for
 from most_jax.models.most import MoST
@@ -65,9 +65,8 @@ def save_params(path: str | Path, cfg: config_lib.Config, params: dict,
     expected = abstract_params(cfg.model)
     check_tree(expected, {p: (v.shape, v.dtype) for p, v in flatten(params)}, f"parameters to save at {path}",
                 check_dtype=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    if partial.exists():
-        shutil.rmtree(partial)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_directory(path, progress)
     try:
         checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{
             PARAMS_ITEM: pytree_handler(progress, compress), CONFIG_ITEM: ocp.JsonCheckpointHandler()}))
