@@ -21,9 +21,11 @@ from transformers.models.deepseek_v2.modeling_deepseek_v2 import yarn_apply_msca
 
 from hf_reference import release_config, release_tensors, tiny_model, write_checkpoint
 from most_jax.checkpoint.hf_config import HFConfig, hf_config_from_model, model_config_from_hf
+from most_jax.checkpoint import hf_import
 from most_jax.checkpoint.hf_import import HFImportError, read_hf
 from most_jax.checkpoint.params_io import CheckpointError, load_checkpoint, restore_model, save_params
 from most_jax.checkpoint.safetensors_file import SafetensorsError, SafetensorsFile
+from most_jax.checkpoint.stored_params import StoredParams
 from most_jax.cli import main
 from most_jax.config import ConfigError, load_config, to_dict
 from most_jax.infer.logits import LogitsInputError, batched_logits, read_token_batch
@@ -130,6 +132,51 @@ def test_bfloat16_weights_import_exactly(tmp_path):
     np.testing.assert_array_equal(params["moe_layers"]["moe"]["w_down"][1, 4], w_down.T)
     _, params16 = read_hf(tmp_path / "hf", "bfloat16")
     assert params16["moe_layers"]["moe"]["w_down"].dtype == ml_dtypes.bfloat16
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_row_block_reads_match_whole_tensor_reads(tmp_path, monkeypatch, fused):
+    """Tensors read and transposed (or cast) in blocks of a few rows give what whole reads give."""
+    model = tiny_model(seed=3)
+    tensors = {k: v.to(torch.bfloat16) for k, v in release_tensors(model, fused=fused).items()}
+    write_checkpoint(tmp_path / "hf", tensors, release_config(model))
+    whole = {dtype: read_hf(tmp_path / "hf", dtype)[1] for dtype in ("float32", "bfloat16")}
+    monkeypatch.setattr(hf_import, "_BLOCK_BYTES", 100)  # a few rows per block, a ragged last block
+    for dtype, params in whole.items():
+        blocked = read_hf(tmp_path / "hf", dtype)[1]
+        for (path, a), (_, b) in zip(jax.tree_util.tree_leaves_with_path(params),
+                                     jax.tree_util.tree_leaves_with_path(blocked)):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (dtype, path)
+
+
+def test_safetensors_read_into_rows(tmp_path):
+    value = np.arange(5 * 3 * 2, dtype=np.float32).reshape(5, 3, 2)
+    save_file({"t": torch.from_numpy(value)}, str(tmp_path / "x.safetensors"))
+    f = SafetensorsFile(tmp_path / "x.safetensors")
+    out = np.full((2, 3, 2), -1, np.float32)
+    assert f.read_into("t", out, start=3) is out and np.array_equal(out, value[3:5])
+    for bad_out, start in [(np.empty((2, 3, 2), np.float64), 0), (np.empty((2, 2, 3), np.float32), 0),
+                           (np.empty((2, 3, 2), np.float32), 4), (np.empty((3, 2, 2), np.float32).transpose(0, 2, 1), 0)]:
+        with pytest.raises(SafetensorsError, match="x.safetensors: cannot read rows .* of tensor 't'"):
+            f.read_into("t", bad_out, start)
+
+
+def test_compression_is_optional_and_either_round_trips(tmp_path):
+    model = tiny_model(seed=4)
+    tensors = {k: v.to(torch.bfloat16) for k, v in release_tensors(model, fused=False).items()}
+    write_checkpoint(tmp_path / "hf", tensors, release_config(model))
+    for flag in ([], ["--compress"]):
+        ck, out = tmp_path / f"ck{len(flag)}", tmp_path / f"out{len(flag)}"
+        assert main(["import-hf", str(tmp_path / "hf"), str(ck), "--dtype", "bfloat16", *flag]) == 0
+        assert main(["export-hf", str(ck), str(out)]) == 0
+        exported = SafetensorsFile(out / "model.safetensors")
+        assert sorted(exported.tensors) == sorted(tensors)
+        for name, value in tensors.items():
+            assert exported.read(name).tobytes() == value.view(torch.int16).numpy().tobytes(), name
+        stored = StoredParams(ck / "params")
+        for path in stored.leaves:
+            compressor = stored._store(path).spec().to_json()["metadata"]["compressor"]
+            assert compressor == ({"id": "zstd", "level": 1} if flag else None), path
 
 
 def damaged(tmp_path, edit):
