@@ -4,7 +4,9 @@ The checkpoint has DeepSeek-V2-Lite's widths (vocab 102400, hidden 2048, 64 rout
 2 shared, MLA 512/64, first layer dense) and as many MoE layers as reach the requested parameter
 count, in bf16, per-expert release layout, sharded at 5 GB. Each direction runs in its own
 subprocess (`most import-hf`, `most export-hf`) so its peak RSS (from wait4) is its own; the plain
-copy of the same bytes is timed alongside as the disk's ceiling on this machine.
+copy of the same bytes is timed alongside as the disk's ceiling on this machine. Every time runs
+until the data is on the disk: the child (or the copy) plus a `sync` of what it left in the page
+cache.
 """
 
 from __future__ import annotations
@@ -86,11 +88,16 @@ def timed_subprocess(argv: list[str]) -> tuple[float, int]:
     return seconds, usage.ru_maxrss * 1024  # Linux reports kilobytes
 
 
+def _sync_seconds() -> float:
+    start = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - start
+
+
 def _copy_seconds(src: Path, dst: Path) -> float:
     start = time.perf_counter()
     shutil.copytree(src, dst)
-    os.sync()
-    return time.perf_counter() - start
+    return time.perf_counter() - start + _sync_seconds()
 
 
 def run(params: float, work_dir: str | None, keep: bool, say: Callable[[str], None]) -> dict:
@@ -106,10 +113,10 @@ def run(params: float, work_dir: str | None, keep: bool, say: Callable[[str], No
         say("import-hf")
         import_s, import_rss = timed_subprocess(most + ["import-hf", str(root / "hf"), str(root / "ckpt"),
                                                         "--dtype", "bfloat16"])
-        os.sync()
+        import_s += _sync_seconds()
         say("export-hf")
         export_s, export_rss = timed_subprocess(most + ["export-hf", str(root / "ckpt"), str(root / "out")])
-        os.sync()
+        export_s += _sync_seconds()
         exact = _same_tensors(root / "hf", root / "out")
         result = {
             "params": count_params(cfg), "layers": cfg.num_layers, "hf_bytes": hf_bytes,
