@@ -330,6 +330,7 @@ class DemoConfig:
     units_k: int = 256
     units_rate: float = 25.0  # Hz
     units_features: str = "mfcc"
+    units_pooling: str = "stack"  # how frames are grouped to the unit rate: stack (concatenate) or mean
     units_hours: float = 1.5  # audio the k-means codebook is fitted on
     kmeans_epochs: int = 5
     workers: int = 2  # processes for synthesis and preparation
@@ -351,6 +352,8 @@ class DemoConfig:
         _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
         _check(self.units_rate > 0, f"{prefix}.units_rate", "must be positive")
         _check(self.units_hours > 0, f"{prefix}.units_hours", "must be positive")
+        _check(self.units_pooling in ("stack", "mean"), f"{prefix}.units_pooling",
+               f"must be stack or mean, got {self.units_pooling!r}")
         _check(self.vocabulary >= 0, f"{prefix}.vocabulary", f"must be >= 0 (0: every word), got {self.vocabulary}")
         _check(len(self.rate_wpm) in (0, 2), f"{prefix}.rate_wpm", f"must be [low, high], got {list(self.rate_wpm)}")
 

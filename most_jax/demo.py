@@ -77,8 +77,8 @@ def stage_settings(cfg: Config) -> dict[str, dict[str, Any]]:
                    "voices": list(d.voices), "pitches": list(d.pitches), "rate_wpm": list(d.rate_wpm),
                    "vocabulary": d.vocabulary},
         "tokenizer": {"size": d.tokenizer_size},
-        "units": {"k": d.units_k, "rate": d.units_rate, "features": d.units_features, "hours": d.units_hours,
-                  "epochs": d.kmeans_epochs},
+        "units": {"k": d.units_k, "rate": d.units_rate, "features": d.units_features, "pooling": d.units_pooling,
+                  "hours": d.units_hours, "epochs": d.kmeans_epochs},
         "prepare": {"max_audio_seconds": cfg.data.max_audio_seconds, "max_tokens": cfg.data.seq_len},
         # data.records and the vocabulary are filled in from the prepare stage's outputs
         "train": {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "train": to_dict(cfg.train)},
@@ -242,7 +242,8 @@ class Demo:
         d = self.cfg.demo
         options = kmeans.KMeansOptions(num_clusters=d.units_k, epochs=d.kmeans_epochs, seed=d.corpus_seed)
         fit = fit_from_manifest(self.paths.corpus / "train.jsonl", self.paths.units, features=d.units_features,
-                                unit_rate=d.units_rate, max_hours=d.units_hours, options=options, log=self.say)
+                                unit_rate=d.units_rate, pooling=d.units_pooling, max_hours=d.units_hours,
+                                options=options, log=self.say)
         return {"k": d.units_k, "fit_hours": fit["hours"], "units_per_second": fit["units_per_second"]}
 
     def build_prepare(self) -> dict:

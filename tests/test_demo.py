@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from most_jax import cli
-from most_jax.config import load_config
+from most_jax.config import ConfigError, load_config
 from most_jax.demo import STAGES, chained_keys, differences, stage_settings
 
 TOY = ["--config", "configs/most_tiny.yaml",
@@ -132,3 +132,19 @@ def test_changed_settings_rebuild_that_stage_and_the_later_ones():
     assert differences(old["units"], new["units"]) == ["settings.k"]
     retrained = chained_keys(stage_settings(load_config("configs/demo.yaml", ["train.lr=1e-3"])))
     assert [name for name in STAGES[:-1] if old[name] != retrained[name]] == ["train", "eval"]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("demo.units_pooling=max", "demo.units_pooling"), ("demo.vocabulary=-5", "demo.vocabulary"),
+    ("demo.rate_wpm=[150]", "demo.rate_wpm")])
+def test_bad_demo_corpus_and_unit_settings_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config("configs/demo.yaml", [override])
+
+
+def test_corpus_settings_rebuild_the_corpus_and_unit_pooling_the_units():
+    base = chained_keys(stage_settings(load_config("configs/demo.yaml")))
+    fewer = chained_keys(stage_settings(load_config("configs/demo.yaml", ["demo.voices=[en-us]"])))
+    assert [name for name in STAGES[:-1] if base[name] != fewer[name]] == list(STAGES[:-1])
+    pooled = chained_keys(stage_settings(load_config("configs/demo.yaml", ["demo.units_pooling=mean"])))
+    assert differences(base["units"], pooled["units"]) == ["settings.pooling"]
