@@ -5,7 +5,9 @@ moved into place only when complete, so an interrupted run never leaves somethin
 finished, and a failed run loses nothing that was already there. A run killed outright (SIGKILL,
 out of memory) cannot clean up after itself; the checkpoint converters name their temporary
 directory after their PID (`partial_directory`), so the next run into the same output can tell
-which leftovers are dead and remove them.
+which leftovers are dead and remove them. Writers that skip syncing file by file make the whole
+tree durable in one pass (`sync_tree`) before the rename, and the rename itself durable after it
+(`sync_directory` of the parent).
 """
 
 from __future__ import annotations
@@ -59,6 +61,30 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sync_tree(root: str | os.PathLike) -> None:
+    """fsyncs every file and directory under `root` (root included), each directory after its
+    contents, so that what `root` holds is on the disk before it is renamed into place."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                _fsync(path, os.O_RDONLY)
+        sync_directory(directory)
+
+
+def sync_directory(path: str | os.PathLike) -> None:
+    """fsyncs a directory: its entries (files created, renamed or removed in it) become durable."""
+    _fsync(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: str | os.PathLike, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # Orbax saves into a sibling of the directory it is given and renames it when done.

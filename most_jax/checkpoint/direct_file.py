@@ -8,7 +8,9 @@ buffers, offsets and lengths, so the data is staged in two aligned buffers: one 
 other is written by a helper thread (file writes release the GIL). The tail is padded to a block
 and the file truncated to its true length; filesystems without O_DIRECT (tmpfs, some network
 filesystems) get the same staging through the page cache. `close` makes the data durable
-(fdatasync) before the caller renames anything into place.
+(fdatasync) before the caller renames anything into place, unless the caller syncs many files in
+one pass at the end (`sync=False`, then atomic.sync_tree). Files written one after another can
+share one `Staging` (buffers and thread), so writing many small files touches no fresh memory.
 """
 
 from __future__ import annotations
@@ -30,26 +32,58 @@ def _aligned_buffer(nbytes: int) -> np.ndarray:
     return raw[skip:skip + nbytes]
 
 
-class DirectFile:
-    """Writes `path` from the start, sequentially: `write` appends bytes, `close` finishes the file."""
+def _open_for_writing(path: Path) -> tuple[int, bool]:
+    """(descriptor, whether it bypasses the page cache) of `path`, created or truncated."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        return os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644), hasattr(os, "O_DIRECT")
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return os.open(path, flags, 0o644), False
 
-    def __init__(self, path: str | Path, stage_bytes: int = STAGE_BYTES):
+
+class Staging:
+    """Two aligned staging buffers and the helper thread that writes them out; serves one
+    DirectFile at a time (each waits for its last write before closing)."""
+
+    def __init__(self, stage_bytes: int = STAGE_BYTES):
         if stage_bytes <= 0 or stage_bytes % _ALIGN:
             raise ValueError(f"stage_bytes must be a positive multiple of {_ALIGN}, got {stage_bytes}")
+        self.stages = [_aligned_buffer(stage_bytes), _aligned_buffer(stage_bytes)]
+        self.pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DirectFile:
+    """Writes `path` from the start, sequentially: `write` appends bytes, `close` finishes the file.
+    With `staging`, uses (and leaves open) those buffers and thread instead of its own; with
+    `sync=False`, `close` leaves making the data durable to the caller."""
+
+    def __init__(self, path: str | Path, stage_bytes: int = STAGE_BYTES, *, staging: Staging | None = None,
+                 sync: bool = True):
+        self._sync = sync
         self.path = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self._own_staging = staging is None
+        self._staging = Staging(stage_bytes) if staging is None else staging
         try:
-            self._fd = os.open(self.path, flags | getattr(os, "O_DIRECT", 0), 0o644)
-            self.direct = hasattr(os, "O_DIRECT")
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            self._fd = os.open(self.path, flags, 0o644)
-            self.direct = False
-        self._stages = [_aligned_buffer(stage_bytes), _aligned_buffer(stage_bytes)]
+            self._fd, self.direct = _open_for_writing(self.path)
+        except BaseException:
+            if self._own_staging:
+                self._staging.close()
+            raise
+        self._stages = self._staging.stages
         self._fill = 0  # bytes staged in self._stages[0]
         self._offset = 0  # file offset of self._stages[0]
-        self._pool = concurrent.futures.ThreadPoolExecutor(1)
+        self._pool = self._staging.pool
         self._pending: concurrent.futures.Future | None = None
 
     def write(self, data) -> None:
@@ -92,10 +126,10 @@ class DirectFile:
                 self._flush()
             self._wait()
             os.ftruncate(self._fd, self._offset)
-            os.fdatasync(self._fd)
+            if self._sync:
+                os.fdatasync(self._fd)
         finally:
-            self._pool.shutdown()
-            os.close(self._fd)
+            self._release()
 
     def abort(self) -> None:
         """Stops without finishing the file (the caller removes it)."""
@@ -104,5 +138,9 @@ class DirectFile:
         except OSError:
             pass
         finally:
-            self._pool.shutdown()
-            os.close(self._fd)
+            self._release()
+
+    def _release(self) -> None:
+        if self._own_staging:
+            self._staging.close()
+        os.close(self._fd)

@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from flax import nnx
 
 from most_jax import config as config_lib
-from most_jax.atomic import partial_directory
+from most_jax.atomic import partial_directory, sync_directory, sync_tree
 from most_jax.checkpoint.param_tree import abstract_params, flatten, logical_specs, unflatten
 from most_jax.checkpoint.streamed import pytree_handler, save_args_for
 from most_jax.models.most import MoST
@@ -74,7 +74,9 @@ def save_params(path: str | Path, cfg: config_lib.Config, params: dict,
             PARAMS_ITEM: ocp.args.PyTreeSave(params, save_args=jax.tree.map(save_args_for, params)),
             CONFIG_ITEM: ocp.args.JsonSave(config_lib.to_dict(cfg))}))
         checkpointer.close()
+        sync_tree(partial)  # chunk files are written unsynced (zarr_chunks.py); one pass covers all
         partial.rename(path)
+        sync_directory(path.parent)
     finally:
         if partial.exists():
             shutil.rmtree(partial)

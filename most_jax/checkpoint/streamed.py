@@ -5,11 +5,16 @@ A `StreamedArray` announces its shape and dtype and produces its data on demand:
 `StreamedArrayHandler` is an Orbax type handler that writes such leaves exactly as Orbax's own
 NumPy handler writes an array (same TensorStore spec, same tree metadata, value type
 `np.ndarray`), except that each stacked leaf is stored in chunks of one layer (or less) and
-written slice by slice, layer-major over all stacked leaves. TensorStore copies each slice before
-the next is produced (so producers may reuse one buffer), and at most one copied slice is still
-being written while the next is produced. Compression (Orbax's zstd level 1) is optional: when
-converting, it costs more CPU time than it saves in bytes written. Everything else (the temporary
-directory renamed on commit, OCDBT merging, `_METADATA`) is Orbax's, so `orbax.checkpoint` restores the result like any checkpoint.
+written slice by slice, layer-major over all stacked leaves. Each slice is written before the
+next is produced, so producers may reuse one buffer.
+
+Two layouts. Uncompressed (import-hf's default): one zarr directory per array, no OCDBT; TensorStore
+creates each array and its metadata, and the chunks go straight to their files around the page
+cache (zarr_chunks.py), unsynced until save_params syncs the whole checkpoint once. Compressed
+(Orbax's defaults: zstd level 1 in one OCDBT database): TensorStore writes every slice, at most one
+copied slice still committing while the next is produced. Everything else (the temporary
+directory renamed on commit, `_METADATA`, OCDBT merging) is Orbax's, so `orbax.checkpoint`
+restores either like any checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 from orbax.checkpoint import type_handlers
+
+from most_jax.checkpoint.buffers import Buffers
+from most_jax.checkpoint.direct_file import Staging
+from most_jax.checkpoint.zarr_chunks import ChunkFiles
 
 # Largest stored chunk: small enough that TensorStore compresses several at once and a reader of
 # one layer (or one device's shard) decodes little beyond what it asked for.
@@ -67,39 +76,55 @@ class StreamedArrayHandler(type_handlers.NumpyHandler):
                 info, use_ocdbt=info.is_ocdbt_checkpoint, global_shape=value.shape,
                 local_shape=value.block_shape(), dtype=value.dtype, process_index=jax.process_index(), arg=arg)
             opened.append(await ts.open(ts.Spec(spec), create=True, open=True, context=info.ts_context))
+        direct = [_chunk_files(value, t) for value, t in zip(values, opened)]
+        buffers = Buffers()
         pending = None
 
-        async def write(target, data: np.ndarray, what: str):
+        async def write(k: int, index: int | None, data: np.ndarray, what: str):
             nonlocal pending
+            target = opened[k] if index is None else opened[k][index]
             if data.shape != tuple(target.shape) or data.dtype != np.dtype(target.dtype.numpy_dtype):
                 raise ValueError(f"{what}: produced {data.dtype} {list(data.shape)}, announced "
                                  f"{target.dtype.numpy_dtype} {list(target.shape)}")
+            if direct[k] is not None:
+                direct[k].write(data, staging, buffers, index)  # copied before it returns
+                return
             future = target.write(data)  # copied before `copy` resolves: the producer may reuse `data`
             await future.copy
             if pending is not None:
                 await pending
             pending = future.commit
 
-        for value, info, t in zip(values, infos, opened):
-            if not value.stacked:
-                await write(t, value.read(0), info.name)
-        depth = max((v.shape[0] for v in values if v.stacked), default=0)
-        for i in range(depth):
-            for value, info, t in zip(values, infos, opened):
-                if value.stacked and i < value.shape[0]:
-                    await write(t[i], value.read(i), f"{info.name}[{i}]")
-            if self._progress is not None:
-                self._progress(f"wrote layer slice {i + 1}/{depth}")
+        with Staging() as staging:
+            for k, (value, info) in enumerate(zip(values, infos)):
+                if not value.stacked:
+                    await write(k, None, value.read(0), info.name)
+            depth = max((v.shape[0] for v in values if v.stacked), default=0)
+            for i in range(depth):
+                for k, (value, info) in enumerate(zip(values, infos)):
+                    if value.stacked and i < value.shape[0]:
+                        await write(k, i, value.read(i), f"{info.name}[{i}]")
+                if self._progress is not None:
+                    self._progress(f"wrote layer slice {i + 1}/{depth}")
         if pending is not None:
             await pending
 
 
+def _chunk_files(value: StreamedArray, store: ts.TensorStore) -> ChunkFiles | None:
+    """Where `value` may be written as raw chunk files around TensorStore (zarr_chunks.py)."""
+    files = ChunkFiles.of(store)
+    if files is None or (value.stacked and not files.can_write_slices()):
+        return None
+    return files
+
+
 def pytree_handler(progress: Callable[[str], None] | None = None, compress: bool = True) -> ocp.PyTreeCheckpointHandler:
     """Orbax's PyTree handler with the default array handlers plus StreamedArray; `compress`: store
-    arrays zstd-compressed (Orbax's default; restoring reads either)."""
+    arrays zstd-compressed in one OCDBT database (Orbax's defaults), else uncompressed, one zarr
+    directory per array (so StreamedArrays go out as raw chunk files); restoring reads either."""
     handlers = [(t, type_handlers.get_type_handler(t)) for t in (int, float, np.number, np.ndarray, jax.Array)]
     registry = type_handlers.create_type_handler_registry(*handlers, (StreamedArray, StreamedArrayHandler(progress)))
-    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=compress)
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=compress, use_ocdbt=compress)
 
 
 def save_args_for(value) -> ocp.SaveArgs:

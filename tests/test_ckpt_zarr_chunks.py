@@ -1,0 +1,131 @@
+"""Raw zarr chunk files written around TensorStore (zarr_chunks.py) against TensorStore's own writes;
+the shared staging and the one-pass durability that the import's writes rely on."""
+
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from most_jax import atomic
+from most_jax.checkpoint import direct_file, zarr_chunks
+from most_jax.checkpoint.buffers import Buffers
+from most_jax.checkpoint.direct_file import DirectFile, Staging
+from most_jax.checkpoint.params_io import load_checkpoint, save_params
+from most_jax.checkpoint.streamed import StreamedArray
+from most_jax.checkpoint.zarr_chunks import ChunkFiles
+
+
+def _store(path, shape, chunks, dtype, compressor=None):
+    spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(path)},
+            "metadata": {"shape": list(shape), "chunks": list(chunks), "dtype": dtype, "compressor": compressor}}
+    return ts.open(spec, create=True).result()
+
+
+def _files(path):
+    return {p.name: p.read_bytes() for p in path.iterdir() if p.name != ".zarray"}
+
+
+@pytest.mark.parametrize("shape, chunks", [
+    ((4, 6, 8), (1, 3, 8)),  # whole trailing rows: each chunk a contiguous block of the slice
+    ((3, 7, 5), (1, 3, 2)),  # edges that do not divide, trailing axis split: padded, gathered copies
+    ((10,), (4,)),
+    ((5, 6), (2, 6)),  # leading chunks deeper than one index: only whole-array writes
+])
+@pytest.mark.parametrize("dtype", ["bfloat16", "<f4"])
+def test_chunk_files_equal_tensorstore_writes(tmp_path, shape, chunks, dtype):
+    data = np.random.default_rng(0).standard_normal(shape).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    reference = _store(tmp_path / "ts", shape, chunks, dtype)
+    reference.write(data).result()
+    ours = _store(tmp_path / "ours", shape, chunks, dtype)
+    files = ChunkFiles.of(ours)
+    with Staging(4096) as staging:
+        if files.can_write_slices():
+            for i in range(shape[0]):
+                files.write(np.ascontiguousarray(data[i]), staging, Buffers(), leading=i)
+        else:
+            files.write(data, staging, Buffers())
+    assert _files(tmp_path / "ours") == _files(tmp_path / "ts")
+    np.testing.assert_array_equal(ours.read().result(), data)
+
+
+def test_layouts_that_are_not_raw_chunks_are_left_to_tensorstore(tmp_path):
+    assert ChunkFiles.of(_store(tmp_path / "z", (4, 4), (2, 2), "<f4", {"id": "zstd", "level": 1})) is None
+    plain = _store(tmp_path / "p", (4, 4), (2, 2), "<f4")
+    assert ChunkFiles.of(plain[1:]) is None  # a view of part of the array
+    assert ChunkFiles.of(plain) is not None and not ChunkFiles.of(plain).can_write_slices()
+    ocdbt = ts.open({"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{tmp_path / 'o'}"},
+                     "metadata": {"shape": [4], "chunks": [2], "dtype": "<f4", "compressor": None}}, create=True).result()
+    assert ChunkFiles.of(ocdbt) is None
+
+
+def test_block_of_the_wrong_shape_is_refused(tmp_path):
+    files = ChunkFiles.of(_store(tmp_path / "p", (2, 4), (1, 4), "<f4"))
+    with Staging(4096) as staging, pytest.raises(ValueError, match=r"block float32 \[3\] does not match .* \[4\]"):
+        files.write(np.zeros(3, np.float32), staging, Buffers(), leading=0)
+
+
+def test_files_share_one_staging_and_skip_the_sync_when_asked(tmp_path, monkeypatch):
+    def no_sync(fd):
+        raise AssertionError("fdatasync called for a file written with sync=False")
+
+    monkeypatch.setattr(direct_file.os, "fdatasync", no_sync)
+    rng = np.random.default_rng(1)
+    contents = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (5000, 0, 12289, 4096)]
+    with Staging(8192) as staging:
+        for k, content in enumerate(contents):
+            out = DirectFile(tmp_path / f"f{k}", staging=staging, sync=False)
+            out.write(content)
+            out.close()
+    assert [(tmp_path / f"f{k}").read_bytes() for k in range(len(contents))] == contents
+
+
+def test_sync_tree_syncs_every_file_and_each_directory_after_its_contents(tmp_path, monkeypatch):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("x", "a/y", "a/b/z"):
+        (tmp_path / name).write_text(name)
+    synced = []
+    real = atomic._fsync
+    monkeypatch.setattr(atomic, "_fsync", lambda path, flags: (synced.append(str(path)), real(path, flags)))
+    atomic.sync_tree(tmp_path)
+    expected = {str(tmp_path / p) for p in ("x", "a/y", "a/b/z", "a", "a/b")} | {str(tmp_path)}
+    assert set(synced) == expected and len(synced) == len(expected)
+    assert synced.index(str(tmp_path / "a/b/z")) < synced.index(str(tmp_path / "a/b")) < \
+        synced.index(str(tmp_path / "a")) < synced.index(str(tmp_path))
+
+
+def test_uncompressed_save_writes_raw_chunks_and_restores(tmp_path, monkeypatch):
+    """save_params without compression: StreamedArrays go out as chunk files (no OCDBT), every
+    file is synced before the rename, and the checkpoint restores to the streamed values."""
+    from flax import nnx
+
+    from most_jax.checkpoint.param_tree import flatten, unflatten
+    from most_jax.config import load_config
+    from most_jax.models.most import MoST
+
+    cfg = load_config("configs/most_tiny.yaml")
+    values = {p: np.asarray(v) for p, v in flatten(nnx.to_pure_dict(nnx.state(MoST(cfg.model, rngs=nnx.Rngs(3)),
+                                                                             nnx.Param)))}
+    stacked = {p for p in values if p[0] in ("dense_layers", "moe_layers")}
+
+    def source(p):
+        v = values[p]
+        scratch = np.empty(v.shape[1:] if p in stacked else v.shape, v.dtype)  # reused between reads
+
+        def read(i):
+            scratch[...] = v[i] if p in stacked else v
+            return scratch
+        return StreamedArray(v.shape, v.dtype, read, stacked=p in stacked)
+
+    chunk_writes, synced = [], []
+    real_write, real_sync = ChunkFiles.write, atomic.sync_tree
+    monkeypatch.setattr(ChunkFiles, "write", lambda self, *a, **k: (chunk_writes.append(self), real_write(self, *a, **k)))
+    monkeypatch.setattr("most_jax.checkpoint.params_io.sync_tree",
+                        lambda root: (synced.append(os.listdir(root)), real_sync(root)))
+    out = save_params(tmp_path / "ck", cfg, unflatten({p: source(p) for p in values}), compress=False)
+    assert len({id(f) for f in chunk_writes}) == len(values) and synced and "params" in synced[0]
+    assert not list(out.rglob("*ocdbt*"))
+    _, restored = load_checkpoint(out)
+    for p, v in flatten(restored):
+        np.testing.assert_array_equal(np.asarray(v), values[p], err_msg=".".join(p))
