@@ -87,9 +87,15 @@ class DirectFile:
         self._pending: concurrent.futures.Future | None = None
 
     def write(self, data) -> None:
-        """Appends the bytes of `data` (any C-contiguous buffer); they are copied before it returns."""
+        """Appends the bytes of `data` (any C-contiguous buffer); they are copied (or written) before
+        it returns. Whole blocks of a block-aligned buffer go to the file straight from it."""
         src = np.frombuffer(memoryview(data).cast("B"), np.uint8)
         done = 0
+        if self.direct and self._fill == 0 and src.ctypes.data % _ALIGN == 0 and src.size >= _ALIGN:
+            self._wait()  # the file offset is block-aligned whenever nothing is staged
+            done = src.size - src.size % _ALIGN
+            self._write_all(src[:done], self._offset)
+            self._offset += done
         while done < src.size:
             stage = self._stages[0]
             n = min(stage.size - self._fill, src.size - done)

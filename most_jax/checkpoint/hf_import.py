@@ -158,7 +158,7 @@ def hf_sources(cfg: config_lib.ModelConfig, tensors: HFTensors, dtype: str, *,
     tensors.check_all_taken()
 
     sources = {}
-    buffers = Buffers()  # shared by every leaf: the Orbax handler copies each slice before the next read
+    buffers = Buffers()  # shared by every leaf: a slice is written before the second next read
     for path, shape_dtype in expected.items():
         shape = tuple(shape_dtype.shape)
         if path == ("lm_head",) and tied_embeddings:
@@ -222,7 +222,7 @@ def _put(part: np.ndarray, dst: np.ndarray, transpose: bool, buffers: Buffers) -
 def _top_reader(tensors: HFTensors, m: TensorMap, shape: tuple[int, ...], target: np.dtype,
                 buffers: Buffers) -> Callable[[int], np.ndarray]:
     def read(_: int) -> np.ndarray:
-        out = buffers.get("out", shape, target)
+        out = buffers.alternate("out", shape, target)
         _load(tensors, m.hf, out, m.transpose, buffers)
         return out
     return read
@@ -246,7 +246,7 @@ def _layer_reader(cfg: config_lib.ModelConfig, tensors: HFTensors, maps: list[Te
     kind = next((k for k, leaf in EXPERT_PATHS.items() if path[1:] == leaf), None)
 
     def read(index: int) -> np.ndarray:
-        out = buffers.get("out", shape[1:], target)
+        out = buffers.alternate("out", shape[1:], target)
         if kind is not None and index in fused_layers:
             _load_fused(cfg, tensors, index, kind, out, buffers)
         else:
@@ -315,8 +315,10 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, dtype: str = "float32",
     """Converts a Hugging Face directory into a parameter checkpoint at `out_dir` (see params_io),
     streaming. With `mesh_sizes` (mesh axis -> size), each parameter is stored in chunks of one
     device's shard under that mesh, so the devices of a pod each read exactly their own chunks.
-    `compress`: store the arrays zstd-compressed (about 0.7x the bytes of bf16 weights, but
-    compressing, not the disk, then limits the conversion's speed)."""
+    `compress`: store the arrays zstd-compressed in one OCDBT database through TensorStore (about
+    0.7x the bytes of bf16 weights, but compressing, not the disk, then limits the conversion's
+    speed); by default, uncompressed zarr arrays whose chunk files bypass the page cache
+    (streamed.py), synced in one pass before the checkpoint is renamed into place."""
     if Path(out_dir).exists():
         raise CheckpointError(f"{out_dir}: already exists; choose a new output directory")
     cfg, sources, tensors = open_hf(hf_dir, dtype)

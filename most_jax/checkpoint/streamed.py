@@ -5,8 +5,8 @@ A `StreamedArray` announces its shape and dtype and produces its data on demand:
 `StreamedArrayHandler` is an Orbax type handler that writes such leaves exactly as Orbax's own
 NumPy handler writes an array (same TensorStore spec, same tree metadata, value type
 `np.ndarray`), except that each stacked leaf is stored in chunks of one layer (or less) and
-written slice by slice, layer-major over all stacked leaves. Each slice is written before the
-next is produced, so producers may reuse one buffer.
+written slice by slice, layer-major over all stacked leaves, each slice written while the next is
+produced (so a producer may reuse a buffer every second read, not every read).
 
 Two layouts. Uncompressed (import-hf's default): one zarr directory per array, no OCDBT; TensorStore
 creates each array and its metadata, and the chunks go straight to their files around the page
@@ -19,6 +19,7 @@ restores either like any checkpoint.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from typing import Callable, Sequence
 
@@ -41,8 +42,9 @@ CHUNK_BYTES = 64 * 2**20
 class StreamedArray:
     """An array of `shape` and `dtype` whose data comes from `read`: `read(i)` is slice i along the
     leading (layer) axis when `stacked`, else `read(0)` is the whole array. The array returned may be
-    a buffer that `read` reuses: a consumer is done with it before its next `read` of any leaf
-    (StreamedArrayHandler is; hf_import.materialize copies each). `write_shape` is the block the
+    a buffer that `read` reuses, but not before the second next `read` of any leaf: a consumer may
+    keep one array while the next is produced, and no more (StreamedArrayHandler writes one slice
+    while the next is read; hf_import.materialize copies each). `write_shape` is the block the
     storage chunks must tile (e.g. one device's shard under the target sharding); by
     default one layer of a stacked leaf, the whole of any other."""
 
@@ -79,6 +81,15 @@ class StreamedArrayHandler(type_handlers.NumpyHandler):
         direct = [_chunk_files(value, t) for value, t in zip(values, opened)]
         buffers = Buffers()
         pending = None
+        # Raw chunk files are written by one helper thread (the disk works while the next slice is
+        # read and transposed); a slice's job must end before its buffer can come back from a read.
+        writer = concurrent.futures.ThreadPoolExecutor(1)
+        jobs: list[concurrent.futures.Future] = []
+
+        def produce(value: StreamedArray, i: int) -> np.ndarray:
+            while len(jobs) > 1:
+                jobs.pop(0).result()
+            return value.read(i)
 
         async def write(k: int, index: int | None, data: np.ndarray, what: str):
             nonlocal pending
@@ -87,7 +98,7 @@ class StreamedArrayHandler(type_handlers.NumpyHandler):
                 raise ValueError(f"{what}: produced {data.dtype} {list(data.shape)}, announced "
                                  f"{target.dtype.numpy_dtype} {list(target.shape)}")
             if direct[k] is not None:
-                direct[k].write(data, staging, buffers, index)  # copied before it returns
+                jobs.append(writer.submit(direct[k].write, data, staging, buffers, index))
                 return
             future = target.write(data)  # copied before `copy` resolves: the producer may reuse `data`
             await future.copy
@@ -96,16 +107,21 @@ class StreamedArrayHandler(type_handlers.NumpyHandler):
             pending = future.commit
 
         with Staging() as staging:
-            for k, (value, info) in enumerate(zip(values, infos)):
-                if not value.stacked:
-                    await write(k, None, value.read(0), info.name)
-            depth = max((v.shape[0] for v in values if v.stacked), default=0)
-            for i in range(depth):
+            try:
                 for k, (value, info) in enumerate(zip(values, infos)):
-                    if value.stacked and i < value.shape[0]:
-                        await write(k, i, value.read(i), f"{info.name}[{i}]")
-                if self._progress is not None:
-                    self._progress(f"wrote layer slice {i + 1}/{depth}")
+                    if not value.stacked:
+                        await write(k, None, produce(value, 0), info.name)
+                depth = max((v.shape[0] for v in values if v.stacked), default=0)
+                for i in range(depth):
+                    for k, (value, info) in enumerate(zip(values, infos)):
+                        if value.stacked and i < value.shape[0]:
+                            await write(k, i, produce(value, i), f"{info.name}[{i}]")
+                    if self._progress is not None:
+                        self._progress(f"wrote layer slice {i + 1}/{depth}")
+            finally:
+                writer.shutdown(wait=True)  # nothing may still write when the directory is renamed or removed
+            for job in jobs:
+                job.result()
         if pending is not None:
             await pending
 
