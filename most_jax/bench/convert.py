@@ -6,7 +6,7 @@ count, in bf16, per-expert release layout, sharded at 5 GB. Each direction runs 
 subprocess (`most import-hf`, `most export-hf`) so its peak RSS (from wait4) is its own; the plain
 copy of the same bytes is timed alongside as the disk's ceiling on this machine. Every time runs
 until the data is on the disk: the child (or the copy) plus a `sync` of what it left in the page
-cache.
+cache. The export reads what the import wrote, which bypassed the page cache: it reads from the disk.
 """
 
 from __future__ import annotations
