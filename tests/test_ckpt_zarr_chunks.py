@@ -156,3 +156,16 @@ def test_uncompressed_save_writes_raw_chunks_and_restores(tmp_path, monkeypatch)
     _, restored = load_checkpoint(out)
     for p, v in flatten(restored):
         np.testing.assert_array_equal(np.asarray(v), values[p], err_msg=".".join(p))
+
+
+def test_uncompressed_layout_trains_with_init_from(tmp_path, monkeypatch):
+    """`most train --init-from` reads the layout import-hf writes by default (zarr, no OCDBT), as it
+    reads init-most's compressed OCDBT: init-most's own training test, saving uncompressed."""
+    import functools
+
+    import test_ckpt_init_most
+    from most_jax.checkpoint import init_most, params_io
+
+    monkeypatch.setattr(init_most, "save_params", functools.partial(params_io.save_params, compress=False))
+    test_ckpt_init_most.test_result_trains_with_init_from(tmp_path)
+    assert list((tmp_path / "ck" / "params").glob("*/.zarray")) and not list((tmp_path / "ck").rglob("*ocdbt*"))
