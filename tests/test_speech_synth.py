@@ -90,7 +90,8 @@ def test_speaker_set_and_vocabulary_limit_choose_who_speaks_what():
 
 @pytest.mark.parametrize("args, culprit", [
     (dict(voices=()), "voices"), (dict(voices=("en-us", "en-us")), "voices"), (dict(pitches=(120,)), "pitches"),
-    (dict(rate_wpm=(200, 150)), "rate_wpm"), (dict(rate_wpm=(50, 150)), "rate_wpm")])
+    (dict(rate_wpm=(200, 150)), "rate_wpm"), (dict(rate_wpm=(50, 150)), "rate_wpm"),
+    (dict(rate_wpm=(150, 160, 170)), "rate_wpm")])
 def test_bad_speaker_sets_are_refused_by_name(args, culprit):
     with pytest.raises(ValueError, match=culprit):
         synth.SpeakerSet(**args)

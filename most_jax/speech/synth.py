@@ -9,11 +9,11 @@ Layout of a corpus directory (audio paths in the manifests are relative to this 
 
 A speaker is an eSpeak voice (with a variant) at a pitch; each utterance also gets its own speaking
 rate and eSpeak random seed. `SpeakerSet` chooses the voices, pitches and rate range (the default is
-every voice at three pitches; fewer speakers make an easier corpus). Everything is decided up front from the seed. eSpeak's output also
-depends on state its earlier utterances left in the process (oscillator phase, pitch flutter), which
-no API call resets, so utterances are rendered in fixed blocks of BLOCK_SIZE, each in a fresh
-process: the same seed then gives identical audio and byte-identical manifests whatever the number
-of worker processes.
+every voice at three pitches; fewer speakers make an easier corpus). Everything is decided up front
+from the seed. eSpeak's output also depends on state its earlier utterances left in the process
+(oscillator phase, pitch flutter), which no API call resets, so utterances are rendered in fixed
+blocks of BLOCK_SIZE, each in a fresh process: the same seed then gives identical audio and
+byte-identical manifests whatever the number of worker processes.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ class Speaker:
     pitch: int
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class SpeakerSet:
     """Who speaks the corpus: every voice at every pitch, at a rate drawn per utterance (words/min)."""
@@ -68,8 +66,7 @@ class SpeakerSet:
             raise ValueError(f"voices must be a non-empty list without repeats, got {list(self.voices)}")
         if not self.pitches or any(not 0 <= p <= 100 for p in self.pitches) or len(set(self.pitches)) != len(self.pitches):
             raise ValueError(f"pitches must be distinct values in 0..100, got {list(self.pitches)}")
-        low, high = self.rate_wpm
-        if not RATE_RANGE[0] <= low <= high <= RATE_RANGE[1]:
+        if len(self.rate_wpm) != 2 or not RATE_RANGE[0] <= self.rate_wpm[0] <= self.rate_wpm[1] <= RATE_RANGE[1]:
             raise ValueError(f"rate_wpm must be [low, high] within {list(RATE_RANGE)} words per minute, "
                              f"got {list(self.rate_wpm)}")
 
