@@ -80,8 +80,11 @@ def stage_settings(cfg: Config) -> dict[str, dict[str, Any]]:
         "units": {"k": d.units_k, "rate": d.units_rate, "features": d.units_features, "pooling": d.units_pooling,
                   "hours": d.units_hours, "epochs": d.kmeans_epochs},
         "prepare": {"max_audio_seconds": cfg.data.max_audio_seconds, "max_tokens": cfg.data.seq_len},
-        # data.records and the vocabulary are filled in from the prepare stage's outputs
-        "train": {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "train": to_dict(cfg.train)},
+        # data.records and the vocabulary are filled in from the prepare stage's outputs (whose
+        # key the train key chains), so the configured ones are left out of it
+        "train": {"model": {k: v for k, v in to_dict(cfg.model).items() if k not in ("vocab", "vocab_size")},
+                  "data": {k: v for k, v in to_dict(cfg.data).items() if k != "records"},
+                  "train": to_dict(cfg.train)},
         "eval": {"batch_size": d.eval_batch_size, "asr_max_new_tokens": d.asr_max_new_tokens,
                  "tts_utterances": d.tts_eval_utterances, "tts_max_new_tokens": d.tts_max_new_tokens},
     }

@@ -148,3 +148,11 @@ def test_corpus_settings_rebuild_the_corpus_and_unit_pooling_the_units():
     assert [name for name in STAGES[:-1] if base[name] != fewer[name]] == list(STAGES[:-1])
     pooled = chained_keys(stage_settings(load_config("configs/demo.yaml", ["demo.units_pooling=mean"])))
     assert differences(base["units"], pooled["units"]) == ["settings.pooling"]
+
+
+def test_configured_vocabulary_and_records_do_not_key_the_training_stage():
+    # both are replaced by the prepare stage's layout and records, which the train key chains
+    base = chained_keys(stage_settings(load_config("configs/demo.yaml")))
+    edited = chained_keys(stage_settings(load_config(
+        "configs/demo.yaml", ["model.vocab_size=4096", "model.vocab.num_audio_units=100", "data.records=/elsewhere"])))
+    assert base == edited
