@@ -142,7 +142,7 @@ class DirectFile:
         try:
             self._wait()
         except OSError:
-            pass
+            pass  # the file is being abandoned because of an earlier error; that one is what propagates
         finally:
             self._release()
 
