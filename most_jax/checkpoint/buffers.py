@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-ALIGN = 4096
+ALIGN = 4096  # covers 512-byte and 4 KB logical blocks (O_DIRECT's alignment)
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """An uninitialised uint8 array of `nbytes` starting on an ALIGN boundary."""
+    raw = np.empty(nbytes + ALIGN, np.uint8)
+    skip = -raw.ctypes.data % ALIGN
+    return raw[skip:skip + nbytes]
 
 
 class Buffers:
@@ -28,9 +35,7 @@ class Buffers:
         flat = self._flat.get(role)
         if flat is None or flat.size < nbytes:
             self._flat.pop(role, None)  # the old buffer goes before the larger one is allocated
-            raw = np.empty(nbytes + ALIGN, np.uint8)
-            skip = -raw.ctypes.data % ALIGN
-            flat = self._flat[role] = raw[skip:skip + nbytes]
+            flat = self._flat[role] = aligned_empty(nbytes)
         return flat[:nbytes].view(dtype).reshape(shape)
 
     def alternate(self, role: str, shape: tuple[int, ...], dtype) -> np.ndarray:

@@ -22,14 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-_ALIGN = 4096  # covers 512-byte and 4 KB logical blocks
+from most_jax.checkpoint.buffers import ALIGN as _ALIGN
+from most_jax.checkpoint.buffers import aligned_empty
+
 STAGE_BYTES = 16 * 2**20
-
-
-def _aligned_buffer(nbytes: int) -> np.ndarray:
-    raw = np.empty(nbytes + _ALIGN, np.uint8)
-    skip = -raw.ctypes.data % _ALIGN
-    return raw[skip:skip + nbytes]
 
 
 def _open_for_writing(path: Path) -> tuple[int, bool]:
@@ -50,7 +46,7 @@ class Staging:
     def __init__(self, stage_bytes: int = STAGE_BYTES):
         if stage_bytes <= 0 or stage_bytes % _ALIGN:
             raise ValueError(f"stage_bytes must be a positive multiple of {_ALIGN}, got {stage_bytes}")
-        self.stages = [_aligned_buffer(stage_bytes), _aligned_buffer(stage_bytes)]
+        self.stages = [aligned_empty(stage_bytes), aligned_empty(stage_bytes)]
         self.pool = concurrent.futures.ThreadPoolExecutor(1)
 
     def close(self) -> None:
@@ -141,8 +137,8 @@ class DirectFile:
         """Stops without finishing the file (the caller removes it)."""
         try:
             self._wait()
-        except OSError:
-            pass  # the file is being abandoned because of an earlier error; that one is what propagates
+        except OSError:  # the file is abandoned because of an earlier error: that one propagates
+            return
         finally:
             self._release()
 
