@@ -331,6 +331,8 @@ class DemoConfig:
     units_rate: float = 25.0  # Hz
     units_features: str = "mfcc"
     units_pooling: str = "stack"  # how frames are grouped to the unit rate: stack (concatenate) or mean
+    units_cmvn: bool = False  # normalise each utterance's frames (mean/variance) before the codebook
+    units_min_run: int = 1  # drop runs of one unit shorter than this many unit frames (before dedup)
     units_hours: float = 1.5  # audio the k-means codebook is fitted on
     kmeans_epochs: int = 5
     workers: int = 2  # processes for synthesis and preparation
@@ -352,6 +354,7 @@ class DemoConfig:
         _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
         _check(self.units_rate > 0, f"{prefix}.units_rate", "must be positive")
         _check(self.units_hours > 0, f"{prefix}.units_hours", "must be positive")
+        _check(self.units_min_run >= 1, f"{prefix}.units_min_run", f"must be >= 1, got {self.units_min_run}")
         _check(self.units_pooling in ("stack", "mean"), f"{prefix}.units_pooling",
                f"must be stack or mean, got {self.units_pooling!r}")
         _check(self.vocabulary >= 0, f"{prefix}.vocabulary", f"must be >= 0 (0: every word), got {self.vocabulary}")

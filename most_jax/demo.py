@@ -78,7 +78,8 @@ def stage_settings(cfg: Config) -> dict[str, dict[str, Any]]:
                    "vocabulary": d.vocabulary},
         "tokenizer": {"size": d.tokenizer_size},
         "units": {"k": d.units_k, "rate": d.units_rate, "features": d.units_features, "pooling": d.units_pooling,
-                  "hours": d.units_hours, "epochs": d.kmeans_epochs},
+                  "cmvn": d.units_cmvn, "min_run": d.units_min_run, "hours": d.units_hours,
+                  "epochs": d.kmeans_epochs},
         "prepare": {"max_audio_seconds": cfg.data.max_audio_seconds, "max_tokens": cfg.data.seq_len},
         # data.records and the vocabulary are filled in from the prepare stage's outputs (whose
         # key the train key chains), so the configured ones are left out of it
@@ -245,8 +246,8 @@ class Demo:
         d = self.cfg.demo
         options = kmeans.KMeansOptions(num_clusters=d.units_k, epochs=d.kmeans_epochs, seed=d.corpus_seed)
         fit = fit_from_manifest(self.paths.corpus / "train.jsonl", self.paths.units, features=d.units_features,
-                                unit_rate=d.units_rate, pooling=d.units_pooling, max_hours=d.units_hours,
-                                options=options, log=self.say)
+                                unit_rate=d.units_rate, pooling=d.units_pooling, utterance_cmvn=d.units_cmvn,
+                                min_run=d.units_min_run, max_hours=d.units_hours, options=options, log=self.say)
         return {"k": d.units_k, "fit_hours": fit["hours"], "units_per_second": fit["units_per_second"]}
 
     def build_prepare(self) -> dict:

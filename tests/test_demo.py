@@ -136,7 +136,7 @@ def test_changed_settings_rebuild_that_stage_and_the_later_ones():
 
 @pytest.mark.parametrize("override, field", [
     ("demo.units_pooling=max", "demo.units_pooling"), ("demo.vocabulary=-5", "demo.vocabulary"),
-    ("demo.rate_wpm=[150]", "demo.rate_wpm")])
+    ("demo.rate_wpm=[150]", "demo.rate_wpm"), ("demo.units_min_run=0", "demo.units_min_run")])
 def test_bad_demo_corpus_and_unit_settings_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config("configs/demo.yaml", [override])
@@ -148,6 +148,8 @@ def test_corpus_settings_rebuild_the_corpus_and_unit_pooling_the_units():
     assert [name for name in STAGES[:-1] if base[name] != fewer[name]] == list(STAGES[:-1])
     pooled = chained_keys(stage_settings(load_config("configs/demo.yaml", ["demo.units_pooling=mean"])))
     assert differences(base["units"], pooled["units"]) == ["settings.pooling"]
+    smoothed = chained_keys(stage_settings(load_config("configs/demo.yaml", ["demo.units_min_run=2"])))
+    assert differences(base["units"], smoothed["units"]) == ["settings.min_run"]
 
 
 def test_configured_vocabulary_and_records_do_not_key_the_training_stage():

@@ -67,6 +67,26 @@ def test_remove_duplicates():
     np.testing.assert_array_equal(units.remove_duplicates(np.array([1, 2, 3])), [1, 2, 3])
 
 
+def test_remove_short_runs():
+    ids = np.array([3, 3, 5, 3, 3, 3, 7, 7, 9])
+    np.testing.assert_array_equal(units.remove_short_runs(ids, 1), ids)
+    np.testing.assert_array_equal(units.remove_short_runs(ids, 2), [3, 3, 3, 3, 3, 7, 7])
+    np.testing.assert_array_equal(units.remove_short_runs(ids, 3), [3, 3, 3])
+    # No run is long enough: the longest (first of equals) survives instead of nothing.
+    np.testing.assert_array_equal(units.remove_short_runs(np.array([4, 6, 6, 8, 8]), 5), [6, 6])
+    assert units.remove_short_runs(np.array([], np.int32), 3).size == 0
+
+
+def test_normalise_utterance():
+    rng = np.random.default_rng(0)
+    frames = rng.normal(5.0, 3.0, (40, 6)).astype(np.float32)
+    frames[:, 2] = 1.5  # a constant dimension stays finite
+    out = units.normalise_utterance(frames)
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(0)[[0, 1, 3, 4, 5]], 1, atol=1e-5)
+    assert np.isfinite(out).all() and out.dtype == np.float32
+
+
 def test_group_frames_stack_and_mean():
     frames = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
     stacked = units.group_frames(frames, 4, "stack")
@@ -116,6 +136,30 @@ def test_extract_matches_the_pipeline_by_hand(fitted):
     assert len(fitted.unit_frames(wave)) == -(-features.num_frames(len(wave), features.FrameOptions()) // 4)
 
 
+def test_frame_units_with_cmvn_and_min_run_match_the_pipeline_by_hand(tmp_path):
+    options = kmeans.KMeansOptions(num_clusters=8, batch_size=256, epochs=3, seed=0)
+    extractor = units.UnitExtractor.fit(synthetic_waves(), units.MfccFeatures(), 100, options=options,
+                                        utterance_cmvn=True, min_run=3)
+    wave = synthetic_waves(1, seed=9)[0]
+    frames = units.MfccFeatures()(wave)
+    frames = (frames - frames.mean(0)) / frames.std(0)
+    normalised = (frames - extractor.mean) / extractor.std
+    ids = ((normalised[:, None, :] - extractor.centroids[None]) ** 2).sum(-1).argmin(1)
+    expected = units.remove_duplicates(units.remove_short_runs(ids, 3))
+    got = extractor.extract(wave)
+    np.testing.assert_array_equal(got, expected)
+    assert len(got) < len(units.remove_duplicates(ids))  # some short runs were dropped
+    # A louder copy of the same audio gives the same units: CMVN removes the level.
+    np.testing.assert_array_equal(extractor.extract(wave * 3.0), got)
+    np.testing.assert_array_equal(extractor.extract_batch([wave])[0], got)
+    extractor.save(tmp_path / "u")
+    loaded = units.UnitExtractor.load(tmp_path / "u")
+    assert (loaded.utterance_cmvn, loaded.min_run) == (True, 3)
+    np.testing.assert_array_equal(loaded.extract(wave), got)
+    with pytest.raises(ValueError, match="min_run"):
+        units.UnitExtractor.fit(synthetic_waves(2), units.MfccFeatures(), 100, options=options, min_run=0)
+
+
 def test_extract_batch_equals_extract_and_empty_audio_gives_no_units(fitted):
     waves = synthetic_waves(4, seed=5) + [np.zeros(100, np.float32)]
     batch = fitted.extract_batch(waves)
@@ -147,6 +191,13 @@ def test_load_names_the_bad_field(fitted, tmp_path):
     meta_path.write_text(json.dumps(meta | {"features": {"kind": "hubert-not-registered"}}))
     with pytest.raises(units.UnitExtractorError, match="field 'features'.*hubert-not-registered"):
         units.UnitExtractor.load(tmp_path / "u")
+    meta_path.write_text(json.dumps(meta | {"min_run": 0}))
+    with pytest.raises(units.UnitExtractorError, match="field 'min_run'"):
+        units.UnitExtractor.load(tmp_path / "u")
+    # Extractors saved before the two options existed load with neither.
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("min_run", "utterance_cmvn")}))
+    old = units.UnitExtractor.load(tmp_path / "u")
+    assert (old.utterance_cmvn, old.min_run) == (False, 1)
     meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "pooling"}))
     with pytest.raises(units.UnitExtractorError, match="missing field 'pooling'"):
         units.UnitExtractor.load(tmp_path / "u")
@@ -204,3 +255,6 @@ def test_train_units_cli(tmp_path, capsys):
     first = np.load(tmp_path / "u" / "centroids.npy")
     assert main(args) == 0  # same seed, same codebook
     np.testing.assert_array_equal(np.load(tmp_path / "u" / "centroids.npy"), first)
+    assert main(args + ["--rate", "100", "--utterance-cmvn", "--min-run", "3"]) == 0
+    loaded = units.UnitExtractor.load(tmp_path / "u")
+    assert (loaded.unit_rate, loaded.utterance_cmvn, loaded.min_run) == (100.0, True, 3)

@@ -22,6 +22,10 @@ def register(subparsers) -> None:
                         help="frame features (default mfcc: 13 MFCC + deltas + delta-deltas)")
     parser.add_argument("--pooling", default="stack", choices=units.POOLINGS,
                         help="how frames are grouped to the unit rate (default stack = concatenate)")
+    parser.add_argument("--utterance-cmvn", action="store_true",
+                        help="normalise each utterance's frames to zero mean and unit variance before the codebook")
+    parser.add_argument("--min-run", type=int, default=1, metavar="N",
+                        help="drop runs of one unit shorter than N unit frames before dedup (default 1: keep all)")
     parser.add_argument("--no-dedup", dest="dedup", action="store_false",
                         help="keep consecutive duplicate units (MoST removes them)")
     parser.add_argument("--max-hours", type=float, default=10.0, help="use at most this much audio (default 10)")
@@ -38,7 +42,8 @@ def _run(args) -> int:
     start = time.perf_counter()
     try:
         fit = units.fit_from_manifest(args.manifest, args.out, features=args.features, unit_rate=args.rate,
-                                      pooling=args.pooling, dedup=args.dedup, max_hours=args.max_hours,
+                                      pooling=args.pooling, dedup=args.dedup, utterance_cmvn=args.utterance_cmvn,
+                                      min_run=args.min_run, max_hours=args.max_hours,
                                       options=options)
     except units.UnitExtractorError as exc:
         raise SystemExit(f"train-units: {exc}") from exc

@@ -6,6 +6,14 @@ the unit rate (e.g. 100 Hz MFCC -> 25 Hz: 4 frames per unit) by stacking (concat
 pooling, normalised per dimension with statistics of the fitting data, and mapped to the nearest
 k-means centroid. MoST removes consecutive duplicate units (`dedup`).
 
+Two options suit features without a learned encoder (MFCC on synthetic speech): `utterance_cmvn`
+normalises each utterance's frames to zero mean and unit variance per dimension first (removing
+level and spectral tilt, which differ between speakers), and `min_run` drops runs of one unit
+shorter than that many unit frames before dedup. With frame-rate units (100 Hz, K of a few dozen)
+the runs that survive are the steady parts of phones: about 10 units per second, and the same
+sentence gets far more similar unit sequences across speaking rates and voices than with stacked
+frames (BENCHMARKS.md, "Main job").
+
 A fitted extractor is a directory: `units.json` (feature kind and options, unit rate, pooling, K,
 dedup, normalisation mean/std) and `centroids.npy` [K, dims]; `save` writes it atomically.
 """
@@ -136,6 +144,26 @@ def group_frames(frames: np.ndarray, factor: int, pooling: str) -> np.ndarray:
     return grouped.reshape(count, -1) if pooling == "stack" else grouped.mean(axis=1)
 
 
+def remove_short_runs(units: np.ndarray, min_run: int) -> np.ndarray:
+    """Drops every run of one unit shorter than `min_run`: [3, 3, 5, 3, 3, 3] with 2 -> [3, 3, 3, 3, 3].
+    If no run is that long, the longest run (the first of equals) is kept, so audio never loses all its units."""
+    units = np.asarray(units)
+    if min_run <= 1 or units.size == 0:
+        return units
+    starts = np.flatnonzero(np.concatenate([[True], units[1:] != units[:-1]]))
+    lengths = np.diff(np.append(starts, units.size))
+    keep = lengths >= min_run
+    if not keep.any():
+        keep[np.argmax(lengths)] = True
+    return units[np.repeat(keep, lengths)]
+
+
+def normalise_utterance(frames: np.ndarray) -> np.ndarray:
+    """Per-dimension zero mean and unit variance over one utterance's frames [T, F]."""
+    std = np.maximum(frames.std(axis=0), _STD_FLOOR)
+    return ((frames - frames.mean(axis=0)) / std).astype(np.float32)
+
+
 def remove_duplicates(units: np.ndarray) -> np.ndarray:
     """Collapses runs of one unit to a single unit: [3, 3, 5, 3] -> [3, 5, 3]."""
     units = np.asarray(units)
@@ -158,6 +186,12 @@ class UnitExtractor:
     mean: np.ndarray  # [dims]
     std: np.ndarray  # [dims]
     centroids: np.ndarray  # [K, dims]
+    utterance_cmvn: bool = False
+    min_run: int = 1
+
+    def __post_init__(self):
+        if self.min_run < 1:
+            raise ValueError(f"min_run must be at least 1, got {self.min_run}")
 
     @property
     def num_units(self) -> int:
@@ -175,6 +209,8 @@ class UnitExtractor:
         frames = self.features(np.asarray(wave_16k, np.float32))
         if len(frames) == 0:
             return np.zeros((0, self.mean.shape[0]), np.float32)
+        if self.utterance_cmvn:
+            frames = normalise_utterance(frames)
         return group_frames(frames, self.frames_per_unit, self.pooling)
 
     def _nearest(self, frames: np.ndarray) -> np.ndarray:
@@ -184,7 +220,10 @@ class UnitExtractor:
 
     def extract(self, wave_16k: np.ndarray) -> np.ndarray:
         """Unit ids (int32, 0..K-1) of one 16 kHz mono waveform; empty for audio under one frame."""
-        units = self._nearest(self.unit_frames(wave_16k).astype(np.float32))
+        return self._finish(self._nearest(self.unit_frames(wave_16k).astype(np.float32)))
+
+    def _finish(self, units: np.ndarray) -> np.ndarray:
+        units = remove_short_runs(units, self.min_run)
         return remove_duplicates(units) if self.dedup else units
 
     def extract_batch(self, waves: Iterable[np.ndarray]) -> list[np.ndarray]:
@@ -194,14 +233,16 @@ class UnitExtractor:
             return []
         ids = self._nearest(np.concatenate(frames))
         pieces = np.split(ids, np.cumsum([len(f) for f in frames])[:-1])
-        return [remove_duplicates(p) if self.dedup else p for p in pieces]
+        return [self._finish(p) for p in pieces]
 
     @classmethod
     def fit(cls, waves: Iterable[np.ndarray], features: FrameFeatures, unit_rate: float = 25.0,
             pooling: str = "stack", dedup: bool = True, options: kmeans.KMeansOptions = kmeans.KMeansOptions(),
-            progress: Callable[[int, float, int], None] | None = None) -> "UnitExtractor":
+            progress: Callable[[int, float, int], None] | None = None, utterance_cmvn: bool = False,
+            min_run: int = 1) -> "UnitExtractor":
         """Normalisation statistics and k-means codebook from 16 kHz waveforms."""
-        shell = cls(features, unit_rate, pooling, dedup, np.zeros(0), np.ones(0), np.zeros((0, 0)))
+        shell = cls(features, unit_rate, pooling, dedup, np.zeros(0), np.ones(0), np.zeros((0, 0)), utterance_cmvn,
+                    min_run)
         frames = [f for f in (shell.raw_unit_frames(w) for w in waves) if len(f)]
         if not frames:
             raise ValueError("no audio frames to fit units on")
@@ -209,12 +250,13 @@ class UnitExtractor:
         mean, std = data.mean(axis=0), np.maximum(data.std(axis=0), _STD_FLOOR)
         normalised = ((data - mean) / std).astype(np.float32)
         centroids = kmeans.fit(normalised, options, progress)
-        return cls(features, unit_rate, pooling, dedup, mean.astype(np.float32), std.astype(np.float32), centroids)
+        return dataclasses.replace(shell, mean=mean.astype(np.float32), std=std.astype(np.float32), centroids=centroids)
 
     def metadata(self) -> dict:
         return {"format_version": FORMAT_VERSION,
                 "features": {"kind": self.features.kind, **self.features.config()},
                 "unit_rate": self.unit_rate, "pooling": self.pooling, "dedup": self.dedup,
+                "utterance_cmvn": self.utterance_cmvn, "min_run": self.min_run,
                 "num_units": self.num_units, "dims": int(self.centroids.shape[1]),
                 "normalization": {"mean": self.mean.tolist(), "std": self.std.tolist()}}
 
@@ -260,8 +302,12 @@ class UnitExtractor:
         pooling = field("pooling")
         if pooling not in POOLINGS:
             raise UnitExtractorError(f"{meta_path}: field 'pooling' must be one of {POOLINGS}, got {pooling!r}")
+        # Extractors saved before utterance_cmvn / min_run existed used neither.
+        min_run = meta.get("min_run", 1)
+        if not isinstance(min_run, int) or min_run < 1:
+            raise UnitExtractorError(f"{meta_path}: field 'min_run' must be a positive integer, got {min_run!r}")
         extractor = cls(features, float(field("unit_rate")), pooling, bool(field("dedup")), mean, std,
-                        centroids.astype(np.float32))
+                        centroids.astype(np.float32), bool(meta.get("utterance_cmvn", False)), min_run)
         try:
             extractor.frames_per_unit
         except ValueError as exc:
@@ -271,7 +317,8 @@ class UnitExtractor:
 
 def fit_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, features: str = "mfcc",
                       unit_rate: float = 25.0, pooling: str = "stack", dedup: bool = True,
-                      max_hours: float = 10.0, options: kmeans.KMeansOptions = kmeans.KMeansOptions(),
+                      utterance_cmvn: bool = False, min_run: int = 1, max_hours: float = 10.0,
+                      options: kmeans.KMeansOptions = kmeans.KMeansOptions(),
                       log: Callable[[str], None] = print) -> dict:
     """Fits a unit extractor on the audio of a manifest (up to `max_hours`) and saves it to `out_dir`.
 
@@ -313,7 +360,8 @@ def fit_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *
             f"{reseeded} empty centroids re-seeded")
 
     try:
-        extractor = UnitExtractor.fit(waves(), frame_features, unit_rate, pooling, dedup, options, progress)
+        extractor = UnitExtractor.fit(waves(), frame_features, unit_rate, pooling, dedup, options, progress,
+                                      utterance_cmvn, min_run)
     except ValueError as exc:
         raise UnitExtractorError(f"cannot fit on {manifest}: {exc} (skipped {skipped})") from exc
     frames = sum(len(extractor.raw_unit_frames(w)) for w in sample)
