@@ -12,7 +12,7 @@ level and spectral tilt, which differ between speakers), and `min_run` drops run
 shorter than that many unit frames before dedup. With frame-rate units (100 Hz, K of a few dozen)
 the runs that survive are the steady parts of phones: about 10 units per second, and the same
 sentence gets far more similar unit sequences across speaking rates and voices than with stacked
-frames (BENCHMARKS.md, "Main job").
+frames, and TTS on them is easier, though the demo's ASR did not learn faster (BENCHMARKS.md, "Main job").
 
 A fitted extractor is a directory: `units.json` (feature kind and options, unit rate, pooling, K,
 dedup, normalisation mean/std) and `centroids.npy` [K, dims]; `save` writes it atomically.
