@@ -15,7 +15,7 @@ sentence gets far more similar unit sequences across speaking rates and voices t
 frames, and TTS on them is easier, though the demo's ASR did not learn faster (BENCHMARKS.md, "Main job").
 
 A fitted extractor is a directory: `units.json` (feature kind and options, unit rate, pooling, K,
-dedup, normalisation mean/std) and `centroids.npy` [K, dims]; `save` writes it atomically.
+dedup, utterance_cmvn, min_run, normalisation mean/std) and `centroids.npy` [K, dims]; `save` writes it atomically.
 """
 
 from __future__ import annotations
