@@ -99,8 +99,26 @@ class MoEConfig:
     # (rank r holds experts r*E/EP..) or "balanced" (modality groups interleaved over the ranks).
     ep_exchange: str = "auto"
     ep_placement: str = "canonical"
+    # Router mode: "mamoe" (scores over all experts, modality mask, top-k; SPEC section 1) or
+    # "topk_softmax" (WeNet's MoEFFNLayer: top-k on the raw logits, softmax over the k chosen, no
+    # auxiliary loss, no modality groups).
+    router: str = "mamoe"
+    # Expert function: "swiglu" (down(silu(gate x) * up x), no biases: DeepSeek-V2 / MoST) or "ffn"
+    # (w_2(act(w_1 x + b_1)) + b_2: WeNet's PositionwiseFeedForward; biases iff expert_bias).
+    expert: str = "swiglu"
+    activation: str = "silu"  # the "ffn" expert's act: "silu" (WeNet's swish) or "relu"
+    expert_bias: bool = True  # "ffn" experts only (WeNet's mlp_bias)
 
     def validate(self, prefix: str) -> None:
+        _check(self.router in ("mamoe", "topk_softmax"), f"{prefix}.router",
+               f"must be 'mamoe' or 'topk_softmax', got {self.router!r}")
+        _check(self.expert in ("swiglu", "ffn"), f"{prefix}.expert", f"must be 'swiglu' or 'ffn', got {self.expert!r}")
+        _check(self.activation in ("silu", "relu"), f"{prefix}.activation",
+               f"must be 'silu' or 'relu', got {self.activation!r}")
+        if self.router == "topk_softmax":
+            _check(not self.modality_groups, f"{prefix}.modality_groups", "router topk_softmax has no modality groups")
+            _check(self.num_shared_experts == 0, f"{prefix}.num_shared_experts",
+                   "router topk_softmax (WeNet) has no shared experts")
         _check(self.num_experts > 0, f"{prefix}.num_experts", "must be positive")
         _check(self.expert_ffn_dim > 0, f"{prefix}.expert_ffn_dim", "must be positive")
         _check(self.num_shared_experts >= 0, f"{prefix}.num_shared_experts", "must be >= 0")
@@ -359,6 +377,126 @@ class DemoConfig:
                f"must be stack or mean, got {self.units_pooling!r}")
         _check(self.vocabulary >= 0, f"{prefix}.vocabulary", f"must be >= 0 (0: every word), got {self.vocabulary}")
         _check(len(self.rate_wpm) in (0, 2), f"{prefix}.rate_wpm", f"must be [low, high], got {list(self.rate_wpm)}")
+
+
+# ----------------------------------------------------------------------------- U2++ (WeNet)
+# Field names follow WeNet's training YAML (encoder_conf, decoder_conf, model_conf) so that
+# `most u2pp import-wenet` maps them one to one; options WeNet has but U2++ MoE does not use
+# (other encoders, batch-norm conv modules, ...) are refused at import, not modelled.
+
+def _wenet_moe(activation: str) -> MoEConfig:
+    return MoEConfig(num_experts=8, top_k=2, expert_ffn_dim=2048, num_shared_experts=0, router="topk_softmax",
+                     expert="ffn", activation=activation, expert_bias=True, aux_loss_alpha=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class U2ppEncoderConfig:
+    """WeNet ConformerEncoder (rel-pos attention, macaron FFNs, causal conv module with LayerNorm)."""
+
+    output_size: int = 256  # d
+    attention_heads: int = 4
+    linear_units: int = 2048  # FFN width (each expert's width under mlp_type moe)
+    num_blocks: int = 12
+    dropout_rate: float = 0.1
+    positional_dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.0
+    input_layer: str = "conv2d"  # conv2d (x4), conv2d6 (x6), conv2d8 (x8)
+    cnn_module_kernel: int = 8
+    causal: bool = True  # causal depthwise conv (left pad kernel-1); False: symmetric padding
+    use_dynamic_chunk: bool = True
+    use_dynamic_left_chunk: bool = False
+    static_chunk_size: int = 0  # > 0: always that chunk (when not dynamic); 0: full context
+    norm_eps: float = 1e-5
+    # "position_wise_feed_forward" (dense) or "moe": every FFN (both macaron FFNs) an MoE layer.
+    mlp_type: str = "moe"
+    moe: MoEConfig = _wenet_moe("silu")
+
+    def validate(self, prefix: str) -> None:
+        for name in ("output_size", "attention_heads", "linear_units", "num_blocks", "cnn_module_kernel"):
+            _check(getattr(self, name) > 0, f"{prefix}.{name}", "must be positive")
+        _check(self.output_size % self.attention_heads == 0, f"{prefix}.attention_heads",
+               f"must divide output_size={self.output_size}")
+        _check(self.input_layer in ("conv2d", "conv2d6", "conv2d8"), f"{prefix}.input_layer",
+               f"must be conv2d, conv2d6 or conv2d8, got {self.input_layer!r}")
+        _check(self.static_chunk_size >= 0, f"{prefix}.static_chunk_size", "must be >= 0")
+        for name in ("dropout_rate", "positional_dropout_rate", "attention_dropout_rate"):
+            _check(0 <= getattr(self, name) < 1, f"{prefix}.{name}", "must be in [0, 1)")
+        _check(self.mlp_type in ("position_wise_feed_forward", "moe"), f"{prefix}.mlp_type",
+               f"must be position_wise_feed_forward or moe, got {self.mlp_type!r}")
+        if self.mlp_type == "moe":
+            self.moe.validate(f"{prefix}.moe")
+            _check(self.moe.expert == "ffn" and self.moe.router == "topk_softmax", f"{prefix}.moe",
+                   "U2++ MoE layers use expert 'ffn' and router 'topk_softmax' (WeNet's MoEFFNLayer)")
+
+
+@dataclasses.dataclass(frozen=True)
+class U2ppDecoderConfig:
+    """WeNet BiTransformerDecoder: `num_blocks` left-to-right and `r_num_blocks` right-to-left layers."""
+
+    attention_heads: int = 4
+    linear_units: int = 2048
+    num_blocks: int = 3
+    r_num_blocks: int = 3
+    dropout_rate: float = 0.1
+    positional_dropout_rate: float = 0.1
+    self_attention_dropout_rate: float = 0.0
+    src_attention_dropout_rate: float = 0.0
+    norm_eps: float = 1e-5
+    mlp_type: str = "moe"
+    moe: MoEConfig = _wenet_moe("relu")
+
+    def validate(self, prefix: str, d_model: int) -> None:
+        for name in ("attention_heads", "linear_units", "num_blocks"):
+            _check(getattr(self, name) > 0, f"{prefix}.{name}", "must be positive")
+        _check(self.r_num_blocks >= 0, f"{prefix}.r_num_blocks", "must be >= 0")
+        _check(d_model % self.attention_heads == 0, f"{prefix}.attention_heads",
+               f"must divide the encoder's output_size={d_model}")
+        for name in ("dropout_rate", "positional_dropout_rate", "self_attention_dropout_rate",
+                     "src_attention_dropout_rate"):
+            _check(0 <= getattr(self, name) < 1, f"{prefix}.{name}", "must be in [0, 1)")
+        _check(self.mlp_type in ("position_wise_feed_forward", "moe"), f"{prefix}.mlp_type",
+               f"must be position_wise_feed_forward or moe, got {self.mlp_type!r}")
+        if self.mlp_type == "moe":
+            self.moe.validate(f"{prefix}.moe")
+            _check(self.moe.expert == "ffn" and self.moe.router == "topk_softmax", f"{prefix}.moe",
+                   "U2++ MoE layers use expert 'ffn' and router 'topk_softmax' (WeNet's MoEFFNLayer)")
+
+
+@dataclasses.dataclass(frozen=True)
+class U2ppConfig:
+    """U2++ (MoE): global CMVN -> Conformer encoder -> CTC head, plus a bidirectional attention decoder.
+
+    Token ids: 0 is the CTC blank, vocab_size - 1 is sos/eos (WeNet's convention)."""
+
+    family: str = "u2pp"
+    vocab_size: int = 5000
+    input_dim: int = 80  # fbank bins
+    encoder: U2ppEncoderConfig = U2ppEncoderConfig()
+    decoder: U2ppDecoderConfig = U2ppDecoderConfig()
+    ctc_weight: float = 0.3
+    reverse_weight: float = 0.3
+    lsm_weight: float = 0.1  # label smoothing
+    length_normalized_loss: bool = False
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = True
+
+    def validate(self, prefix: str = "model") -> None:
+        _check(self.vocab_size > 2, f"{prefix}.vocab_size", "must be > 2 (blank, tokens, sos/eos)")
+        _check(self.input_dim > 0, f"{prefix}.input_dim", "must be positive")
+        _check(0 <= self.ctc_weight <= 1, f"{prefix}.ctc_weight", "must be in [0, 1]")
+        _check(0 <= self.reverse_weight <= 1, f"{prefix}.reverse_weight", "must be in [0, 1]")
+        _check(self.reverse_weight == 0 or self.decoder.r_num_blocks > 0, f"{prefix}.reverse_weight",
+               "needs decoder.r_num_blocks > 0")
+        _check(0 <= self.lsm_weight < 1, f"{prefix}.lsm_weight", "must be in [0, 1)")
+        _check(self.dtype in ("float32", "bfloat16"), f"{prefix}.dtype", f"unknown dtype {self.dtype!r}")
+        _check(self.param_dtype in ("float32", "bfloat16"), f"{prefix}.param_dtype",
+               f"unknown dtype {self.param_dtype!r}")
+        _check(self.remat in ("none", "full", "dots"), f"{prefix}.remat", f"unknown remat policy {self.remat!r}")
+        self.encoder.validate(f"{prefix}.encoder")
+        self.decoder.validate(f"{prefix}.decoder", self.encoder.output_size)
 
 
 MESH_AXES = ("slice", "data", "fsdp", "expert", "tensor")
