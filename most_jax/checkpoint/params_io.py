@@ -42,7 +42,6 @@ from most_jax.atomic import partial_directory, sync_directory, sync_tree
 from most_jax.checkpoint.param_tree import abstract_params, flatten, logical_specs, unflatten
 from most_jax.checkpoint.streamed import pytree_handler, save_args_for
 from most_jax.models.family import abstract_model
-from most_jax.nn.params import DTYPES
 from most_jax.sharding import logical_to_spec
 
 PARAMS_ITEM = "params"
@@ -116,7 +115,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                     mesh: Mesh | None = None) -> tuple[config_lib.Config, dict]:
-    """(Config, nested dict of parameters), stored dtypes cast to the config's `model.param_dtype`.
+    """(Config, nested dict of parameters), stored dtypes cast to the model's (MoST: `model.param_dtype`).
 
     With `mesh`, each parameter is read straight into its sharding under sharding.py's rules
     (whatever mesh wrote it); without, onto the first local device."""
@@ -148,8 +147,8 @@ def _restore_params(step: Path, cfg: config_lib.Config, mesh: Mesh | None) -> di
             return device
         return NamedSharding(mesh, logical_to_spec(tuple(logical[p]), shape, mesh, what=".".join(p)))
 
-    dtype = DTYPES[cfg.model.param_dtype]
-    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sharding(p, tuple(s.shape)))
+    # Each leaf in the dtype the model builds it with (for MoST: model.param_dtype throughout).
+    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding(p, tuple(s.shape)))
                         for p, s in expected.items()})
     return checkpointer.restore(step / PARAMS_ITEM, target)
 
