@@ -340,7 +340,7 @@ class DemoConfig:
     test_utterances: int = 200  # held out: their sentences occur nowhere in training
     text_lm_sentences: int = 30000  # text-only sentences (text LM task, tokenizer training)
     corpus_seed: int = 0
-    voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (speech/synth.py VOICES)
+    voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (corpus/synth.py VOICES)
     pitches: tuple[int, ...] = ()  # empty: the built-in pitches
     rate_wpm: tuple[int, ...] = ()  # [low, high] words per minute; empty: the built-in range
     vocabulary: int = 0  # sentences over the generator's N most frequent words only; 0: every word

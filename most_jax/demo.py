@@ -215,7 +215,7 @@ class Demo:
 
     # ------------------------------------------------------------------ stages
     def build_corpus(self) -> dict:
-        from most_jax.speech import synth
+        from most_jax.corpus import synth
 
         d = self.cfg.demo
         try:

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from most_jax.speech import lexicon, sentences
+from most_jax.corpus import lexicon, sentences
 
 
 def _digest(lines) -> str:

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from most_jax.cli import main
-from most_jax.speech import synth
+from most_jax.corpus import synth
 from most_jax.speech.manifest import read_manifest
 
 

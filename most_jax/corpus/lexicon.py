@@ -1,4 +1,4 @@
-"""Word lists and English inflection for the sentence generator (most_jax.speech.sentences).
+"""Word lists and English inflection for the sentence generator (most_jax.corpus.sentences).
 
 Every word is lowercase ASCII (apostrophes allowed) so that eSpeak reads it and WER normalisation
 is a plain whitespace split. Lists are whitespace-separated strings; a verb written `base!` doubles

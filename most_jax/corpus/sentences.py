@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import random
 
-from most_jax.speech import lexicon as lx
+from most_jax.corpus import lexicon as lx
 
 _TENSES = ("present", "past", "future", "progressive", "past_progressive", "perfect", "modal")
 _TENSE_WEIGHTS = (25, 30, 12, 10, 5, 10, 8)
