@@ -87,6 +87,20 @@ def test_lexicon_is_well_formed_and_inflects():
         lexicon.parse_verb("go/went")
 
 
+def test_lexicon_check_names_the_bad_section_of_the_data_file(monkeypatch):
+    monkeypatch.setitem(lexicon.NOUNS, "animal", lexicon.NOUNS["animal"] + ("dog",))
+    with pytest.raises(ValueError, match=r"lexicon.json section 'nouns.animal' repeats \['dog'\]"):
+        lexicon.check_lexicon()
+    monkeypatch.undo()
+    monkeypatch.setattr(lexicon, "CITIES", lexicon.CITIES + ("Paris",))
+    with pytest.raises(ValueError, match="section 'cities': word 'Paris'"):
+        lexicon.check_lexicon()
+    monkeypatch.undo()
+    monkeypatch.setattr(lexicon, "TENS", lexicon.TENS[:-1])
+    with pytest.raises(ValueError, match="'tens' needs 10 entries"):
+        lexicon.check_lexicon()
+
+
 @pytest.mark.parametrize("n,words", [(0, "zero"), (13, "thirteen"), (40, "forty"), (342, "three hundred and forty two"),
                                      (1005, "one thousand and five"), (120000, "one hundred and twenty thousand"),
                                      (7_000_019, "seven million and nineteen")])
