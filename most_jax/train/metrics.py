@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from most_jax.atomic import atomic_file
 from most_jax.config import Config
 from most_jax.train.loss import MODALITY_NAMES
 
@@ -230,6 +230,5 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
