@@ -684,7 +684,7 @@ def resolve_config_path(path: str | Path) -> Path:
         name = given.name if given.suffix == ".yaml" else f"{given.name}.yaml"
         if (shipped_dir / name).is_file():
             return shipped_dir / name
-    names = ", ".join(sorted(p.name for p in shipped_dir.glob("*.yaml")))
+    names = ", ".join(sorted(p.name for p in shipped_dir.glob("*.yaml"))) or f"none, {shipped_dir} is empty"
     raise ConfigError(f"config file {path} does not exist and is not a shipped config (shipped: {names})")
 
 

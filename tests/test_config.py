@@ -93,3 +93,18 @@ def test_config_resolves_a_path_first_then_a_shipped_config_by_name(tmp_path, mo
         load_config("no_such.yaml")
     with pytest.raises(ConfigError, match="elsewhere/most_tiny.yaml does not exist"):
         load_config("elsewhere/most_tiny.yaml")  # a path in another directory is never a shipped name
+
+
+def test_most_config_prints_a_config_that_loads_back(tmp_path, capsys):
+    import yaml
+
+    from most_jax.cli import main
+
+    assert main(["config", "--config", "most_tiny.yaml", "--set", "train.steps=3"]) == 0
+    printed = capsys.readouterr().out
+    assert config_from_dict(yaml.safe_load(printed)) == load_config("most_tiny.yaml", ["train.steps=3"])
+    assert main(["config", "--demo", "--set", "demo.units_k=77"]) == 0  # default: the shipped demo.yaml
+    (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
+    assert load_demo_config(tmp_path / "printed.yaml") == load_demo_config("demo.yaml", ["demo.units_k=77"])
+    assert main(["config", "--config", "no_such.yaml"]) == 1
+    assert "shipped: demo.yaml" in capsys.readouterr().err
