@@ -16,16 +16,12 @@ from importlib import resources
 LEXICON_FILE = "data/lexicon.json"
 
 
-def _load() -> dict:
-    return json.loads(resources.files("most_jax.corpus").joinpath(LEXICON_FILE).read_text(encoding="utf-8"))
-
-
-_DATA = _load()
+_DATA = json.loads(resources.files("most_jax.corpus").joinpath(LEXICON_FILE).read_text(encoding="utf-8"))
 
 
 def _section(name: str):
     if name not in _DATA:
-        raise KeyError(f"most_jax/corpus/{LEXICON_FILE} has no section {name!r}")
+        raise ValueError(f"most_jax/corpus/{LEXICON_FILE} has no section {name!r}")
     return _DATA[name]
 
 
