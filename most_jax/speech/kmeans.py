@@ -44,7 +44,7 @@ class KMeansOptions:
 
 
 def _sq_distances(x_NI: jax.Array, c_VI: jax.Array) -> jax.Array:
-    """Squared Euclidean distances [N, U] (clamped at 0 against rounding)."""
+    """Squared Euclidean distances [N, V] (clamped at 0 against rounding)."""
     cross_NV = x_NI @ c_VI.T
     d2_NV = (x_NI * x_NI).sum(-1, keepdims=True) - 2.0 * cross_NV + (c_VI * c_VI).sum(-1)[None, :]
     return jnp.maximum(d2_NV, 0.0)
