@@ -108,3 +108,24 @@ def test_most_config_prints_a_config_that_loads_back(tmp_path, capsys):
     assert load_demo_config(tmp_path / "printed.yaml") == load_demo_config("demo.yaml", ["demo.units_k=77"])
     assert main(["config", "--config", "no_such.yaml"]) == 1
     assert "shipped: demo.yaml" in capsys.readouterr().err
+
+
+def test_model_section_is_chosen_by_its_family_key():
+    from most_jax.config import ModelConfig, U2ppConfig
+
+    most = load_config("configs/most_tiny.yaml")
+    assert isinstance(most.model, ModelConfig) and to_dict(most)["model"]["family"] == "most"
+    # A config stored before families existed has no family key: it is MoST.
+    stored = to_dict(most)
+    del stored["model"]["family"]
+    assert config_from_dict(stored) == most
+    u2pp = load_config(None, ["model.family=u2pp", "model.encoder.num_blocks=2", "model.decoder.r_num_blocks=1"])
+    assert isinstance(u2pp.model, U2ppConfig) and u2pp.model.encoder.num_blocks == 2
+    assert config_from_dict(to_dict(u2pp)) == u2pp
+    with pytest.raises(ConfigError, match=r"^model.family: unknown model family 'gan'; known: most, u2pp"):
+        load_config(None, ["model.family=gan"])
+    # Fields of one family's section are unknown to the other's.
+    with pytest.raises(ConfigError, match=r"model.hidden_size: unknown field\(s\) of U2ppConfig"):
+        load_config(None, ["model.family=u2pp", "model.hidden_size=64"])
+    with pytest.raises(ConfigError, match=r"model.family: a MoST section has family 'most'"):
+        Config(model=ModelConfig(family="u2pp")).validate()
