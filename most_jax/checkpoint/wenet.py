@@ -1,8 +1,9 @@
 """WeNet U2++ checkpoints <-> most_jax U2++ parameters: the name table, the YAML mapping, CMVN.
 
 A WeNet checkpoint is a PyTorch state_dict (`final.pt`) plus the training YAML (`train.yaml`:
-encoder_conf, decoder_conf, model_conf, input_dim, output_dim, cmvn_conf). This module is pure
-NumPy: the commands (commands/u2pp_convert.py) read and write the `.pt` file with torch.
+encoder_conf, decoder_conf, model_conf, input_dim, output_dim, cmvn_conf). The mapping is NumPy;
+only reading and writing the `.pt` file imports torch (lazily, with a clear error when it is absent),
+so only `most u2pp import-wenet` / `export-wenet` need it.
 
 The name table. Every WeNet tensor name matches exactly one `Rule` of RULES: a WeNet key pattern
 whose `{i}` is the layer index, `{e}` the expert index and `{side}`, `{ffn}`, `{attn}` name parts
@@ -530,6 +531,169 @@ def cmvn_stats(mean: np.ndarray, istd: np.ndarray) -> dict:
     return {"mean_stat": mean64.tolist(), "var_stat": (var + mean64 * mean64).tolist(), "frame_num": 1}
 
 
+
+
+# ----------------------------------------------------------------------------- .pt files and checkpoints
+
+
+def _torch(command: str):
+    try:
+        import torch
+    except ImportError:
+        raise WenetError(f"most u2pp {command} reads and writes PyTorch .pt files and needs torch "
+                         f"(pip install torch); nothing else in most_jax does") from None
+    return torch
+
+
+def read_pt(path: str | Path) -> dict[str, np.ndarray]:
+    """A WeNet state_dict file as {name: array} (bfloat16 kept as ml_dtypes bfloat16)."""
+    torch = _torch("import-wenet")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise WenetError(f"{path}: not a readable PyTorch state_dict: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise WenetError(f"{path}: expected a state_dict (a mapping of tensor names to tensors), "
+                         f"as WeNet's save_checkpoint writes")
+    return {k: _to_numpy(torch, v, k, path) for k, v in state.items()}
+
+
+def _to_numpy(torch, t, name: str, path) -> np.ndarray:
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    try:
+        return t.numpy()
+    except TypeError as e:
+        raise WenetError(f"{path}: tensor {name!r} of dtype {t.dtype} cannot be read: {e}") from None
+
+
+def write_pt(state: dict[str, np.ndarray], cfg: config_lib.U2ppConfig, path: str | Path) -> None:
+    """torch.save of WeNet's full state_dict: `state` plus the `pe` buffers computed as WeNet does."""
+    import ml_dtypes
+
+    torch = _torch("export-wenet")
+    pe = _torch_sinusoid(torch, cfg.encoder.output_size)
+    with_cmvn = CMVN_KEYS[0] in state
+    out = {}
+    for key in wenet_shapes(cfg, with_cmvn):
+        if _DERIVED.match(key):
+            out[key] = pe.clone()
+        elif state[key].dtype == ml_dtypes.bfloat16:
+            out[key] = torch.from_numpy(state[key].view(np.int16).copy()).view(torch.bfloat16)
+        else:
+            out[key] = torch.from_numpy(np.array(state[key]))
+    torch.save(out, str(path))
+
+
+def _torch_sinusoid(torch, d: int):
+    """WeNet's PositionalEncoding.pe, computed with the same torch ops (so the same bits)."""
+    pe = torch.zeros(PE_MAX_LEN, d)
+    position = torch.arange(0, PE_MAX_LEN, dtype=torch.float32).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * -(math.log(10000.0) / d))
+    pe[:, 0::2] = torch.sin(position * div_term)
+    pe[:, 1::2] = torch.cos(position * div_term)
+    return pe.unsqueeze(0)
+
+
+def _check_tables(state: dict[str, np.ndarray], d: int) -> None:
+    table = sinusoid_table(d)
+    for key in state:
+        if _DERIVED.match(key) and tuple(state[key].shape) == table.shape:
+            if not np.allclose(np.asarray(state[key], np.float32), table, atol=1e-4):
+                raise WenetError(f"tensor {key!r} is not WeNet's sinusoidal position table")
+
+
+def _cmvn_from_yaml(train: dict, yaml_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    if train.get("cmvn") is None:
+        return None
+    if train["cmvn"] != "global_cmvn":
+        raise WenetError(f"cmvn: {train['cmvn']!r} is not supported (global_cmvn)")
+    conf = train.get("cmvn_conf") or {}
+    if "cmvn_file" not in conf:
+        raise WenetError("cmvn_conf.cmvn_file: missing (cmvn is global_cmvn)")
+    if not conf.get("is_json_cmvn", True):
+        raise WenetError("cmvn_conf.is_json_cmvn: false (Kaldi text stats) is not supported; WeNet's JSON stats are")
+    given = Path(conf["cmvn_file"])
+    for candidate in (given, yaml_path.parent / given):
+        if candidate.is_file():
+            return read_cmvn_json(candidate)
+    raise WenetError(f"cmvn_conf.cmvn_file: {given} not found (looked in the working directory and next to "
+                     f"{yaml_path}), and the state_dict holds no {CMVN_KEYS[0]!r}")
+
+
+def read_yaml(path: str | Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise WenetError(f"{path}: not a readable YAML file: {e}") from None
+    if not isinstance(data, dict):
+        raise WenetError(f"{path}: not a WeNet training YAML (expected a mapping)")
+    return data
+
+
+def import_wenet(pt_path: str | Path, yaml_path: str | Path, out_dir: str | Path,
+                 dtype: str = "float32") -> config_lib.Config:
+    """WeNet `final.pt` + `train.yaml` -> a most_jax parameter checkpoint at `out_dir`."""
+    from most_jax.checkpoint.param_tree import abstract_params, unflatten
+    from most_jax.checkpoint.params_io import save_params
+    from most_jax.nn.params import DTYPES
+
+    yaml_path = Path(yaml_path)
+    train = read_yaml(yaml_path)
+    cfg = dataclasses.replace(config_from_wenet(train), dtype=dtype, param_dtype=dtype)
+    state = read_pt(pt_path)
+    stats = _cmvn_from_yaml(train, yaml_path)
+    if stats is None and any(k in state for k in CMVN_KEYS):
+        raise WenetError(f"unexpected tensor {CMVN_KEYS[0]!r}: the YAML has no 'cmvn: global_cmvn', so WeNet's "
+                         f"model holds no CMVN")
+    if stats is not None and not any(k in state for k in CMVN_KEYS):
+        state = {**dict(zip(CMVN_KEYS, stats)), **state}
+    _check_tables(state, cfg.encoder.output_size)
+    full = config_lib.Config(model=cfg)
+    expected = {p: tuple(s.shape) for p, s in abstract_params(cfg).items()}
+    params = params_from_wenet(state, cfg, expected, np.dtype(DTYPES[dtype]))
+    save_params(out_dir, full, unflatten(params))
+    return full
+
+
+def export_wenet(ckpt: str | Path, out_dir: str | Path) -> list[Path]:
+    """A most_jax U2++ checkpoint -> `out_dir`/final.pt (+ train.yaml, + global_cmvn when the model
+    normalises its input), which WeNet's init_model + load_state_dict(strict=True) accept."""
+    import yaml
+
+    from most_jax.checkpoint.param_tree import flatten
+    from most_jax.checkpoint.params_io import load_checkpoint
+
+    _torch("export-wenet")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise WenetError(f"{out_dir}: exists and is not empty; choose a new output directory")
+    full, tree = load_checkpoint(ckpt)
+    cfg = full.model
+    if getattr(cfg, "family", "most") != "u2pp":
+        raise WenetError(f"{ckpt}: a {getattr(cfg, 'family', 'most')} checkpoint, not u2pp; only U2++ exports to WeNet")
+    params = {p: np.asarray(v) for p, v in flatten(tree)}
+    state = wenet_from_params(params, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "final.pt", out_dir / "train.yaml"]
+    cmvn_file = None
+    if CMVN_KEYS[0] in state:
+        cmvn_path = out_dir / "global_cmvn"
+        cmvn_path.write_text(json.dumps(cmvn_stats(state[CMVN_KEYS[0]], state[CMVN_KEYS[1]])))
+        cmvn_file = str(cmvn_path.absolute())
+        written.append(cmvn_path)
+    write_pt(state, cfg, written[0])
+    written[1].write_text(yaml.safe_dump(wenet_yaml(cfg, cmvn_file), sort_keys=False))
+    return written
+
+
 __all__ = ["WenetError", "Layout", "Rule", "RULES", "Placement", "place", "wenet_shapes", "param_shapes",
            "params_from_wenet", "wenet_from_params", "sinusoid_table", "config_from_wenet", "wenet_yaml",
-           "read_cmvn_json", "cmvn_stats", "subsample_freq", "PE_MAX_LEN", "CMVN_KEYS"]
+           "read_cmvn_json", "cmvn_stats", "subsample_freq", "PE_MAX_LEN", "CMVN_KEYS", "read_pt", "write_pt",
+           "read_yaml", "import_wenet", "export_wenet"]
