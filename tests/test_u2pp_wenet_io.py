@@ -196,7 +196,10 @@ def test_cmvn_stats_round_trip(tmp_path):
     np.testing.assert_array_equal(ref.state_dict()["encoder.global_cmvn.istd"].numpy(), istd)
 
 
-def test_sinusoid_table_matches_wenets():
+@pytest.mark.parametrize("d", [12, 256])
+def test_sinusoid_table_matches_wenets(d):
+    """Close enough to tell WeNet's table from anything else (float32 sin of large arguments
+    differs between libraries by ~5e-4)."""
     from wenet_ref.modules import PositionalEncoding
 
-    np.testing.assert_allclose(wenet.sinusoid_table(12), PositionalEncoding(12, 0.0).pe.numpy(), atol=1e-4)
+    np.testing.assert_allclose(wenet.sinusoid_table(d), PositionalEncoding(d, 0.0).pe.numpy(), atol=1e-3)

@@ -607,7 +607,8 @@ def _check_tables(state: dict[str, np.ndarray], d: int) -> None:
     table = sinusoid_table(d)
     for key in state:
         if _DERIVED.match(key) and tuple(state[key].shape) == table.shape:
-            if not np.allclose(np.asarray(state[key], np.float32), table, atol=1e-4):
+            # float32 sin of arguments up to 5000 rad differs between libraries by ~5e-4
+            if not np.allclose(np.asarray(state[key], np.float32), table, atol=1e-2):
                 raise WenetError(f"tensor {key!r} is not WeNet's sinusoidal position table")
 
 
