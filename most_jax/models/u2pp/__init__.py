@@ -1,0 +1,1 @@
+"""U2++ (WeNet) speech recognition: Conformer encoder, CTC head, bidirectional attention decoder."""
