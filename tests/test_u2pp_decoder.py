@@ -11,6 +11,7 @@ import pytest
 import torch
 from flax import nnx
 
+from most_jax.checkpoint import wenet
 from most_jax.config import U2ppConfig, U2ppDecoderConfig, U2ppEncoderConfig
 from most_jax.models.u2pp import loss as loss_lib
 from most_jax.models.u2pp.decoder import BiTransformerDecoder, sinusoid_positions
@@ -43,75 +44,31 @@ def ref_decoder(cfg: U2ppConfig, seed: int) -> RefBiDecoder:
     return ref.eval()
 
 
-def _t(x: torch.Tensor) -> np.ndarray:
-    return x.detach().numpy()
-
-
-def decoder_params(sd: dict, prefix: str, layers: int, moe: bool, bias: bool) -> dict:
-    """WeNet state_dict (one TransformerDecoder under `prefix`) -> our nested param dict."""
-
-    def stack(name, transpose=False):
-        arrays = [_t(sd[f"{prefix}.decoders.{i}.{name}"]) for i in range(layers)]
-        return np.stack([a.T if transpose else a for a in arrays])
-
-    def linear(name, with_bias=True):
-        out = {"kernel": stack(f"{name}.weight", transpose=True)}
-        if with_bias:
-            out["bias"] = stack(f"{name}.bias")
-        return out
-
-    layer = {}
-    for att in ("self_attn", "src_attn"):
-        layer[att] = {n: linear(f"{att}.{n}") for n in ("linear_q", "linear_k", "linear_v", "linear_out")}
-    for norm in ("norm1", "norm2", "norm3"):
-        layer[norm] = {"scale": stack(f"{norm}.weight"), "bias": stack(f"{norm}.bias")}
-    if moe:
-        head = f"{prefix}.decoders.0.feed_forward.experts."
-        experts = sorted({int(k[len(head):].split(".")[0]) for k in sd if k.startswith(head)})
-
-        def per_expert(name, transpose):
-            return np.stack([stack(f"feed_forward.experts.{e}.{name}", transpose) for e in experts], axis=1)
-
-        ff = {"gate": stack("feed_forward.gate.weight", transpose=True),
-              "w_1": per_expert("w_1.weight", True), "w_2": per_expert("w_2.weight", True)}
-        if bias:
-            ff["b_1"], ff["b_2"] = per_expert("w_1.bias", False), per_expert("w_2.bias", False)
-    else:
-        ff = {"w_1": linear("feed_forward.w_1", bias), "w_2": linear("feed_forward.w_2", bias)}
-    layer["feed_forward"] = ff
-    return {"embed": _t(sd[f"{prefix}.embed.0.weight"]), "decoders": layer,
-            "after_norm": {"scale": _t(sd[f"{prefix}.after_norm.weight"]), "bias": _t(sd[f"{prefix}.after_norm.bias"])},
-            "output_layer": {"kernel": _t(sd[f"{prefix}.output_layer.weight"]).T,
-                             "bias": _t(sd[f"{prefix}.output_layer.bias"])}}
-
-
-def load_into(model: nnx.Module, params: dict) -> None:
-    """Replaces every parameter of `model` by `params` (same nested names and shapes, or fails)."""
-    state = nnx.state(model, nnx.Param)
-    expected = nnx.to_pure_dict(state)
-
-    def check(path, want, got):
-        assert got.shape == want.shape, (path, want.shape, got.shape)
-        return jnp.asarray(got, want.dtype)
-
-    merged = jax.tree.map_with_path(check, expected, params)
-    nnx.replace_by_pure_dict(state, merged)
-    nnx.update(model, state)
-
-
-def bi_decoder_params(ref: RefBiDecoder, cfg: U2ppConfig) -> dict:
-    sd = ref.state_dict()
-    moe, bias = cfg.decoder.mlp_type == "moe", cfg.decoder.moe.expert_bias
-    out = {"left_decoder": decoder_params(sd, "left_decoder", cfg.decoder.num_blocks, moe, bias)}
-    if cfg.decoder.r_num_blocks:
-        out["right_decoder"] = decoder_params(sd, "right_decoder", cfg.decoder.r_num_blocks, moe, bias)
-    return out
+def load_wenet_state(model: nnx.Module, state: dict, prefix: str) -> None:
+    """Sets every parameter of `model` from WeNet tensors `prefix + key` placed by the product's
+    name table (most_jax/checkpoint/wenet.py); each parameter must be filled completely."""
+    params = nnx.state(model, nnx.Param)
+    variables = {tuple(str(k) for k in path): var for path, var in nnx.to_flat_state(params)}
+    flat = {path: np.zeros(var.shape, np.float32) for path, var in variables.items()}
+    filled = {path: np.zeros(var.shape, bool) for path, var in variables.items()}
+    depth = len(prefix.strip(".").split(".")) if prefix else 0
+    for key, value in state.items():
+        pl = wenet.place(prefix + key)
+        if pl is None:
+            continue
+        path = pl.path[depth:]
+        flat[path][pl.index] = pl.layout.to_jax(value.detach().numpy())
+        filled[path][pl.index] = True
+    assert all(f.all() for f in filled.values()), [p for p, f in filled.items() if not f.all()]
+    for path, var in variables.items():
+        var[...] = jnp.asarray(flat[path], var[...].dtype)
+    nnx.update(model, params)
 
 
 def paired_decoders(cfg: U2ppConfig, seed: int = 0):
     ref = ref_decoder(cfg, seed)
     ours = BiTransformerDecoder(cfg, rngs=nnx.Rngs(seed))
-    load_into(ours, bi_decoder_params(ref, cfg))
+    load_wenet_state(ours, ref.state_dict(), "decoder.")
     return ref, ours
 
 

@@ -3,7 +3,7 @@
 token embedding x sqrt(d) + absolute sinusoidal positions -> pre-LN DecoderLayers (self-attention,
 cross-attention over the encoder output, FFN dense or MoE) -> after_norm -> output_layer.
 Parameter names mirror WeNet's state_dict (left_decoder/decoders/self_attn/linear_q/kernel, ...:
-kernels are stored [in, out], torch's weight transposed; `embed` is WeNet's embed.0.weight), with
+kernels are stored [in, out], torch's weight transposed; `embed/embedding` is WeNet's embed.0.weight), with
 the layers stacked on a leading axis.
 
 Two ways to run a decoder: teacher forcing over whole hypotheses (`__call__`), and one token at a
@@ -191,6 +191,13 @@ class DecoderCache(NamedTuple):
     cross_v: jax.Array
 
 
+class TokenEmbedding(nnx.Module):
+    """WeNet's embed.0 (torch.nn.Embedding): `embedding` [V, D]."""
+
+    def __init__(self, vocab: int, d: int, *, init_std: float, param_dtype: str, rngs: nnx.Rngs):
+        self.embedding = normal_param(rngs, (vocab, d), ("vocab", "embed"), init_std, param_dtype)
+
+
 class TransformerDecoder(nnx.Module):
     def __init__(self, cfg: U2ppConfig, num_blocks: int, *, rngs: nnx.Rngs):
         d, dcfg = cfg.encoder.output_size, cfg.decoder
@@ -199,7 +206,7 @@ class TransformerDecoder(nnx.Module):
         self.dtype = DTYPES[cfg.dtype]
         if num_blocks < 1:
             raise ValueError(f"a decoder needs at least one block, got {num_blocks}")
-        self.embed = normal_param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), cfg.init_std, cfg.param_dtype)
+        self.embed = TokenEmbedding(cfg.vocab_size, d, init_std=cfg.init_std, param_dtype=cfg.param_dtype, rngs=rngs)
         self.decoders = _layer_stack(num_blocks, lambda layer_rngs: DecoderLayer(
             d, dcfg, init_std=cfg.init_std, param_dtype=cfg.param_dtype, dtype=cfg.dtype, rngs=layer_rngs), rngs)
         self.num_blocks = num_blocks
@@ -208,7 +215,7 @@ class TransformerDecoder(nnx.Module):
                                    param_dtype=cfg.param_dtype, dtype=cfg.dtype, bias=True)
 
     def _embed(self, tokens_BT: jax.Array, positions_T: jax.Array) -> jax.Array:
-        x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(jnp.float32) * math.sqrt(self.d)
+        x_BTD = jnp.take(self.embed.embedding[...], tokens_BT, axis=0).astype(jnp.float32) * math.sqrt(self.d)
         return (x_BTD + sinusoid_positions(positions_T, self.d)[None]).astype(self.dtype)
 
     def __call__(self, memory_BSD, memory_mask_BS, ys_in_BT, ys_in_lens_B, dropout_rng=None):
