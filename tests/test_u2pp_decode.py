@@ -96,3 +96,97 @@ def test_ctc_search_rejects_bad_input():
         ctc_search.ctc_prefix_beam(lp, np.array([4]), beam_size=2)
     with pytest.raises(ValueError, match="beam_size"):
         ctc_search.ctc_prefix_beam(lp, np.array([4, 4]), beam_size=0)
+
+
+# ----------------------------------------------------------------------------- against WeNet's reference
+
+import types  # noqa: E402
+
+import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
+
+from most_jax.models.u2pp import decode  # noqa: E402
+from test_u2pp_decoder import paired_decoders, tiny_cfg  # noqa: E402
+from wenet_ref import asr_model as ref_asr  # noqa: E402
+
+
+def _encoder_batch(cfg, seed, lengths=(6, 4, 2)):
+    rng = np.random.default_rng(seed)
+    s = max(lengths)
+    out = rng.normal(size=(len(lengths), s, cfg.encoder.output_size)).astype(np.float32)
+    mask = np.arange(s)[None, :] < np.array(lengths)[:, None]
+    return out, mask, np.array(lengths)
+
+
+def test_ctc_modes_match_wenet():
+    lp = _random_log_probs(7, 3, 9, 6)
+    lengths = np.array([9, 5, 1])
+    ref_greedy = ref_asr.ctc_greedy_search(torch.tensor(lp), torch.tensor(lengths))
+    ours_greedy = decode.ctc_greedy(lp, lengths)
+    assert [h.tokens for h in ours_greedy] == [tuple(r.tokens) for r in ref_greedy]
+    for b, h in enumerate(ours_greedy):
+        assert h.score == pytest.approx(float(lp[b, : lengths[b]].max(-1).sum()), abs=1e-5)
+    ref_beam = ref_asr.ctc_prefix_beam_search(torch.tensor(lp), torch.tensor(lengths), 3)
+    ours_beam = ctc_search.ctc_prefix_beam(lp, lengths, 3)
+    for r, o in zip(ref_beam, ours_beam):
+        assert [tuple(h) for h in r.nbest] == list(o.hyps)
+        np.testing.assert_allclose(o.scores, r.nbest_scores, atol=1e-9)
+
+
+@pytest.mark.parametrize("mlp_type,beam", [("position_wise_feed_forward", 3), ("moe", 2),
+                                           ("position_wise_feed_forward", 1)])
+def test_attention_beam_search_matches_wenet(mlp_type, beam):
+    cfg = tiny_cfg(mlp_type=mlp_type, vocab=7)
+    ref, ours = paired_decoders(cfg, seed=3)
+    out, mask, _ = _encoder_batch(cfg, 4)
+    sos = eos = cfg.vocab_size - 1
+    stub = types.SimpleNamespace(decoder=ref, sos=sos, eos=eos)
+    with torch.no_grad():
+        want = ref_asr.attention_beam_search(stub, torch.tensor(out), torch.tensor(mask)[:, None, :], beam)
+    got = decode.attention_beam_search(ours.left_decoder, jnp.asarray(out), jnp.asarray(mask), beam, sos, eos)
+    assert [h.tokens for h in got] == [tuple(r.tokens) for r in want]
+    assert all(np.isfinite(h.score) for h in got)
+
+
+@pytest.mark.parametrize("mlp_type,ctc_weight,reverse_weight", [("position_wise_feed_forward", 0.5, 0.3),
+                                                                ("position_wise_feed_forward", 0.0, 0.0),
+                                                                ("moe", 0.3, 0.5)])
+def test_attention_rescoring_matches_wenet(mlp_type, ctc_weight, reverse_weight):
+    cfg = tiny_cfg(mlp_type=mlp_type, vocab=7)
+    ref, ours = paired_decoders(cfg, seed=5)
+    out, _, lengths = _encoder_batch(cfg, 6)
+    lp = _random_log_probs(8, 3, out.shape[1], cfg.vocab_size, sharp=1.0)
+    sos = eos = cfg.vocab_size - 1
+    ref_nbest = ref_asr.ctc_prefix_beam_search(torch.tensor(lp), torch.tensor(lengths), 4)
+    stub = types.SimpleNamespace(decoder=ref, sos=sos, eos=eos, ignore_id=-1)
+    stub.forward_attention_decoder = types.MethodType(ref_asr.ASRModel.forward_attention_decoder, stub)
+    with torch.no_grad():
+        want = ref_asr.attention_rescoring(stub, ref_nbest, torch.tensor(out), torch.tensor(lengths), ctc_weight,
+                                           reverse_weight)
+    nbest = ctc_search.ctc_prefix_beam(lp, lengths, 4)
+    got = decode.attention_rescoring(ours, nbest, jnp.asarray(out), lengths, ctc_weight, reverse_weight, sos, eos)
+    assert [h.tokens for h in got] == [tuple(r.tokens) for r in want]
+    np.testing.assert_allclose([h.score for h in got], [r.score for r in want], atol=1e-4)
+    # The chosen hypothesis is the n-best's maximum of the combined score.
+    att = decode.rescoring_scores(ours, nbest, jnp.asarray(out), lengths, reverse_weight, sos, eos)
+    for res, scores, h in zip(nbest, att, got):
+        total = np.asarray(scores) + ctc_weight * np.asarray(res.scores)
+        assert h.tokens == res.hyps[int(np.argmax(total))]
+
+
+def test_batched_decoding_equals_one_by_one():
+    cfg = tiny_cfg(vocab=7)
+    _, ours = paired_decoders(cfg, seed=9)
+    out, mask, lengths = _encoder_batch(cfg, 10)
+    lp = _random_log_probs(11, 3, out.shape[1], cfg.vocab_size, sharp=1.0)
+    sos = eos = cfg.vocab_size - 1
+    batched = decode.attention_beam_search(ours.left_decoder, jnp.asarray(out), jnp.asarray(mask), 3, sos, eos)
+    nbest = ctc_search.ctc_prefix_beam(lp, lengths, 3)
+    rescored = decode.attention_rescoring(ours, nbest, jnp.asarray(out), lengths, 0.5, 0.3, sos, eos)
+    for b in range(3):
+        alone = decode.attention_beam_search(ours.left_decoder, jnp.asarray(out[b:b + 1]), jnp.asarray(mask[b:b + 1]),
+                                             3, sos, eos)[0]
+        assert alone.tokens == batched[b].tokens and alone.score == pytest.approx(batched[b].score, abs=1e-5)
+        one = decode.attention_rescoring(ours, nbest[b:b + 1], jnp.asarray(out[b:b + 1, : lengths[b]]),
+                                         lengths[b:b + 1], 0.5, 0.3, sos, eos)[0]
+        assert one.tokens == rescored[b].tokens and one.score == pytest.approx(rescored[b].score, abs=1e-5)
