@@ -142,7 +142,7 @@ RULES: tuple[Rule, ...] = (
     *_under((f"{_ENC_LAYER[0]}.conv_module", f"{_ENC_LAYER[1]}/conv_module"), _CONV_MODULE),
     *_under(_ENC_LAYER, sum((_norm(n) for n in ("norm_ff", "norm_mha", "norm_ff_macaron", "norm_conv",
                                                   "norm_final")), ())),
-    *_under(_DEC, (("embed.0.weight", "embed/embedding", COPY),) + _norm("after_norm") + _linear("output_layer")),
+    *_under(_DEC, (("embed.0.weight", "embed", COPY),) + _norm("after_norm") + _linear("output_layer")),
     *_under((f"{_DEC_LAYER[0]}.{{attn}}", f"{_DEC_LAYER[1]}/{{attn}}"), _ATTENTION),
     *_under((f"{_DEC_LAYER[0]}.feed_forward", f"{_DEC_LAYER[1]}/feed_forward"), _DENSE_FFN + _MOE_FFN),
     *_under(_DEC_LAYER, _norm("norm1") + _norm("norm2") + _norm("norm3")),
@@ -384,8 +384,10 @@ _DECODER_FIXED = {
     "input_layer": "embed", "use_output_layer": True, "normalize_before": True, "src_attention": True,
     "query_bias": True, "key_bias": True, "value_bias": True, "activation_type": "relu", "use_sdpa": False,
     "layer_norm_type": "layer_norm", "n_kv_head": None, "head_dim": None, "tie_word_embedding": False,
-    "src_query_bias": True, "src_key_bias": True, "src_value_bias": True,
 }
+# The fixed options export writes (those AISHELL's U2++ recipe spells out); the others are WeNet's defaults.
+_ENCODER_FIXED_WRITTEN = ("pos_enc_layer_type", "selfattention_layer_type", "activation_type", "normalize_before",
+                          "use_cnn_module", "cnn_module_norm")
 # No effect on the numbers: a training-time memory option, and a kernel size WeNet's Conformer ignores.
 _IGNORED = {"gradient_checkpointing", "positionwise_conv_kernel_size"}
 _ENCODER_FIELDS = ("output_size", "attention_heads", "linear_units", "num_blocks", "dropout_rate",
@@ -456,6 +458,9 @@ def config_from_wenet(train: dict) -> config_lib.U2ppConfig:
             raise WenetError(f"model_conf.{key}: unknown or unsupported WeNet option")
     if model_conf.get("ignore_id", -1) != -1:
         raise WenetError(f"model_conf.ignore_id: {model_conf['ignore_id']!r} is not supported (-1)")
+    if int((train["decoder_conf"] or {}).get("r_num_blocks", 0)) < 1:
+        raise WenetError("decoder_conf.r_num_blocks: U2++ needs a right-to-left decoder (r_num_blocks >= 1); a "
+                         "BiTransformerDecoder without blocks is not supported")
     enc = _section(train["encoder_conf"], _ENCODER_FIXED, _ENCODER_FIELDS, _WENET_ENCODER_DEFAULTS, "encoder_conf", "silu")
     dec = _section(train["decoder_conf"], _DECODER_FIXED, _DECODER_FIELDS, _WENET_DECODER_DEFAULTS, "decoder_conf", "relu")
     data = {"family": "u2pp", "vocab_size": vocab, "input_dim": int(train["input_dim"]), "encoder": enc, "decoder": dec,
@@ -490,10 +495,9 @@ def wenet_yaml(cfg: config_lib.U2ppConfig, cmvn_file: str | None) -> dict:
             out.update(n_expert=section.moe.num_experts, n_expert_activated=section.moe.top_k)
         return out
 
-    encoder_conf = {**{k: getattr(enc, k) for k in _ENCODER_FIELDS}, **{k: v for k, v in _ENCODER_FIXED.items()
-                                                                         if v is not None}, **ffn(enc)}
-    decoder_conf = {**{k: getattr(dec, k) for k in _DECODER_FIELDS}, **{k: v for k, v in _DECODER_FIXED.items()
-                                                                         if v is not None}, **ffn(dec)}
+    encoder_conf = {**{k: getattr(enc, k) for k in _ENCODER_FIELDS},
+                    **{k: _ENCODER_FIXED[k] for k in _ENCODER_FIXED_WRITTEN}, **ffn(enc)}
+    decoder_conf = {**{k: getattr(dec, k) for k in _DECODER_FIELDS}, **ffn(dec)}
     out = {
         "input_dim": cfg.input_dim, "output_dim": cfg.vocab_size,
         "encoder": "conformer", "encoder_conf": encoder_conf,
@@ -603,7 +607,8 @@ def _check_tables(state: dict[str, np.ndarray], d: int) -> None:
     table = sinusoid_table(d)
     for key in state:
         if _DERIVED.match(key) and tuple(state[key].shape) == table.shape:
-            if not np.allclose(np.asarray(state[key], np.float32), table, atol=1e-4):
+            # float32 sin of arguments up to 5000 rad differs between libraries by ~5e-4
+            if not np.allclose(np.asarray(state[key], np.float32), table, atol=1e-2):
                 raise WenetError(f"tensor {key!r} is not WeNet's sinusoidal position table")
 
 
