@@ -3,7 +3,7 @@
 token embedding x sqrt(d) + absolute sinusoidal positions -> pre-LN DecoderLayers (self-attention,
 cross-attention over the encoder output, FFN dense or MoE) -> after_norm -> output_layer.
 Parameter names mirror WeNet's state_dict (left_decoder/decoders/self_attn/linear_q/kernel, ...:
-kernels are stored [in, out], torch's weight transposed; `embed/embedding` is WeNet's embed.0.weight), with
+kernels are stored [in, out], torch's weight transposed; `embed` is WeNet's embed.0.weight), with
 the layers stacked on a leading axis.
 
 Two ways to run a decoder: teacher forcing over whole hypotheses (`__call__`), and one token at a
@@ -24,11 +24,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from most_jax.config import U2ppConfig, U2ppDecoderConfig
+from most_jax.nn.dropout import dropout, split_rng
 from most_jax.nn.ffn import FeedForward
+from most_jax.nn.mha import MultiHeadedAttention
 from most_jax.nn.mlp import Linear
 from most_jax.nn.moe import MoE
 from most_jax.nn.norms import LayerNorm
 from most_jax.nn.params import DTYPES, normal_param
+from most_jax.nn.stack import layer_stack, run_stack
 
 # Positions beyond WeNet's PositionalEncoding table (max_len 5000) are an error there too.
 MAX_POSITIONS = 5000
@@ -41,56 +44,10 @@ def sinusoid_positions(positions_T: jax.Array, d: int) -> jax.Array:
     return jnp.stack([jnp.sin(angle_TF), jnp.cos(angle_TF)], axis=-1).reshape(positions_T.shape[0], -1)[:, :d]
 
 
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    """Inverted dropout; rng None (evaluation) or rate 0 is the identity."""
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-class MultiHeadedAttention(nnx.Module):
-    """WeNet's MultiHeadedAttention / MultiHeadedCrossAttention (same parameters): biased
-    linear_q/k/v/out, scores / sqrt(d_k), float32 softmax, masked entries zero after the softmax.
-
-    The attention is split into projections (`heads`) and `attend` so the decoder step can keep
-    keys and values in its own fixed-size buffers."""
-
-    def __init__(self, d: int, heads: int, dropout_rate: float, *, init_std: float, param_dtype: str, dtype: str,
-                 rngs: nnx.Rngs):
-        kw = dict(rngs=rngs, std=init_std, param_dtype=param_dtype, dtype=dtype, bias=True)
-        self.h, self.d_k = heads, d // heads
-        self.linear_q = Linear(d, d, ("embed", "heads"), **kw)
-        self.linear_k = Linear(d, d, ("embed", "heads"), **kw)
-        self.linear_v = Linear(d, d, ("embed", "heads"), **kw)
-        self.linear_out = Linear(d, d, ("heads", "embed"), **kw)
-        self.dropout_rate = dropout_rate
-
-    def heads(self, linear: Linear, x_BTD: jax.Array) -> jax.Array:
-        b, t, _ = x_BTD.shape
-        return linear(x_BTD).reshape(b, t, self.h, self.d_k)
-
-    def attend(self, q_BTHQ: jax.Array, k_BSHQ: jax.Array, v_BSHQ: jax.Array, mask_BTS: jax.Array,
-               dropout_rng: jax.Array | None) -> jax.Array:
-        """mask_BTS (bool, broadcastable to [B, T, S]): True where query t may see key s."""
-        b, t = q_BTHQ.shape[:2]
-        scores_BHTS = jnp.einsum("BTHQ,BSHQ->BHTS", q_BTHQ, k_BSHQ) / math.sqrt(self.d_k)
-        mask_B1TS = mask_BTS[:, None, :, :]
-        # A finite fill keeps a fully masked row (zeroed below, as WeNet's NaN -> 0) free of NaN gradients.
-        scores_BHTS = jnp.where(mask_B1TS, scores_BHTS.astype(jnp.float32), jnp.finfo(jnp.float32).min)
-        attn_BHTS = jnp.where(mask_B1TS, jax.nn.softmax(scores_BHTS, axis=-1), 0.0).astype(v_BSHQ.dtype)
-        attn_BHTS = dropout(attn_BHTS, self.dropout_rate, dropout_rng)
-        ctx_BTHQ = jnp.einsum("BHTS,BSHQ->BTHQ", attn_BHTS, v_BSHQ)
-        return self.linear_out(ctx_BTHQ.reshape(b, t, self.h * self.d_k))
-
-    def __call__(self, query_BTD: jax.Array, memory_BSD: jax.Array, mask_BTS: jax.Array,
-                 dropout_rng: jax.Array | None = None) -> jax.Array:
-        return self.attend(self.heads(self.linear_q, query_BTD), self.heads(self.linear_k, memory_BSD),
-                           self.heads(self.linear_v, memory_BSD), mask_BTS, dropout_rng)
-
-
-def _split(rng: jax.Array | None, n: int) -> list[jax.Array | None]:
-    return [None] * n if rng is None else list(jax.random.split(rng, n))
+def _scores(att: MultiHeadedAttention, query_BTD: jax.Array, k_BSHQ: jax.Array) -> jax.Array:
+    q_BTHQ = att.heads(att.linear_q, query_BTD)
+    scores = jnp.einsum("BTHQ,BSHQ->BHTS", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32)
+    return scores / math.sqrt(att.d_k)
 
 
 class DecoderLayer(nnx.Module):
@@ -98,13 +55,14 @@ class DecoderLayer(nnx.Module):
 
     def __init__(self, d: int, cfg: U2ppDecoderConfig, *, init_std: float, param_dtype: str, dtype: str,
                  rngs: nnx.Rngs):
-        kw = dict(init_std=init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self.self_attn = MultiHeadedAttention(d, cfg.attention_heads, cfg.self_attention_dropout_rate, **kw)
-        self.src_attn = MultiHeadedAttention(d, cfg.attention_heads, cfg.src_attention_dropout_rate, **kw)
+        kw = dict(std=init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+        self.self_attn = MultiHeadedAttention(d, cfg.attention_heads, dropout_rate=cfg.self_attention_dropout_rate,
+                                              **kw)
+        self.src_attn = MultiHeadedAttention(d, cfg.attention_heads, dropout_rate=cfg.src_attention_dropout_rate, **kw)
         if cfg.mlp_type == "moe":
             # Every expert is WeNet's PositionwiseFeedForward of width linear_units.
             moe_cfg = dataclasses.replace(cfg.moe, expert_ffn_dim=cfg.linear_units)
-            self.feed_forward = MoE(d, moe_cfg, **kw)
+            self.feed_forward = MoE(d, moe_cfg, init_std=init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         else:
             self.feed_forward = FeedForward(d, cfg.linear_units, activation="relu", bias=cfg.moe.expert_bias,
                                             dropout_rate=cfg.dropout_rate, rngs=rngs, std=init_std,
@@ -122,10 +80,12 @@ class DecoderLayer(nnx.Module):
         return self.feed_forward(h_BTD, dropout_rng=rng), None
 
     def __call__(self, x_BTD, self_mask_BTT, memory_BSD, memory_mask_BS, valid_BT, dropout_rng=None):
-        r_self, r_attn1, r_src, r_attn2, r_ffn, r_ffn_in = _split(dropout_rng, 6)
+        r_self, r_attn1, r_src, r_attn2, r_ffn, r_ffn_in = split_rng(dropout_rng, 6)
         h_BTD = self.norm1(x_BTD)
-        x_BTD = x_BTD + dropout(self.self_attn(h_BTD, h_BTD, self_mask_BTT, r_attn1), self.dropout_rate, r_self)
-        src_BTD = self.src_attn(self.norm2(x_BTD), memory_BSD, memory_mask_BS[:, None, :], r_attn2)
+        self_BTD, _ = self.self_attn(h_BTD, h_BTD, h_BTD, self_mask_BTT, dropout_rng=r_attn1)
+        x_BTD = x_BTD + dropout(self_BTD, self.dropout_rate, r_self)
+        h_BTD = self.norm2(x_BTD)
+        src_BTD, _ = self.src_attn(h_BTD, memory_BSD, memory_BSD, memory_mask_BS[:, None, :], dropout_rng=r_attn2)
         x_BTD = x_BTD + dropout(src_BTD, self.dropout_rate, r_src)
         y_BTD, stats = self._ffn(x_BTD, valid_BT, r_ffn_in)
         return x_BTD + dropout(y_BTD, self.dropout_rate, r_ffn), stats
@@ -140,45 +100,14 @@ class DecoderLayer(nnx.Module):
         h_B1D = self.norm1(x_B1D)
         self_k_BSHQ = jax.lax.dynamic_update_slice_in_dim(self_k_BSHQ, att.heads(att.linear_k, h_B1D), pos, axis=1)
         self_v_BSHQ = jax.lax.dynamic_update_slice_in_dim(self_v_BSHQ, att.heads(att.linear_v, h_B1D), pos, axis=1)
-        seen_11S = (jnp.arange(self_k_BSHQ.shape[1]) <= pos)[None, None, :]
-        x_B1D = x_B1D + att.attend(att.heads(att.linear_q, h_B1D), self_k_BSHQ, self_v_BSHQ, seen_11S, None)
+        b = x_B1D.shape[0]
+        seen_B1S = jnp.broadcast_to(jnp.arange(self_k_BSHQ.shape[1]) <= pos, (b, 1, self_k_BSHQ.shape[1]))
+        x_B1D = x_B1D + att.attend(_scores(att, h_B1D, self_k_BSHQ), self_v_BSHQ, seen_B1S, None)
         src = self.src_attn
-        q_B1HQ = src.heads(src.linear_q, self.norm2(x_B1D))
-        x_B1D = x_B1D + src.attend(q_B1HQ, cross_k_BSHQ, cross_v_BSHQ, memory_mask_BS[:, None, :], None)
+        x_B1D = x_B1D + src.attend(_scores(src, self.norm2(x_B1D), cross_k_BSHQ), cross_v_BSHQ,
+                                   memory_mask_BS[:, None, :], None)
         y_B1D, _ = self._ffn(x_B1D, jnp.ones(x_B1D.shape[:2], bool), None)
         return x_B1D + y_B1D, (self_k_BSHQ, self_v_BSHQ)
-
-
-def _layer_stack(count: int, make, rngs: nnx.Rngs) -> DecoderLayer:
-    """`count` layers built by make(rngs), their parameters stacked on a leading "layers" axis."""
-
-    @nnx.split_rngs(splits=count)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def create(layer_rngs):
-        return make(layer_rngs)
-
-    return create(rngs)
-
-
-def _run_stack(stack: DecoderLayer, scan: bool, remat: bool, x, inputs: tuple, method: str, per_layer):
-    """Applies every layer in order; `per_layer` (leading layer axis) is sliced per layer."""
-    graphdef, state = nnx.split(stack)
-
-    def body(x, xs):
-        layer_state, layer_extra = xs
-        layer = nnx.merge(graphdef, layer_state)
-        return getattr(layer, method)(x, *inputs, *(layer_extra or ()))
-
-    if remat:
-        body = jax.checkpoint(body)
-    if scan:
-        return jax.lax.scan(body, x, (state, per_layer))
-    count = jax.tree.leaves(state)[0].shape[0]
-    outs = []
-    for i in range(count):
-        x, out = body(x, jax.tree.map(lambda a: a[i], (state, per_layer)))
-        outs.append(out)
-    return x, (None if outs[0] is None else jax.tree.map(lambda *o: jnp.stack(o), *outs))
 
 
 class DecoderCache(NamedTuple):
@@ -191,31 +120,25 @@ class DecoderCache(NamedTuple):
     cross_v: jax.Array
 
 
-class TokenEmbedding(nnx.Module):
-    """WeNet's embed.0 (torch.nn.Embedding): `embedding` [V, D]."""
-
-    def __init__(self, vocab: int, d: int, *, init_std: float, param_dtype: str, rngs: nnx.Rngs):
-        self.embedding = normal_param(rngs, (vocab, d), ("vocab", "embed"), init_std, param_dtype)
-
-
 class TransformerDecoder(nnx.Module):
     def __init__(self, cfg: U2ppConfig, num_blocks: int, *, rngs: nnx.Rngs):
         d, dcfg = cfg.encoder.output_size, cfg.decoder
         self.d, self.dropout_rate = d, dcfg.positional_dropout_rate
-        self.scan, self.remat = cfg.scan_layers, cfg.remat != "none"
+        self.scan, self.remat = cfg.scan_layers, cfg.remat
         self.dtype = DTYPES[cfg.dtype]
         if num_blocks < 1:
             raise ValueError(f"a decoder needs at least one block, got {num_blocks}")
-        self.embed = TokenEmbedding(cfg.vocab_size, d, init_std=cfg.init_std, param_dtype=cfg.param_dtype, rngs=rngs)
-        self.decoders = _layer_stack(num_blocks, lambda layer_rngs: DecoderLayer(
-            d, dcfg, init_std=cfg.init_std, param_dtype=cfg.param_dtype, dtype=cfg.dtype, rngs=layer_rngs), rngs)
+        self.embed = normal_param(rngs, (cfg.vocab_size, d), ("vocab", "embed"), cfg.init_std, cfg.param_dtype)
+        self.decoders = layer_stack(lambda layer_rngs: DecoderLayer(
+            d, dcfg, init_std=cfg.init_std, param_dtype=cfg.param_dtype, dtype=cfg.dtype, rngs=layer_rngs),
+            num_blocks, rngs)
         self.num_blocks = num_blocks
         self.after_norm = LayerNorm(d, eps=dcfg.norm_eps, param_dtype=cfg.param_dtype)
         self.output_layer = Linear(d, cfg.vocab_size, ("embed", "vocab"), rngs=rngs, std=cfg.init_std,
                                    param_dtype=cfg.param_dtype, dtype=cfg.dtype, bias=True)
 
     def _embed(self, tokens_BT: jax.Array, positions_T: jax.Array) -> jax.Array:
-        x_BTD = jnp.take(self.embed.embedding[...], tokens_BT, axis=0).astype(jnp.float32) * math.sqrt(self.d)
+        x_BTD = jnp.take(self.embed[...], tokens_BT, axis=0).astype(jnp.float32) * math.sqrt(self.d)
         return (x_BTD + sinusoid_positions(positions_T, self.d)[None]).astype(self.dtype)
 
     def __call__(self, memory_BSD, memory_mask_BS, ys_in_BT, ys_in_lens_B, dropout_rng=None):
@@ -225,11 +148,11 @@ class TransformerDecoder(nnx.Module):
             raise ValueError(f"decoder input of {t} tokens exceeds the {MAX_POSITIONS} positions")
         valid_BT = jnp.arange(t)[None, :] < ys_in_lens_B[:, None]
         self_mask_BTT = valid_BT[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
-        r_pos, r_layers = _split(dropout_rng, 2)
+        r_pos, r_layers = split_rng(dropout_rng, 2)
         x_BTD = dropout(self._embed(ys_in_BT, jnp.arange(t)), self.dropout_rate, r_pos)
         per_layer = None if r_layers is None else (jax.random.split(r_layers, self.num_blocks),)
         inputs = (self_mask_BTT, memory_BSD.astype(self.dtype), memory_mask_BS, valid_BT)
-        x_BTD, stats = _run_stack(self.decoders, self.scan, self.remat, x_BTD, inputs, "__call__", per_layer)
+        x_BTD, stats = run_stack(self.decoders, x_BTD, inputs, scan=self.scan, remat=self.remat, per_layer=per_layer)
         return self.output_layer(self.after_norm(x_BTD)).astype(jnp.float32), stats
 
     def init_cache(self, memory_BSD: jax.Array, max_len: int) -> DecoderCache:
@@ -251,8 +174,8 @@ class TransformerDecoder(nnx.Module):
         """log P(next token | tokens so far) [B, V] float32 after token `tokens_B` at position `pos`."""
         x_B1D = self._embed(tokens_B[:, None], jnp.reshape(pos, (1,)))
         per_layer = (cache.self_k, cache.self_v, cache.cross_k, cache.cross_v)
-        x_B1D, (self_k, self_v) = _run_stack(self.decoders, self.scan, False, x_B1D, (pos, memory_mask_BS), "step",
-                                             per_layer)
+        x_B1D, (self_k, self_v) = run_stack(self.decoders, x_B1D, (pos, memory_mask_BS), scan=self.scan, remat="none",
+                                            method="step", per_layer=per_layer)
         logits_BV = self.output_layer(self.after_norm(x_B1D[:, 0])).astype(jnp.float32)
         return jax.nn.log_softmax(logits_BV, axis=-1), cache._replace(self_k=self_k, self_v=self_v)
 
@@ -267,7 +190,7 @@ class BiTransformerDecoder(nnx.Module):
 
     def __call__(self, memory_BSD, memory_mask_BS, ys_in_BT, ys_in_lens_B, r_ys_in_BT=None, dropout_rng=None):
         """(L2R logits, R2L logits or None when r_ys_in is None, MoE stats {'left', 'right'})."""
-        r_left, r_right = _split(dropout_rng, 2)
+        r_left, r_right = split_rng(dropout_rng, 2)
         left_BTV, left_stats = self.left_decoder(memory_BSD, memory_mask_BS, ys_in_BT, ys_in_lens_B, r_left)
         if r_ys_in_BT is None:
             return left_BTV, None, {"left": left_stats}
