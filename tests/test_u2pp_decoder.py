@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -158,3 +159,46 @@ def test_dropout_is_explicit_and_gradients_are_finite():
     leaves = jax.tree.leaves(nnx.to_pure_dict(grads))
     assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
     assert any(np.abs(np.asarray(g)).max() > 0 for g in leaves)
+
+
+@pytest.mark.parametrize("reverse_weight,lsm,normalize", [(0.3, 0.1, False), (0.0, 0.0, True), (0.5, 0.2, True)])
+def test_attention_loss_matches_wenet(reverse_weight, lsm, normalize):
+    from wenet_ref import asr_model as ref_asr
+
+    cfg = tiny_cfg()
+    ref, ours = paired_decoders(cfg, seed=4)
+    memory, mem_lens, ys, ys_lens = _batch(cfg, 5)
+    ys_lens = np.array([5, 2, 1])
+    mem_mask = np.arange(memory.shape[1])[None, :] < mem_lens[:, None]
+    sos = eos = cfg.vocab_size - 1
+    stub = types.SimpleNamespace(decoder=ref, sos=sos, eos=eos, ignore_id=-1, reverse_weight=reverse_weight,
+                                 vocab_size=cfg.vocab_size,
+                                 criterion_att=ref_asr.LabelSmoothingLoss(cfg.vocab_size, -1, lsm, normalize))
+    ys_pad = np.where(np.arange(ys.shape[1])[None, :] < ys_lens[:, None], ys, -1)
+    with torch.no_grad():
+        want_loss, want_acc = ref_asr.ASRModel._calc_att_loss(stub, torch.tensor(memory),
+                                                              torch.tensor(mem_mask)[:, None, :],
+                                                              torch.tensor(ys_pad), torch.tensor(ys_lens))
+    loss, acc, _ = loss_lib.attention_loss(ours, jnp.asarray(memory), jnp.asarray(mem_mask), jnp.asarray(ys),
+                                           jnp.asarray(ys_lens), sos=sos, eos=eos, reverse_weight=reverse_weight,
+                                           lsm_weight=lsm, length_normalized=normalize)
+    assert float(loss) == pytest.approx(float(want_loss), abs=1e-4, rel=1e-5)
+    assert float(acc) == pytest.approx(float(want_acc), abs=1e-6)
+
+
+def test_ctc_loss_matches_wenet():
+    from wenet_ref import asr_model as ref_asr
+
+    rng = np.random.default_rng(6)
+    b, t, d, v = 3, 8, 12, 7
+    ctc = ref_asr.CTC(v, d)
+    hs = rng.normal(size=(b, t, d)).astype(np.float32)
+    hlens = np.array([8, 5, 2])
+    ys = rng.integers(1, v - 1, size=(b, 4))
+    ys[0, 1] = ys[0, 0]  # a repeat needs a blank between
+    ys_lens = np.array([4, 3, 4])  # the last cannot fit 2 frames: zero_infinity
+    with torch.no_grad():
+        want, _ = ctc(torch.tensor(hs), torch.tensor(hlens), torch.tensor(ys), torch.tensor(ys_lens))
+        logits = ctc.ctc_lo(torch.tensor(hs)).numpy()
+    got = loss_lib.ctc_loss(jnp.asarray(logits), jnp.asarray(hlens), jnp.asarray(ys), jnp.asarray(ys_lens))
+    assert float(got) == pytest.approx(float(want), abs=1e-4, rel=1e-5)

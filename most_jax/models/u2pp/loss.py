@@ -72,3 +72,49 @@ def ctc_loss(logits_BTV: jax.Array, lengths_B: jax.Array, ys_BL: jax.Array, ys_l
     repeats_B = (label_valid_BL[:, 1:] & (ys_BL[:, 1:] == ys_BL[:, :-1])).sum(axis=1)
     feasible_B = lengths_B >= ys_lengths_B + repeats_B
     return jnp.where(feasible_B, per_row_B, 0.0).sum() / b
+
+
+def attention_loss(decoder, encoder_out_BSD: jax.Array, encoder_mask_BS: jax.Array, ys_BL: jax.Array,
+                   ys_lengths_B: jax.Array, *, sos: int, eos: int, reverse_weight: float, lsm_weight: float,
+                   length_normalized: bool, dropout_rng: jax.Array | None = None):
+    """WeNet's _calc_att_loss: (1 - rw) x L2R + rw x R2L label-smoothed loss, the L2R accuracy and
+    the decoders' MoE stats. The R2L decoder runs only when reverse_weight > 0 (as WeNet)."""
+    ys_in, ys_out, valid = add_sos_eos(ys_BL, ys_lengths_B, sos, eos)
+    r_ys_in = r_ys_out = None
+    if reverse_weight > 0:
+        r_ys_in, r_ys_out, _ = add_sos_eos(reverse_targets(ys_BL, ys_lengths_B), ys_lengths_B, sos, eos)
+    left_BTV, right_BTV, stats = decoder(encoder_out_BSD, encoder_mask_BS, ys_in, ys_lengths_B + 1, r_ys_in,
+                                         dropout_rng=dropout_rng)
+    loss = label_smoothing_loss(left_BTV, ys_out, valid, lsm_weight, length_normalized)
+    if reverse_weight > 0:
+        r_loss = label_smoothing_loss(right_BTV, r_ys_out, valid, lsm_weight, length_normalized)
+        loss = loss * (1 - reverse_weight) + r_loss * reverse_weight
+    return loss, attention_accuracy(left_BTV, ys_out, valid), stats
+
+
+def u2pp_loss(model, batch: dict, rng: jax.Array | None):
+    """(loss, metrics) of a U2pp model on a batch of WeNet's keys: feats [B, U, I] float,
+    feats_lengths [B], target [B, L] int (padding ignored), target_lengths [B]. `rng` drives the
+    dropout and the dynamic chunk (None: evaluation, full context).
+
+    loss = ctc_weight x CTC + (1 - ctc_weight) x attention; a weight of 0 or 1 skips the other branch."""
+    cfg = model.cfg
+    r_enc, r_dec = (None, None) if rng is None else tuple(jax.random.split(rng, 2))
+    encoder_out_BTD, mask_BT, enc_stats = model.encode(batch["feats"], batch["feats_lengths"],
+                                                       chunk_size=0 if rng is not None else -1, dropout_rng=r_enc)
+    target_BL, target_lengths_B = batch["target"], batch["target_lengths"]
+    metrics = {"moe_encoder": enc_stats}
+    loss = jnp.zeros((), jnp.float32)
+    if cfg.ctc_weight > 0:
+        loss_ctc = ctc_loss(model.ctc(encoder_out_BTD), mask_BT.sum(axis=1), target_BL, target_lengths_B)
+        loss = loss + cfg.ctc_weight * loss_ctc
+        metrics["loss_ctc"] = loss_ctc
+    if cfg.ctc_weight < 1:
+        loss_att, acc, dec_stats = attention_loss(
+            model.decoder, encoder_out_BTD, mask_BT, target_BL, target_lengths_B, sos=model.sos, eos=model.eos,
+            reverse_weight=cfg.reverse_weight, lsm_weight=cfg.lsm_weight,
+            length_normalized=cfg.length_normalized_loss, dropout_rng=r_dec)
+        loss = loss + (1 - cfg.ctc_weight) * loss_att
+        metrics.update(loss_att=loss_att, th_accuracy=acc, moe_decoder=dec_stats)
+    metrics["loss"] = loss
+    return loss, metrics
