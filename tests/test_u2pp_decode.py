@@ -190,3 +190,13 @@ def test_batched_decoding_equals_one_by_one():
         one = decode.attention_rescoring(ours, nbest[b:b + 1], jnp.asarray(out[b:b + 1, : lengths[b]]),
                                          lengths[b:b + 1], 0.5, 0.3, sos, eos)[0]
         assert one.tokens == rescored[b].tokens and one.score == pytest.approx(rescored[b].score, abs=1e-5)
+
+
+def test_prefix_beam_fed_in_pieces_equals_one_pass():
+    lp = _random_log_probs(12, 1, 11, 5)[0]
+    whole = ctc_search.PrefixBeam(3)
+    whole.advance(lp)
+    pieces = ctc_search.PrefixBeam(3)
+    for piece in np.split(lp, [4, 5, 9]):
+        pieces.advance(piece)
+    assert pieces.result() == whole.result()

@@ -59,33 +59,42 @@ def log_add(*xs: float) -> float:
     return top + math.log(sum(math.exp(x - top) for x in xs))
 
 
-def _prefix_beam_one(log_probs_TV: np.ndarray, beam_size: int, blank_id: int) -> NBest:
-    # prefix -> [log P(prefix, path ends in blank), log P(prefix, path ends in its last label)]
-    cur: list[tuple[tuple[int, ...], list[float]]] = [((), [0.0, -math.inf])]
-    neg_inf = -math.inf
-    for logp_V in log_probs_TV:
-        nxt: dict[tuple[int, ...], list[float]] = {}
-        # Per-frame pruning: only the beam_size most likely labels extend (stable order, as torch.topk).
-        top_U = np.argsort(-logp_V, kind="stable")[:beam_size]
-        for u in (int(v) for v in top_U):
-            p = float(logp_V[u])
-            for prefix, (s, ns) in cur:
-                last = prefix[-1] if prefix else None
-                if u == blank_id:
-                    entry = nxt.setdefault(prefix, [neg_inf, neg_inf])
-                    entry[0] = log_add(entry[0], log_add(s, ns) + p)
-                elif u == last:
-                    # *u + u stays *u; *u + blank + u becomes *uu.
-                    entry = nxt.setdefault(prefix, [neg_inf, neg_inf])
-                    entry[1] = log_add(entry[1], ns + p)
-                    entry = nxt.setdefault(prefix + (u,), [neg_inf, neg_inf])
-                    entry[1] = log_add(entry[1], s + p)
-                else:
-                    entry = nxt.setdefault(prefix + (u,), [neg_inf, neg_inf])
-                    entry[1] = log_add(entry[1], log_add(s, ns) + p)
-        ranked = sorted(nxt.items(), key=lambda item: log_add(*item[1]), reverse=True)
-        cur = ranked[:beam_size]
-    return NBest(hyps=tuple(p for p, _ in cur), scores=tuple(log_add(*sc) for _, sc in cur))
+class PrefixBeam:
+    """WeNet's CTC prefix beam search over frames fed in any number of pieces (streaming decodes
+    chunk by chunk); the state is the beam: prefix -> (log P ending in blank, log P ending in its
+    last label)."""
+
+    def __init__(self, beam_size: int, blank_id: int = 0):
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        self.beam_size, self.blank_id = beam_size, blank_id
+        self.beam: list[tuple[tuple[int, ...], list[float]]] = [((), [0.0, -math.inf])]
+
+    def advance(self, log_probs_TV: np.ndarray) -> None:
+        neg_inf = -math.inf
+        for logp_V in np.asarray(log_probs_TV, np.float64):
+            nxt: dict[tuple[int, ...], list[float]] = {}
+            # Per-frame pruning: only the beam_size likeliest labels extend (best first, as torch.topk).
+            for u in (int(v) for v in np.argsort(-logp_V, kind="stable")[: self.beam_size]):
+                p = float(logp_V[u])
+                for prefix, (s, ns) in self.beam:
+                    last = prefix[-1] if prefix else None
+                    if u == self.blank_id:
+                        entry = nxt.setdefault(prefix, [neg_inf, neg_inf])
+                        entry[0] = log_add(entry[0], log_add(s, ns) + p)
+                    elif u == last:
+                        # *u + u stays *u; *u + blank + u becomes *uu.
+                        entry = nxt.setdefault(prefix, [neg_inf, neg_inf])
+                        entry[1] = log_add(entry[1], ns + p)
+                        entry = nxt.setdefault(prefix + (u,), [neg_inf, neg_inf])
+                        entry[1] = log_add(entry[1], s + p)
+                    else:
+                        entry = nxt.setdefault(prefix + (u,), [neg_inf, neg_inf])
+                        entry[1] = log_add(entry[1], log_add(s, ns) + p)
+            self.beam = sorted(nxt.items(), key=lambda item: log_add(*item[1]), reverse=True)[: self.beam_size]
+
+    def result(self) -> NBest:
+        return NBest(hyps=tuple(p for p, _ in self.beam), scores=tuple(log_add(*sc) for _, sc in self.beam))
 
 
 def ctc_prefix_beam(log_probs_BTV: np.ndarray, lengths_B: np.ndarray, beam_size: int,
@@ -95,7 +104,9 @@ def ctc_prefix_beam(log_probs_BTV: np.ndarray, lengths_B: np.ndarray, beam_size:
     With beam_size >= V no label is ever pruned per frame, and while fewer than beam_size prefixes
     exist none is dropped, so the scores are then the exact marginals sum over paths of P(path)."""
     log_probs_BTV, lengths_B = _check_log_probs(log_probs_BTV, lengths_B)
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    data = log_probs_BTV.astype(np.float64)
-    return [_prefix_beam_one(data[b, : int(lengths_B[b])], beam_size, blank_id) for b in range(data.shape[0])]
+    out = []
+    for b in range(log_probs_BTV.shape[0]):
+        search = PrefixBeam(beam_size, blank_id)
+        search.advance(log_probs_BTV[b, : int(lengths_B[b])])
+        out.append(search.result())
+    return out
