@@ -39,10 +39,6 @@ def ctc_greedy(log_probs_BTV: np.ndarray, lengths_B: np.ndarray) -> list[Hypothe
     return [Hypothesis(h, float(best_BT[b, : int(lengths_B[b])].sum())) for b, h in enumerate(hyps)]
 
 
-def ctc_prefix_beam(log_probs_BTV: np.ndarray, lengths_B: np.ndarray, beam_size: int) -> list[Hypothesis]:
-    return [Hypothesis(r.hyps[0], r.scores[0]) for r in ctc_search.ctc_prefix_beam(log_probs_BTV, lengths_B, beam_size)]
-
-
 def attention_beam_search(decoder: TransformerDecoder, encoder_out_BSD: jax.Array, encoder_mask_BS: jax.Array,
                           beam_size: int, sos: int, eos: int, length_penalty: float = 0.0) -> list[Hypothesis]:
     """WeNet's attention_beam_search: autoregressive L2R beam search of up to S steps (S = the padded
@@ -158,3 +154,68 @@ def attention_rescoring(decoder: BiTransformerDecoder, nbest: list[ctc_search.NB
                 best, best_score = i, total
         out.append(Hypothesis(res.hyps[best] if res.hyps else (), best_score))
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """WeNet's decoding knobs: beam (CTC prefix beam and attention beam), ctc_weight and
+    reverse_weight (rescoring), chunk (-1 full context, N > 0 chunk-masked attention as in
+    streaming), left_chunks (-1 all), length_penalty (attention beam)."""
+
+    mode: str = "attention_rescoring"
+    beam: int = 10
+    ctc_weight: float = 0.5
+    reverse_weight: float = 0.0
+    chunk: int = -1
+    left_chunks: int = -1
+    length_penalty: float = 0.0
+
+    def validate(self, model) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.beam < 1:
+            raise ValueError(f"beam must be >= 1, got {self.beam}")
+        if self.chunk == 0 or self.chunk < -1:
+            raise ValueError(f"chunk must be -1 (full context) or a positive number of frames, got {self.chunk}")
+        if not 0 <= self.reverse_weight <= 1:
+            raise ValueError(f"reverse_weight must be in [0, 1], got {self.reverse_weight}")
+        if self.reverse_weight > 0 and model.decoder.right_decoder is None:
+            raise ValueError("reverse_weight > 0 needs a right-to-left decoder; this model has decoder.r_num_blocks 0")
+
+
+@nnx.jit(static_argnames=("chunk", "left_chunks"))
+def _encode(model, feats_BUI, feats_lengths_B, chunk: int, left_chunks: int):
+    encoder_out_BTD, mask_BT, _ = model.encode(feats_BUI, feats_lengths_B, chunk_size=chunk,
+                                               num_left_chunks=left_chunks)
+    return encoder_out_BTD, mask_BT, model.ctc_log_probs(encoder_out_BTD)
+
+
+def encode(model, feats_BUI: np.ndarray, feats_lengths_B: np.ndarray, chunk: int = -1, left_chunks: int = -1):
+    """(encoder_out [B, T, D], encoder_lengths [B], ctc_log_probs [B, T, V]) as numpy."""
+    out, mask, log_probs = _encode(model, jnp.asarray(feats_BUI), jnp.asarray(feats_lengths_B), chunk, left_chunks)
+    return np.asarray(out), np.asarray(mask).sum(axis=1), np.asarray(log_probs)
+
+
+def finish(model, opts: DecodeOptions, encoder_out_BTD: np.ndarray, encoder_lengths_B: np.ndarray,
+           ctc_log_probs_BTV: np.ndarray, nbest: list[ctc_search.NBest] | None = None) -> list[Hypothesis]:
+    """The mode's search over encoder outputs; `nbest` (prefix beam results already computed, e.g.
+    while streaming) spares recomputing them."""
+    if opts.mode == "ctc_greedy":
+        return ctc_greedy(ctc_log_probs_BTV, encoder_lengths_B)
+    if opts.mode == "attention":
+        mask_BT = np.arange(encoder_out_BTD.shape[1])[None, :] < encoder_lengths_B[:, None]
+        return attention_beam_search(model.decoder.left_decoder, jnp.asarray(encoder_out_BTD), jnp.asarray(mask_BT),
+                                     opts.beam, model.sos, model.eos, opts.length_penalty)
+    if nbest is None:
+        nbest = ctc_search.ctc_prefix_beam(ctc_log_probs_BTV, encoder_lengths_B, opts.beam)
+    if opts.mode == "ctc_prefix_beam":
+        return [Hypothesis(r.hyps[0], r.scores[0]) for r in nbest]
+    return attention_rescoring(model.decoder, nbest, jnp.asarray(encoder_out_BTD), encoder_lengths_B, opts.ctc_weight,
+                               opts.reverse_weight, model.sos, model.eos)
+
+
+def decode(model, feats_BUI: np.ndarray, feats_lengths_B: np.ndarray, opts: DecodeOptions) -> list[Hypothesis]:
+    """WeNet's ASRModel.decode for one mode: encoder (full or chunk-masked), CTC, the mode's search."""
+    opts.validate(model)
+    out, lengths, log_probs = encode(model, feats_BUI, feats_lengths_B, opts.chunk, opts.left_chunks)
+    return finish(model, opts, out, lengths, log_probs)
