@@ -22,9 +22,9 @@ context.
 DECODE_DESCRIPTION = f"""\
 Decodes IN.npz with the U2++ checkpoint CKPT; IN.npz holds
 {FEATS_HELP}.
-Modes (WeNet's): ctc_greedy, ctc_prefix_beam, attention (left-to-right beam search) or attention_rescoring (the CTC prefix beam's
-n-best rescored by both decoders: (1 - R) x L2R + R x R2L + W x CTC, R = --reverse-weight, W =
---ctc-weight). Writes OUT.json: the mode, options and per utterance its token ids and score. Token
+Modes (WeNet's): ctc_greedy, ctc_prefix_beam, attention (left-to-right beam search) or
+attention_rescoring (the CTC prefix beam's n-best rescored by both decoders: (1 - R) x L2R + R x R2L
++ W x CTC, R = --reverse-weight, W = --ctc-weight). Writes OUT.json: the mode, options and per utterance its token ids and score. Token
 ids: 0 is the CTC blank, vocab_size - 1 is sos/eos.
 """
 
