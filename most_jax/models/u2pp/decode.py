@@ -52,12 +52,11 @@ def attention_beam_search(decoder: TransformerDecoder, encoder_out_BSD: jax.Arra
     hyps_NT = np.full((n, 1), sos, np.int64)
     scores_N = np.tile(np.array([0.0] + [-np.inf] * (k - 1), np.float32), b)
     ended_N = np.zeros(n, bool)
-    step = _jitted_step(decoder, k, eos)
     for i in range(1, s + 1):
         if ended_N.all():
             break
-        cache, parent_N, token_N, scores = step(cache, jnp.asarray(hyps_NT[:, -1]), i - 1, mask_NS,
-                                                jnp.asarray(scores_N), jnp.asarray(ended_N))
+        cache, parent_N, token_N, scores = _beam_step(decoder, cache, jnp.asarray(hyps_NT[:, -1]), jnp.int32(i - 1),
+                                                      mask_NS, jnp.asarray(scores_N), jnp.asarray(ended_N), k=k, eos=eos)
         parent_N, token_N, scores_N = np.asarray(parent_N), np.asarray(token_N), np.asarray(scores)
         hyps_NT = np.concatenate([hyps_NT[parent_N], token_N[:, None]], axis=1)
         ended_N = hyps_NT[:, -1] == eos
@@ -71,28 +70,23 @@ def attention_beam_search(decoder: TransformerDecoder, encoder_out_BSD: jax.Arra
     return out
 
 
-def _jitted_step(decoder: TransformerDecoder, k: int, eos: int):
-    graphdef, state = nnx.split(decoder)
-
-    @jax.jit
-    def step(state, cache, last_N, pos, mask_NS, scores_N, ended_N):
-        model = nnx.merge(graphdef, state)
-        logp_NV, cache = model.step(cache, last_N, pos, mask_NS)
-        n = last_N.shape[0]
-        top_logp_NK, top_tok_NK = jax.lax.top_k(logp_NV, k)
-        # A finished beam keeps exactly one branch, eos at no cost (WeNet's mask_finished_*).
-        first_K = jnp.arange(k) == 0
-        top_logp_NK = jnp.where(ended_N[:, None], jnp.where(first_K[None, :], 0.0, -jnp.inf), top_logp_NK)
-        top_tok_NK = jnp.where(ended_N[:, None], eos, top_tok_NK)
-        cand_BC = (scores_N[:, None] + top_logp_NK).reshape(n // k, k * k)
-        scores_BK, offset_BK = jax.lax.top_k(cand_BC, k)
-        base_B1 = (jnp.arange(n // k) * k)[:, None]
-        parent_N = (base_B1 + offset_BK // k).reshape(n)
-        token_N = jnp.take_along_axis(top_tok_NK.reshape(n // k, k * k), offset_BK, axis=1).reshape(n)
-        cache = cache._replace(self_k=cache.self_k[:, parent_N], self_v=cache.self_v[:, parent_N])
-        return cache, parent_N, token_N, scores_BK.reshape(n)
-
-    return lambda *args: step(state, *args)
+@nnx.jit(static_argnames=("k", "eos"))
+def _beam_step(decoder: TransformerDecoder, cache, last_N, pos, mask_NS, scores_N, ended_N, *, k: int, eos: int):
+    """One step for B utterances x k beams (N = B*k): (cache of the survivors, parent row [N], new
+    token [N], scores [N]); WeNet's two prunings (k per beam, then k of the k*k per utterance)."""
+    logp_NV, cache = decoder.step(cache, last_N, pos, mask_NS)
+    n = last_N.shape[0]
+    top_logp_NK, top_tok_NK = jax.lax.top_k(logp_NV, k)
+    # A finished beam keeps exactly one branch, eos at no cost (WeNet's mask_finished_*).
+    first_1K = (jnp.arange(k) == 0)[None, :]
+    top_logp_NK = jnp.where(ended_N[:, None], jnp.where(first_1K, 0.0, -jnp.inf), top_logp_NK)
+    top_tok_NK = jnp.where(ended_N[:, None], eos, top_tok_NK)
+    cand_BC = (scores_N[:, None] + top_logp_NK).reshape(n // k, k * k)
+    scores_BK, offset_BK = jax.lax.top_k(cand_BC, k)
+    parent_N = ((jnp.arange(n // k) * k)[:, None] + offset_BK // k).reshape(n)
+    token_N = jnp.take_along_axis(top_tok_NK.reshape(n // k, k * k), offset_BK, axis=1).reshape(n)
+    cache = cache._replace(self_k=cache.self_k[:, parent_N], self_v=cache.self_v[:, parent_N])
+    return cache, parent_N, token_N, scores_BK.reshape(n)
 
 
 def rescoring_scores(decoder: BiTransformerDecoder, nbest: list[ctc_search.NBest], encoder_out_BSD: jax.Array,
