@@ -202,3 +202,19 @@ def test_ctc_loss_matches_wenet():
         logits = ctc.ctc_lo(torch.tensor(hs)).numpy()
     got = loss_lib.ctc_loss(jnp.asarray(logits), jnp.asarray(hlens), jnp.asarray(ys), jnp.asarray(ys_lens))
     assert float(got) == pytest.approx(float(want), abs=1e-4, rel=1e-5)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_micro_batch_losses_add_up_to_the_batch_loss(normalize):
+    cfg = tiny_cfg()
+    _, ours = paired_decoders(cfg, seed=7)
+    memory, mem_lens, ys, ys_lens = _batch(cfg, 8)
+    mem_mask = np.arange(memory.shape[1])[None, :] < mem_lens[:, None]
+    kw = dict(sos=10, eos=10, reverse_weight=0.3, lsm_weight=0.1, length_normalized=normalize)
+    whole, _, _ = loss_lib.attention_loss(ours, jnp.asarray(memory), jnp.asarray(mem_mask), jnp.asarray(ys),
+                                          jnp.asarray(ys_lens), **kw)
+    denom = (ys_lens + 1).sum() if normalize else len(ys_lens)
+    parts = [loss_lib.attention_loss(ours, jnp.asarray(memory[sl]), jnp.asarray(mem_mask[sl]), jnp.asarray(ys[sl]),
+                                     jnp.asarray(ys_lens[sl]), denom=denom, **kw)[0]
+             for sl in (slice(0, 1), slice(1, 3))]
+    assert float(sum(parts)) == pytest.approx(float(whole), rel=1e-5)
