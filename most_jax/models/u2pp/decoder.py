@@ -31,17 +31,11 @@ from most_jax.nn.mlp import Linear
 from most_jax.nn.moe import MoE
 from most_jax.nn.norms import LayerNorm
 from most_jax.nn.params import DTYPES, normal_param
+from most_jax.nn.positions import sinusoid_positions
 from most_jax.nn.stack import layer_stack, run_stack
 
 # Positions beyond WeNet's PositionalEncoding table (max_len 5000) are an error there too.
 MAX_POSITIONS = 5000
-
-
-def sinusoid_positions(positions_T: jax.Array, d: int) -> jax.Array:
-    """WeNet's PositionalEncoding rows: pe[p, 2i] = sin(p w_i), pe[p, 2i+1] = cos(p w_i) (float32)."""
-    div = jnp.exp(jnp.arange(0, d, 2, dtype=jnp.float32) * -(math.log(10000.0) / d))
-    angle_TF = positions_T.astype(jnp.float32)[:, None] * div[None, :]
-    return jnp.stack([jnp.sin(angle_TF), jnp.cos(angle_TF)], axis=-1).reshape(positions_T.shape[0], -1)[:, :d]
 
 
 def _scores(att: MultiHeadedAttention, query_BTD: jax.Array, k_BSHQ: jax.Array) -> jax.Array:

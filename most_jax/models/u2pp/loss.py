@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import optax
 from jax.scipy.special import xlogy
 
+from most_jax.nn.dropout import split_rng
+
 
 def add_sos_eos(ys_BL: jax.Array, lengths_B: jax.Array, sos: int, eos: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """WeNet's add_sos_eos: decoder input [sos, y..., eos pad] and output [y..., eos, pad], both [B, L+1].
@@ -98,16 +100,17 @@ def u2pp_loss(model, batch: dict, rng: jax.Array | None, *, rows: jax.Array | No
               tokens: jax.Array | None = None):
     """(loss, metrics) of a U2pp model on a batch of WeNet's keys: feats [B, U, I] float,
     feats_lengths [B], target [B, L] int (padding ignored), target_lengths [B]. `rng` drives the
-    dropout and the dynamic chunk (None: evaluation, full context).
+    dropout and the dynamic chunk (None: evaluation, deterministic: full context, or the static chunk).
 
     loss = ctc_weight x CTC + (1 - ctc_weight) x attention; a weight of 0 or 1 skips the other branch.
     WeNet divides by the batch's utterances (attention: by its tokens + eos under
     length_normalized_loss); `rows` / `tokens` give a whole step's counts instead, so that the
     losses of a step's micro-batches add up to the step's loss."""
     cfg = model.cfg
-    r_enc, r_dec = (None, None) if rng is None else tuple(jax.random.split(rng, 2))
+    r_enc, r_chunk, r_dec = split_rng(rng, 3)
     encoder_out_BTD, mask_BT, enc_stats = model.encode(batch["feats"], batch["feats_lengths"],
-                                                       chunk_size=0 if rng is not None else -1, dropout_rng=r_enc)
+                                                       chunk_size=0 if rng is not None else -1, dropout_rng=r_enc,
+                                                       chunk_rng=r_chunk)
     target_BL, target_lengths_B = batch["target"], batch["target_lengths"]
     metrics = {"moe_encoder": enc_stats}
     loss = jnp.zeros((), jnp.float32)

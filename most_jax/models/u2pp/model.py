@@ -49,12 +49,12 @@ class U2pp(nnx.Module):
         return self.cfg.vocab_size - 1
 
     def encode(self, feats_BUI: jax.Array, feats_lengths_B: jax.Array, *, chunk_size: int = -1,
-               num_left_chunks: int = -1, dropout_rng: jax.Array | None = None):
+               num_left_chunks: int = -1, dropout_rng: jax.Array | None = None, chunk_rng: jax.Array | None = None):
         """(encoder_out [B, T, D], valid mask [B, T], MoE stats): chunk_size -1 is full context, N > 0
         attends chunk by chunk (the chunk-masked full forward, equal to streaming); 0 is training's
-        dynamic chunk (as the config says), drawn from dropout_rng."""
+        chunk as the config says (WeNet's dynamic chunk, drawn with chunk_rng)."""
         return self.encoder.encode(feats_BUI, feats_lengths_B, chunk_size=chunk_size, num_left_chunks=num_left_chunks,
-                                   dropout_rng=dropout_rng)
+                                   dropout_rng=dropout_rng, chunk_rng=chunk_rng)
 
     def ctc_log_probs(self, encoder_out_BTD: jax.Array) -> jax.Array:
         return jax.nn.log_softmax(self.ctc(encoder_out_BTD), axis=-1)
