@@ -200,3 +200,109 @@ def test_prefix_beam_fed_in_pieces_equals_one_pass():
     for piece in np.split(lp, [4, 5, 9]):
         pieces.advance(piece)
     assert pieces.result() == whole.result()
+
+
+# ----------------------------------------------------------------------------- the whole model
+
+import copy  # noqa: E402
+import dataclasses  # noqa: E402
+
+from flax import nnx  # noqa: E402
+
+from most_jax.checkpoint import wenet  # noqa: E402
+from most_jax.models.u2pp import loss as loss_lib  # noqa: E402
+from most_jax.models.u2pp.model import U2pp  # noqa: E402
+
+
+def model_cfg(mlp_type="position_wise_feed_forward", bins=23, dynamic=True, **kw):
+    cfg = tiny_cfg(mlp_type=mlp_type, **kw)
+    enc = dataclasses.replace(cfg.encoder, num_blocks=2, cnn_module_kernel=3, use_dynamic_chunk=dynamic,
+                              mlp_type=mlp_type,
+                              moe=dataclasses.replace(cfg.decoder.moe, activation="silu"))
+    cfg = dataclasses.replace(cfg, encoder=enc, input_dim=bins)
+    cfg.validate()
+    return cfg
+
+
+def model_pair(cfg, seed=0):
+    """WeNet's ASRModel (perturbed parameters) and our U2pp holding the same numbers, imported
+    through the product's name table."""
+    torch.manual_seed(seed)
+    ref = ref_asr.init_asr_model(copy.deepcopy(wenet.wenet_yaml(cfg, None)))
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ref.eval()
+    model = U2pp(cfg, rngs=nnx.Rngs(seed))
+    params = nnx.state(model, nnx.Param)
+    variables = {tuple(str(k) for k in path): var for path, var in nnx.to_flat_state(params)}
+    state = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    flat = wenet.params_from_wenet(state, cfg, {p: tuple(v.shape) for p, v in variables.items()}, np.float32)
+    for path, var in variables.items():
+        var[...] = jnp.asarray(flat[path])
+    nnx.update(model, params)
+    return ref, model
+
+
+def _feats(cfg, seed, lengths=(40, 29, 13)):
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(len(lengths), max(lengths), cfg.input_dim)).astype(np.float32)
+    return feats, np.array(lengths, np.int32)
+
+
+@pytest.mark.parametrize("chunk", [-1, 2])
+def test_encoder_and_ctc_log_probs_match_wenet(chunk):
+    cfg = model_cfg()
+    ref, model = model_pair(cfg, seed=1)
+    feats, lengths = _feats(cfg, 2)
+    with torch.no_grad():
+        out, mask = ref._forward_encoder(torch.tensor(feats), torch.tensor(lengths), chunk)
+        want = ref.ctc_logprobs(out).numpy()
+    got_out, got_lengths, got = decode.encode(model, feats, lengths, chunk)
+    np.testing.assert_array_equal(got_lengths, mask.squeeze(1).sum(1).numpy())
+    for b, n in enumerate(got_lengths):
+        np.testing.assert_allclose(got[b, :n], want[b, :n], atol=1e-4)
+
+
+@pytest.mark.parametrize("ctc_weight,reverse_weight,normalize", [(0.3, 0.3, False), (0.0, 0.5, True),
+                                                                 (1.0, 0.0, False)])
+def test_training_loss_matches_wenet(ctc_weight, reverse_weight, normalize):
+    cfg = dataclasses.replace(model_cfg(dynamic=False), ctc_weight=ctc_weight, reverse_weight=reverse_weight,
+                              length_normalized_loss=normalize)
+    ref, model = model_pair(cfg, seed=3)
+    feats, lengths = _feats(cfg, 4)
+    target = np.array([[3, 4, 4, 2], [5, 1, 0, 0], [7, 0, 0, 0]])
+    target_lengths = np.array([4, 2, 1])
+    batch = {"feats": torch.tensor(feats), "feats_lengths": torch.tensor(lengths),
+             "target": torch.tensor(np.where(target > 0, target, -1)), "target_lengths": torch.tensor(target_lengths)}
+    with torch.no_grad():
+        want = ref(batch)
+    loss, metrics = loss_lib.u2pp_loss(model, {"feats": jnp.asarray(feats), "feats_lengths": jnp.asarray(lengths),
+                                               "target": jnp.asarray(target),
+                                               "target_lengths": jnp.asarray(target_lengths)}, None)
+    assert float(loss) == pytest.approx(float(want["loss"]), abs=1e-4, rel=1e-5)
+    for key in ("loss_ctc", "loss_att"):
+        if want[key] is not None:
+            assert float(metrics[key]) == pytest.approx(float(want[key]), abs=1e-4, rel=1e-5)
+        else:
+            assert key not in metrics
+
+
+WENET_METHOD = {"ctc_greedy": "ctc_greedy_search", "ctc_prefix_beam": "ctc_prefix_beam_search",
+                "attention": "attention", "attention_rescoring": "attention_rescoring"}
+
+
+@pytest.mark.parametrize("chunk", [-1, 3])
+def test_every_mode_matches_wenet(chunk):
+    cfg = model_cfg()
+    ref, model = model_pair(cfg, seed=5)
+    feats, lengths = _feats(cfg, 6)
+    with torch.no_grad():
+        want = ref.decode(list(WENET_METHOD.values()), torch.tensor(feats), torch.tensor(lengths), beam_size=3,
+                          decoding_chunk_size=chunk, ctc_weight=0.5, reverse_weight=0.3)
+    for mode, method in WENET_METHOD.items():
+        got = decode.decode(model, feats, lengths, decode.DecodeOptions(mode=mode, beam=3, ctc_weight=0.5,
+                                                                        reverse_weight=0.3, chunk=chunk))
+        assert [h.tokens for h in got] == [tuple(r.tokens) for r in want[method]], mode
+        if mode in ("ctc_prefix_beam", "attention_rescoring"):
+            np.testing.assert_allclose([h.score for h in got], [r.score for r in want[method]], atol=1e-4)
