@@ -206,6 +206,9 @@ class VocabConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """The MoST decoder (DeepSeek-V2 with modality-aware routing)."""
+
+    family: str = "most"  # which model family this section configures (models/family.py)
     vocab_size: int = 102400
     hidden_size: int = 2048
     num_layers: int = 27
@@ -230,6 +233,7 @@ class ModelConfig:
         return self.num_layers - self.first_k_dense_replace
 
     def validate(self, prefix: str = "model") -> None:
+        _check(self.family == "most", f"{prefix}.family", f"a MoST section has family 'most', got {self.family!r}")
         for name in ("vocab_size", "hidden_size", "num_layers", "dense_ffn_dim"):
             _check(getattr(self, name) > 0, f"{prefix}.{name}", "must be positive")
         _check(0 <= self.first_k_dense_replace <= self.num_layers, f"{prefix}.first_k_dense_replace",
@@ -484,6 +488,7 @@ class U2ppConfig:
     scan_layers: bool = True
 
     def validate(self, prefix: str = "model") -> None:
+        _check(self.family == "u2pp", f"{prefix}.family", f"a U2++ section has family 'u2pp', got {self.family!r}")
         _check(self.vocab_size > 2, f"{prefix}.vocab_size", "must be > 2 (blank, tokens, sos/eos)")
         _check(self.input_dim > 0, f"{prefix}.input_dim", "must be positive")
         _check(0 <= self.ctc_weight <= 1, f"{prefix}.ctc_weight", "must be in [0, 1]")
@@ -525,7 +530,7 @@ class MeshConfig:
 class Config:
     """The whole run. Later concerns (data, train, mesh) add their own sections."""
 
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig | U2ppConfig = ModelConfig()  # by its `family` key (MODEL_SECTIONS); default most
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
@@ -547,6 +552,31 @@ def _check(ok: bool, field: str, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
+
+# Model section class per family name: the `family` key of a model section picks one (a section
+# without it is MoST, as checkpoints written before families existed). models/family.register
+# adds the sections of families defined elsewhere.
+MODEL_SECTIONS: dict[str, type] = {"most": ModelConfig, "u2pp": U2ppConfig}
+
+
+def register_model_section(family: str, cls: type) -> None:
+    known = MODEL_SECTIONS.get(family)
+    if known is not None and known is not cls:
+        raise ValueError(f"model family {family!r} already has the config section {known.__name__}")
+    MODEL_SECTIONS[family] = cls
+
+
+def _model_section(value, field: str):
+    """The model section: the class its `family` key names, built from the rest of the mapping."""
+    if any(isinstance(value, cls) for cls in MODEL_SECTIONS.values()):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{field}: expected a mapping for the model section, got {value!r}")
+    family = value.get("family", "most")
+    if not isinstance(family, str) or family not in MODEL_SECTIONS:
+        raise ConfigError(f"{field}.family: unknown model family {family!r}; known: {', '.join(MODEL_SECTIONS)}")
+    return from_dict(MODEL_SECTIONS[family], value, f"{field}.")
+
 
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = ""):
     """Builds dataclass `cls` from a (possibly partial) nested dict; unknown keys are errors."""
@@ -572,6 +602,8 @@ def _coerce(tp, value, field: str):
         return from_dict(tp, value, f"{field}.")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
+        if all(dataclasses.is_dataclass(a) and "family" in {f.name for f in dataclasses.fields(a)} for a in args):
+            return _model_section(value, field)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]

@@ -1,7 +1,7 @@
 """Parameter creation with logical axis names.
 
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `expert`, `vocab`,
-`latent`, ...); parallel.py maps them to mesh axes. Eager sharding is off so modules can be
+`latent`, ...); sharding.py maps them to mesh axes. Eager sharding is off so modules can be
 built without a mesh (tests, eval_shape); sharded init happens by jitting with out_shardings.
 """
 
@@ -23,3 +23,7 @@ def normal_param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str | None
 
 def ones_param(shape: tuple[int, ...], names: tuple[str | None, ...], dtype: str) -> nnx.Param:
     return nnx.Param(jnp.ones(shape, DTYPES[dtype]), out_sharding=names, eager_sharding=False)
+
+
+def zeros_param(shape: tuple[int, ...], names: tuple[str | None, ...], dtype: str) -> nnx.Param:
+    return nnx.Param(jnp.zeros(shape, DTYPES[dtype]), out_sharding=names, eager_sharding=False)

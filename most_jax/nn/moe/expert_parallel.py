@@ -38,7 +38,7 @@ from most_jax.config import MoEConfig
 from most_jax.nn.moe.dispatch import (DISPATCH, DispatchFn, ExpertWeights, capacity_layout, combine_rows,
                                       expert_capacity, gather_tokens, resolve_dispatch, sorted_layout)
 from most_jax.nn.moe.router import Routing
-from most_jax.parallel import BATCH_AXES, MeshError, logical_to_spec
+from most_jax.sharding import BATCH_AXES, MeshError, logical_to_spec
 
 EXPERT_AXIS = "expert"
 TENSOR_AXIS = "tensor"
