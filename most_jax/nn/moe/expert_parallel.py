@@ -239,5 +239,5 @@ def select_dispatch(moe: MoEConfig, num_tokens: int) -> DispatchFn:
     return DISPATCH[resolve_dispatch(moe.dispatch)]
 
 
-__all__ = ["select_dispatch", "expert_parallel", "make_dispatch", "rank_load", "slot_of_expert", "expert_axis_size", "token_shards",
-           "context_mesh"]
+__all__ = ["select_dispatch", "expert_parallel", "make_dispatch", "rank_load", "slot_of_expert", "expert_axis_size",
+           "token_shards", "context_mesh"]
