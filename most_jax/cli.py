@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "init_most",
     "logits",
     "compile",
+    "u2pp",
     "config",
 )
 

@@ -18,7 +18,8 @@ def _param_count(module):
 
 def test_dense_baseline_has_the_active_parameters_of_the_moe():
     shape = MoEBenchShape(tokens=8, seq_len=4, dim=11, experts=5, ffn=7, top_k=2, shared=1)
-    moe = MoE(shape.model_config("capacity"), rngs=nnx.Rngs(0))
+    cfg = shape.model_config("capacity")
+    moe = MoE(cfg.hidden_size, cfg.moe, init_std=cfg.init_std, param_dtype="float32", dtype="float32", rngs=nnx.Rngs(0))
     dense = SwiGLU(shape.dim, shape.dense_ffn, rngs=nnx.Rngs(0), std=0.02, param_dtype="float32", dtype="float32")
     per_expert = 3 * shape.dim * shape.ffn
     active = shape.top_k * per_expert + _param_count(moe.shared)

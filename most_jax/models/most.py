@@ -20,12 +20,8 @@ from most_jax.nn.moe import MoE, MoEStats
 from most_jax.nn.norms import RMSNorm
 from most_jax.nn.params import DTYPES, normal_param
 from most_jax.nn.rope import rope_angles
+from most_jax.nn.stack import layer_stack, run_stack
 from most_jax.vocab import modality_of_tokens
-
-REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class DecoderLayer(nnx.Module):
@@ -37,7 +33,8 @@ class DecoderLayer(nnx.Module):
         self.attn = MLAttention(cfg, rngs=rngs)
         self.ffn_norm = RMSNorm(cfg.hidden_size, **norm)
         if use_moe:
-            self.moe = MoE(cfg, rngs=rngs)
+            self.moe = MoE(cfg.hidden_size, cfg.moe, init_std=cfg.init_std, param_dtype=cfg.param_dtype,
+                           dtype=cfg.dtype, rngs=rngs)
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.dense_ffn_dim, rngs=rngs, std=cfg.init_std,
                               param_dtype=cfg.param_dtype, dtype=cfg.dtype)
@@ -45,7 +42,7 @@ class DecoderLayer(nnx.Module):
     def _ffn(self, x_BTD, modality_BT, valid_BT):
         h_BTD = self.ffn_norm(x_BTD)
         if hasattr(self, "moe"):
-            y_BTD, stats = self.moe(h_BTD, modality_BT, valid_BT)
+            y_BTD, stats = self.moe(h_BTD, valid_BT, modality_BT)
         else:
             # Flat [N, D] rows: XLA:CPU runs the 2-D matmuls of forward+backward ~25% faster than 3-D.
             y_BTD, stats = self.mlp(h_BTD.reshape(-1, h_BTD.shape[-1])).reshape(h_BTD.shape), None
@@ -64,41 +61,12 @@ class DecoderLayer(nnx.Module):
 
 
 def _layer_stack(cfg: ModelConfig, count: int, use_moe: bool, rngs: nnx.Rngs) -> DecoderLayer | None:
-    if count == 0:
-        return None
-
-    @nnx.split_rngs(splits=count)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-    def create(layer_rngs):
-        return DecoderLayer(cfg, use_moe=use_moe, rngs=layer_rngs)
-
-    return create(rngs)
+    return layer_stack(lambda layer_rngs: DecoderLayer(cfg, use_moe=use_moe, rngs=layer_rngs), count, rngs)
 
 
 def _run_stack(stack: DecoderLayer, cfg: ModelConfig, x_BTD, inputs: tuple, method: str = "__call__",
                per_layer: Any = None):
-    """Applies every layer of a stack in order.
-
-    `inputs` go to every layer; `per_layer` (a pytree with a leading layer axis, e.g. decode
-    caches) is sliced per layer. Returns (x, per-layer outputs stacked on axis 0).
-    """
-    graphdef, state = nnx.split(stack)
-
-    def body(x, xs):
-        layer_state, layer_extra = xs
-        layer = nnx.merge(graphdef, layer_state)
-        return getattr(layer, method)(x, *inputs, *(layer_extra or ()))
-
-    if cfg.remat != "none":
-        body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
-    if cfg.scan_layers:
-        return jax.lax.scan(body, x_BTD, (state, per_layer))
-    count = jax.tree.leaves(state)[0].shape[0]
-    outputs = []
-    for i in range(count):
-        x_BTD, out = body(x_BTD, jax.tree.map(lambda a: a[i], (state, per_layer)))
-        outputs.append(out)
-    return x_BTD, None if outputs[0] is None else jax.tree.map(lambda *o: jnp.stack(o), *outputs)
+    return run_stack(stack, x_BTD, inputs, scan=cfg.scan_layers, remat=cfg.remat, method=method, per_layer=per_layer)
 
 
 class DecodeCache(NamedTuple):

@@ -23,3 +23,7 @@ def normal_param(rngs: nnx.Rngs, shape: tuple[int, ...], names: tuple[str | None
 
 def ones_param(shape: tuple[int, ...], names: tuple[str | None, ...], dtype: str) -> nnx.Param:
     return nnx.Param(jnp.ones(shape, DTYPES[dtype]), out_sharding=names, eager_sharding=False)
+
+
+def zeros_param(shape: tuple[int, ...], names: tuple[str | None, ...], dtype: str) -> nnx.Param:
+    return nnx.Param(jnp.zeros(shape, DTYPES[dtype]), out_sharding=names, eager_sharding=False)
