@@ -378,3 +378,47 @@ def test_imported_model_computes_what_wenet_computes(tmp_path, mlp_type, chunk, 
     np.testing.assert_array_equal(valid, ref_mask[:, 0].numpy())
     assert np.abs(np.asarray(out)[valid] - ref_out.numpy()[valid]).max() < 1e-4
     assert np.abs(np.asarray(model.ctc_log_probs(out))[valid] - ref_logp.numpy()[valid]).max() < 1e-4
+
+
+def test_bfloat16_import_exports_the_rounded_weights(tmp_path):
+    import yaml
+
+    conf = train_yaml(mlp_type="position_wise_feed_forward")
+    ref = reference(conf, seed=7)
+    torch.save(ref.state_dict(), tmp_path / "final.pt")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(conf))
+    convert(["import-wenet", str(tmp_path / "final.pt"), str(tmp_path / "train.yaml"), str(tmp_path / "ckpt"),
+             "--dtype", "bfloat16"])
+    convert(["export-wenet", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    exported = torch.load(tmp_path / "out" / "final.pt", weights_only=True)
+    for key, value in ref.state_dict().items():
+        if key.endswith(".pe"):
+            assert torch.equal(exported[key], value), key  # regenerated in float32 as WeNet does
+        else:
+            assert exported[key].dtype == torch.bfloat16 and torch.equal(exported[key], value.bfloat16()), key
+    init_asr_model(yaml.safe_load((tmp_path / "out" / "train.yaml").read_text())).load_state_dict(exported, strict=True)
+
+
+def test_export_refuses_what_is_not_a_new_u2pp_export(tmp_path):
+    from most_jax.checkpoint.params_io import save_params
+    from most_jax.config import load_config as load_yaml_config
+
+    most_cfg = load_yaml_config("configs/most_tiny.yaml")
+    from most_jax.checkpoint.param_tree import abstract_params, unflatten
+
+    params = unflatten({p: np.zeros(s.shape, s.dtype) for p, s in abstract_params(most_cfg.model).items()})
+    save_params(tmp_path / "most", most_cfg, params)
+    with pytest.raises(SystemExit, match=r"a most checkpoint, not u2pp"):
+        convert(["export-wenet", str(tmp_path / "most"), str(tmp_path / "out")])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "final.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"full: exists and is not empty"):
+        convert(["export-wenet", str(tmp_path / "most"), str(tmp_path / "full")])
+
+
+def test_torch_missing_is_said(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(wenet.WenetError, match=r"import-wenet reads and writes PyTorch \.pt files and needs torch"):
+        wenet.read_pt(tmp_path / "final.pt")
