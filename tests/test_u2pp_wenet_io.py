@@ -290,6 +290,17 @@ def test_import_without_cmvn_round_trips(tmp_path):
     for key, value in ref.state_dict().items():
         assert exported[key].numpy().tobytes() == value.numpy().tobytes(), key
     init_asr_model(yaml.safe_load((tmp_path / "out" / "train.yaml").read_text())).load_state_dict(exported, strict=True)
+    # the checkpoint serves the other commands: restored, it computes WeNet's CTC posteriors
+    import jax.numpy as jnp
+
+    from most_jax.checkpoint.params_io import restore_model
+
+    _, model = restore_model(tmp_path / "ckpt")
+    feats = torch.randn(1, 40, FEAT)
+    out, _, _ = model.encode(jnp.asarray(feats.numpy()), jnp.asarray([40]))
+    with torch.no_grad():
+        ref_logp = ref.ctc.log_softmax(ref.encoder(feats, torch.tensor([40]), -1, -1)[0])
+    assert np.abs(np.asarray(model.ctc_log_probs(out)) - ref_logp.numpy()).max() < 1e-4
 
 
 def test_cmvn_from_the_yaml_file_when_the_state_dict_has_none(wenet_dir, tmp_path):
