@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import re
 from pathlib import Path
 
@@ -548,8 +549,8 @@ def read_pt(path: str | Path) -> dict[str, np.ndarray]:
     torch = _torch("import-wenet")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise WenetError(f"{path}: not a readable PyTorch state_dict: {e}") from None
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise WenetError(f"{path}: not a readable PyTorch state_dict: {str(e).splitlines()[0]}") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise WenetError(f"{path}: expected a state_dict (a mapping of tensor names to tensors), "
