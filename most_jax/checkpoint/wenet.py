@@ -664,33 +664,32 @@ def import_wenet(pt_path: str | Path, yaml_path: str | Path, out_dir: str | Path
 
 def export_wenet(ckpt: str | Path, out_dir: str | Path) -> list[Path]:
     """A most_jax U2++ checkpoint -> `out_dir`/final.pt (+ train.yaml, + global_cmvn when the model
-    normalises its input), which WeNet's init_model + load_state_dict(strict=True) accept."""
+    normalises its input), which WeNet's init_model + load_state_dict(strict=True) accept.
+    `out_dir` must not exist; it appears only once complete."""
     import yaml
 
+    from most_jax.atomic import atomic_directory
     from most_jax.checkpoint.param_tree import flatten
     from most_jax.checkpoint.params_io import load_checkpoint
 
     _torch("export-wenet")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise WenetError(f"{out_dir}: exists and is not empty; choose a new output directory")
+    if out_dir.exists():
+        raise WenetError(f"{out_dir}: already exists; choose a new output directory")
     full, tree = load_checkpoint(ckpt)
     cfg = full.model
-    if getattr(cfg, "family", "most") != "u2pp":
-        raise WenetError(f"{ckpt}: a {getattr(cfg, 'family', 'most')} checkpoint, not u2pp; only U2++ exports to WeNet")
-    params = {p: np.asarray(v) for p, v in flatten(tree)}
-    state = wenet_from_params(params, cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "final.pt", out_dir / "train.yaml"]
-    cmvn_file = None
-    if CMVN_KEYS[0] in state:
-        cmvn_path = out_dir / "global_cmvn"
-        cmvn_path.write_text(json.dumps(cmvn_stats(state[CMVN_KEYS[0]], state[CMVN_KEYS[1]])))
-        cmvn_file = str(cmvn_path.absolute())
-        written.append(cmvn_path)
-    write_pt(state, cfg, written[0])
-    written[1].write_text(yaml.safe_dump(wenet_yaml(cfg, cmvn_file), sort_keys=False))
-    return written
+    if cfg.family != "u2pp":
+        raise WenetError(f"{ckpt}: a {cfg.family} checkpoint, not u2pp; only U2++ exports to WeNet")
+    state = wenet_from_params({p: np.asarray(v) for p, v in flatten(tree)}, cfg)
+    names = ["final.pt", "train.yaml"] + (["global_cmvn"] if CMVN_KEYS[0] in state else [])
+    # train.yaml names the CMVN file where it will finally be (WeNet reads the path as written)
+    cmvn_file = str(out_dir.absolute() / "global_cmvn") if len(names) == 3 else None
+    with atomic_directory(out_dir) as tmp:
+        if cmvn_file is not None:
+            (tmp / "global_cmvn").write_text(json.dumps(cmvn_stats(state[CMVN_KEYS[0]], state[CMVN_KEYS[1]])))
+        write_pt(state, cfg, tmp / "final.pt")
+        (tmp / "train.yaml").write_text(yaml.safe_dump(wenet_yaml(cfg, cmvn_file), sort_keys=False))
+    return [out_dir / n for n in names]
 
 
 __all__ = ["WenetError", "Layout", "Rule", "RULES", "Placement", "place", "wenet_shapes", "param_shapes",

@@ -20,7 +20,8 @@ EXPORT_DESCRIPTION = """\
 Writes OUT_DIR/final.pt (a WeNet state_dict, per-expert weights unstacked) and OUT_DIR/train.yaml
 (and OUT_DIR/global_cmvn, WeNet's JSON CMVN stats, when the model normalises its input) from the U2++
 checkpoint CKPT, such that WeNet's init_model(train.yaml) loads final.pt with strict key matching.
-A checkpoint imported with import-wenet exports byte-equal tensors. Needs torch.
+A checkpoint imported with import-wenet exports byte-equal tensors. OUT_DIR must not exist; it
+appears only once complete. Needs torch.
 """
 
 
@@ -39,7 +40,7 @@ def register_export(subparsers) -> None:
     parser = subparsers.add_parser("export-wenet", help="write a U2++ checkpoint as a WeNet .pt + train.yaml",
                                    description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", metavar="CKPT", help="U2++ checkpoint (step directory, manager root or run directory)")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (must be new or empty)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to create")
     parser.set_defaults(handler=run_export)
 
 
