@@ -197,6 +197,23 @@ def test_cmvn_stats_round_trip(tmp_path):
     np.testing.assert_array_equal(ref.state_dict()["encoder.global_cmvn.istd"].numpy(), istd)
 
 
+def test_kaldi_text_cmvn_reads_as_the_json_stats(tmp_path):
+    stats = json.loads(write_cmvn(tmp_path / "global_cmvn").read_text())
+    kaldi = tmp_path / "global_cmvn.kaldi"
+    kaldi.write_text(" [\n  " + " ".join(map(repr, stats["mean_stat"])) + f" {stats['frame_num']}\n  "
+                     + " ".join(map(repr, stats["var_stat"])) + " 0 ]\n")
+    for got, want in zip(wenet.read_cmvn_kaldi(kaldi), wenet.read_cmvn_json(tmp_path / "global_cmvn")):
+        np.testing.assert_array_equal(got, want)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\0BCM \x04\x02\xff")
+    with pytest.raises(wenet.WenetError, match="binary Kaldi CMVN stats"):
+        wenet.read_cmvn_kaldi(binary)
+    broken = tmp_path / "broken"
+    broken.write_text("[ 1 2 3 ]")
+    with pytest.raises(wenet.WenetError, match="not Kaldi text CMVN stats"):
+        wenet.read_cmvn_kaldi(broken)
+
+
 @pytest.mark.parametrize("d", [12, 256])
 def test_sinusoid_table_matches_wenets(d):
     """Close enough to tell WeNet's table from anything else (float32 sin of large arguments

@@ -15,10 +15,11 @@ so no layer or expert is spelled out. Transposes: PyTorch Linear weights [out, i
 depthwise [C, 1, K] become [K, C].
 
 Derived buffers: WeNet stores its sinusoidal tables (`...pos_enc.pe`, `...embed.1.pe`, shape
-[1, max_len, d]); they are checked (shape) on import and regenerated on export, not parameters.
-CMVN: `encoder.global_cmvn.mean/istd` of the state_dict, else the YAML's `cmvn_file` (WeNet's JSON
-stats, read as WeNet's load_cmvn does); without either, mean 0 and istd 1 (identity), which export
-writes back as "no CMVN" so that a model without CMVN round-trips.
+[1, max_len, d]); they are checked (shape, and that they hold the sinusoids) on import and regenerated
+on export, not parameters.
+CMVN: `encoder.global_cmvn.mean/istd` of the state_dict, else the YAML's `cmvn_file` (WeNet's
+JSON or Kaldi text stats, read as WeNet's load_cmvn does); without either, mean 0 and istd 1
+(identity), which export writes back as "no CMVN" so that a model without CMVN round-trips.
 """
 
 from __future__ import annotations
@@ -511,14 +512,44 @@ def wenet_yaml(cfg: config_lib.U2ppConfig, cmvn_file: str | None) -> dict:
 
 
 def read_cmvn_json(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, istd) float32 from WeNet's JSON stats (mean_stat, var_stat, frame_num), as WeNet's
-    load_cmvn computes them (float64, variance floored at 1e-20)."""
+    """(mean, istd) float32 from WeNet's JSON stats (mean_stat, var_stat, frame_num)."""
     try:
         stats = json.loads(Path(path).read_text())
-        mean = np.asarray(stats["mean_stat"], np.float64) / stats["frame_num"]
-        var = np.asarray(stats["var_stat"], np.float64) / stats["frame_num"] - mean * mean
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        return _mean_istd(stats["mean_stat"], stats["var_stat"], stats["frame_num"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise WenetError(f"{path}: not WeNet JSON CMVN stats (mean_stat, var_stat, frame_num): {e}") from None
+
+
+def read_cmvn_kaldi(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, istd) float32 from Kaldi text stats (`compute-cmvn-stats --binary=false`): one
+    `[ sums... count  squares... 0 ]` matrix, as WeNet's _load_kaldi_cmvn reads it."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise WenetError(f"{path}: not readable: {e}") from None
+    if raw.startswith(b"\0B"):
+        raise WenetError(f"{path}: binary Kaldi CMVN stats; recompute them with compute-cmvn-stats --binary=false")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as e:
+        raise WenetError(f"{path}: not Kaldi text CMVN stats: {e}") from None
+    arr = text.split()
+    if len(arr) < 6 or len(arr) % 2 or arr[0] != "[" or arr[-2] != "0" or arr[-1] != "]":
+        raise WenetError(f"{path}: not Kaldi text CMVN stats ('[ sums count squares 0 ]')")
+    dim = (len(arr) - 4) // 2
+    try:
+        return _mean_istd([float(x) for x in arr[1:dim + 1]], [float(x) for x in arr[dim + 2:2 * dim + 2]],
+                          float(arr[dim + 1]))
+    except ValueError as e:
+        raise WenetError(f"{path}: not Kaldi text CMVN stats: {e}") from None
+
+
+def _mean_istd(mean_stat, var_stat, count) -> tuple[np.ndarray, np.ndarray]:
+    """WeNet's load_cmvn arithmetic (float64, variance floored at 1e-20), cast to float32."""
+    mean = np.asarray(mean_stat, np.float64) / count
+    var = np.asarray(var_stat, np.float64) / count - mean * mean
+    if mean.ndim != 1 or var.shape != mean.shape:
+        raise ValueError(f"mean and variance statistics of shapes {mean.shape} and {var.shape}")
     istd = 1.0 / np.sqrt(np.maximum(var, 1.0e-20))
     return mean.astype(np.float32), istd.astype(np.float32)
 
@@ -615,12 +646,11 @@ def _cmvn_from_yaml(train: dict, yaml_path: Path) -> tuple[np.ndarray, np.ndarra
     conf = train.get("cmvn_conf") or {}
     if "cmvn_file" not in conf:
         raise WenetError("cmvn_conf.cmvn_file: missing (cmvn is global_cmvn)")
-    if not conf.get("is_json_cmvn", True):
-        raise WenetError("cmvn_conf.is_json_cmvn: false (Kaldi text stats) is not supported; WeNet's JSON stats are")
+    read = read_cmvn_json if conf.get("is_json_cmvn", True) else read_cmvn_kaldi
     given = Path(conf["cmvn_file"])
     for candidate in (given, yaml_path.parent / given):
         if candidate.is_file():
-            return read_cmvn_json(candidate)
+            return read(candidate)
     raise WenetError(f"cmvn_conf.cmvn_file: {given} not found (looked in the working directory and next to "
                      f"{yaml_path}), and the state_dict holds no {CMVN_KEYS[0]!r}")
 
@@ -694,5 +724,5 @@ def export_wenet(ckpt: str | Path, out_dir: str | Path) -> list[Path]:
 
 __all__ = ["WenetError", "Layout", "Rule", "RULES", "Placement", "place", "wenet_shapes", "param_shapes",
            "params_from_wenet", "wenet_from_params", "sinusoid_table", "config_from_wenet", "wenet_yaml",
-           "read_cmvn_json", "cmvn_stats", "subsample_freq", "PE_MAX_LEN", "CMVN_KEYS", "read_pt", "write_pt",
+           "read_cmvn_json", "read_cmvn_kaldi", "cmvn_stats", "subsample_freq", "PE_MAX_LEN", "CMVN_KEYS", "read_pt", "write_pt",
            "read_yaml", "import_wenet", "export_wenet"]
