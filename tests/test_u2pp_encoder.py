@@ -142,13 +142,14 @@ def test_padded_batch_equals_each_utterance_alone():
             np.testing.assert_allclose(np.asarray(out[i, :t]), np.asarray(alone[0]), atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk,left", [(1, -1), (4, -1), (4, 2), (3, 0)])
-def test_streaming_equals_chunk_masked_full_forward_and_wenet(chunk, left):
+@pytest.mark.parametrize("chunk,left,frames", [(1, 2, 47), (4, -1, 83), (4, 2, 83), (3, 0, 83)])
+def test_streaming_equals_chunk_masked_full_forward_and_wenet(chunk, left, frames):
+    """Every cache length compiles a step, so unlimited left context streams few chunks."""
     cfg = _cfg(kernel=4)
     model, reference = _pair(cfg, seed=2)
-    feats = _feats(1, 83, cfg.input_dim, seed=5)
+    feats = _feats(1, frames, cfg.input_dim, seed=5)
     streamed, valid = forward_chunk_by_chunk(model, jnp.asarray(feats), chunk, left)
-    full, _, _ = _encode(model, jnp.asarray(feats), jnp.asarray([83]), chunk, left)
+    full, _, _ = _encode(model, jnp.asarray(feats), jnp.asarray([frames]), chunk, left)
     assert streamed.shape == full.shape and bool(valid.all())
     np.testing.assert_allclose(np.asarray(streamed), np.asarray(full), atol=2e-5)
     with torch.no_grad():
@@ -271,25 +272,35 @@ def test_output_lengths_follow_wenet():
         ConformerEncoder(_cfg(kernel=8, causal=False), rngs=nnx.Rngs(0))
 
 
+def _probe_loss(out_BTD, valid_BT):
+    """A fixed random projection of the real frames (a sum of squares of a LayerNorm output is
+    nearly constant and would give the layers no gradient)."""
+    probe_BTD = jax.random.normal(jax.random.key(99), out_BTD.shape)
+    return jnp.sum(jnp.where(valid_BT[..., None], out_BTD * probe_BTD, 0.0))
+
+
 def test_scan_and_remat_do_not_change_outputs_or_gradients():
+    """Without dropout (its per-layer keys under scan are tested in test_nn_wenet_layers): random
+    keys make XLA:CPU compiles several times slower."""
     feats = jnp.asarray(_feats(2, 40, 23, seed=8))
     lengths = jnp.asarray([40, 29])
     results = []
     for scan, remat in ((True, "none"), (False, "none"), (True, "full"), (False, "dots")):
-        cfg = _cfg(blocks=3, dropout=0.1, scan_layers=scan, remat=remat)
+        cfg = _cfg(blocks=3, scan_layers=scan, remat=remat)
         model = ConformerEncoder(cfg, rngs=nnx.Rngs(0))
 
         def loss(m):
-            out, valid, _ = m.encode(feats, lengths, chunk_size=0, dropout_rng=jax.random.key(1),
-                                     chunk_rng=jax.random.key(2))
-            return jnp.sum(jnp.where(valid[..., None], out, 0.0) ** 2)
+            out, valid, _ = m.encode(feats, lengths, chunk_size=0, chunk_rng=jax.random.key(2))
+            return _probe_loss(out, valid)
 
         value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
         results.append((value, nnx.to_pure_dict(nnx.state(grads, nnx.Param))))
     for value, grads in results[1:]:
         np.testing.assert_allclose(float(value), float(results[0][0]), rtol=1e-5)
         for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(results[0][1])):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=1e-4)
+            # float32 sums reassociate differently across the two loops: compare to each leaf's scale
+            scale = float(np.abs(np.asarray(b)).max())
+            assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-4 * scale + 1e-6
 
 
 def test_dropout_training_gradients_are_finite_and_cmvn_is_frozen():
@@ -305,9 +316,9 @@ def test_dropout_training_gradients_are_finite_and_cmvn_is_frozen():
     def loss(m):
         out, valid, _ = m.encode(feats, lengths, chunk_size=0, dropout_rng=jax.random.key(4),
                                  chunk_rng=jax.random.key(5))
-        return jnp.sum(jnp.where(valid[..., None], out, 0.0) ** 2)
+        return _probe_loss(out, valid)
 
-    grads = nnx.to_pure_dict(nnx.state(nnx.grad(loss)(model), nnx.Param))
+    grads = nnx.to_pure_dict(nnx.state(nnx.jit(nnx.grad(loss))(model), nnx.Param))
     for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
         name = "/".join(str(p.key) for p in path)
         assert np.isfinite(np.asarray(g)).all(), name
