@@ -2,7 +2,7 @@
 # Usage: launch/local.sh N [--devices-per-process D] [--port P] [--logs DIR] -- COMMAND [ARGS...]
 #
 # Starts N JAX processes of COMMAND on this machine (e.g. `most train --config C --mesh data=2`),
-# joined through jax.distributed.initialize (most_jax.parallel.initialize_distributed reads
+# joined through jax.distributed.initialize (most_jax.sharding.initialize_distributed reads
 # MOST_COORDINATOR_ADDRESS / MOST_NUM_PROCESSES / MOST_PROCESS_ID) with CPU collectives (gloo).
 # Each process simulates D CPU devices (default 1), so the global mesh has N x D devices.
 # Output of process i goes to DIR/process_i.log (default: a fresh temporary directory) and, prefixed

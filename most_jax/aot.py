@@ -1,8 +1,9 @@
 """Ahead-of-time compilation of the full train step for a TPU topology, on a CPU host.
 
 libtpu (the `aot` extra) compiles for a described topology without the hardware; the compiled
-step's memory analysis says what each chip would hold. FLOPs are analytic: XLA's cost analysis
-counts a scanned layer body once, so it undercounts the stacked model by the number of layers.
+step's memory analysis says what each chip would hold. FLOPs are analytic, from the model family
+(XLA's cost analysis counts a scanned layer body once, so it undercounts a stacked model by the
+number of layers).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from most_jax import parallel
-from most_jax.config import Config, ModelConfig
+from most_jax import parallel, sharding
+from most_jax.atomic import atomic_file
+from most_jax.config import Config
+from most_jax.models.family import frozen_mask, get_family
 
 GIB = 1024 ** 3
 
@@ -90,25 +93,6 @@ def topology_devices(topology: Topology) -> list:
     return list(desc.devices)
 
 
-def train_flops_per_step(model: ModelConfig, batch: int, seq_len: int) -> float:
-    """Model FLOPs of one training step (forward + backward = 3 x forward matmul FLOPs), counting
-    only the routed experts a token uses; rematerialisation's extra forward is not counted (MFU
-    convention). Attention scores and values count the full T x T square our kernel computes."""
-    a, moe, d = model.attention, model.moe, model.hidden_size
-    q_dim = a.qk_nope_head_dim + a.qk_rope_head_dim
-    attn = (d * a.num_heads * q_dim if a.q_lora_rank is None
-            else d * a.q_lora_rank + a.q_lora_rank * a.num_heads * q_dim)
-    attn += d * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
-    attn += a.num_heads * a.v_head_dim * d
-    dense_ffn = 3 * d * model.dense_ffn_dim
-    moe_ffn = 3 * d * moe.expert_ffn_dim * (moe.top_k + moe.num_shared_experts) + d * moe.num_experts
-    per_token_params = (model.num_layers * attn + model.first_k_dense_replace * dense_ffn
-                        + model.num_moe_layers * moe_ffn + d * model.vocab_size)
-    per_token_attention = model.num_layers * 2 * seq_len * a.num_heads * (q_dim + a.v_head_dim)
-    forward = 2 * batch * seq_len * (per_token_params + per_token_attention / 2)
-    return 3.0 * forward
-
-
 @dataclasses.dataclass
 class CompileReport:
     topology: str
@@ -117,7 +101,7 @@ class CompileReport:
     hbm_bytes_per_chip: int
     per_chip_bytes: dict[str, int]
     fits: bool
-    flops_per_step: float
+    flops_per_step: float | None  # analytic; None when the model family has no formula
     compile_seconds: float
 
     def as_json(self) -> dict[str, Any]:
@@ -139,26 +123,26 @@ def _shard_bytes(abstract: Any, shardings: Any) -> int:
 def compile_train_step(cfg: Config, topology: Topology, *, dump_hlo: Path | None = None,
                        say: Callable[[str], None] = lambda _: None) -> CompileReport:
     """Compiles the trainer's step (optimizer state included) for `topology` and reports per-chip memory."""
-    from most_jax.data.tasks import TASKS
     from most_jax.train.optimizer import learning_rate_schedule, make_optimizer
     from most_jax.train.state import abstract_state, model_graphdef, state_shardings
-    from most_jax.train.step import BATCH_KEYS, make_train_step
+    from most_jax.train.step import make_train_step
 
     devices = topology_devices(topology)
-    mesh = parallel.make_mesh(cfg.mesh, devices)
+    mesh = sharding.make_mesh(cfg.mesh, devices)
     parallel.check_config(cfg, mesh)
-    say(f"{topology.name}: {topology.chips} chips ({topology.libtpu_name}), mesh {parallel.describe(mesh)}")
+    say(f"{topology.name}: {topology.chips} chips ({topology.libtpu_name}), mesh {sharding.describe(mesh)}")
 
     graphdef, params_shape = model_graphdef(cfg.model)
-    optimizer = make_optimizer(cfg.train, params_shape)
+    optimizer = make_optimizer(cfg.train, params_shape, frozen=frozen_mask(cfg.model, params_shape))
     abstract = abstract_state(params_shape, optimizer, cfg.train.seed)
     shardings = state_shardings(abstract, mesh, parallel.param_sharding_fn(cfg.model))
-    batch_sharding = parallel.batch_sharding(mesh)
-    step = make_train_step(graphdef, cfg, optimizer, learning_rate_schedule(cfg.train), num_tasks=len(TASKS),
-                           state_shardings=shardings, batch_sharding=batch_sharding)
+    batch_sharding = sharding.batch_sharding(mesh)
+    step = make_train_step(graphdef, cfg, optimizer, learning_rate_schedule(cfg.train), state_shardings=shardings,
+                           batch_sharding=batch_sharding)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    batch = {k: jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len), np.int32, sharding=batch_sharding)
-             for k in BATCH_KEYS}
+    family = get_family(cfg.model)
+    batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding)
+             for k, s in family.batch_spec(cfg).items()}
     started = time.perf_counter()
     say("lowering and compiling the train step (a 16B model takes minutes) ...")
     compiled = step.lower(target, batch).compile()
@@ -167,9 +151,8 @@ def compile_train_step(cfg: Config, topology: Topology, *, dump_hlo: Path | None
     if dump_hlo is not None:
         dump_hlo.mkdir(parents=True, exist_ok=True)
         out = dump_hlo / f"train_step.{topology.name}.hlo.txt"
-        tmp = out.with_name(out.name + ".partial")
-        tmp.write_text(compiled.as_text())
-        tmp.replace(out)
+        with atomic_file(out) as tmp:
+            tmp.write_text(compiled.as_text())
         say(f"wrote {out}")
 
     memory = compiled.memory_analysis()
@@ -185,5 +168,5 @@ def compile_train_step(cfg: Config, topology: Topology, *, dump_hlo: Path | None
         per_chip_bytes={"params": params, "optimizer": opt, "temp": int(memory.temp_size_in_bytes),
                         "total": int(total)},
         fits=total <= topology.hbm_bytes,
-        flops_per_step=train_flops_per_step(cfg.model, cfg.data.batch_size, cfg.data.seq_len),
+        flops_per_step=None if family.train_flops is None else family.train_flops(cfg),
         compile_seconds=seconds)

@@ -27,6 +27,8 @@ COMMAND_MODULES = (
     "init_most",
     "logits",
     "compile",
+    "u2pp",
+    "config",
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,8 @@ class MoEConfig:
         _check(self.expert in ("swiglu", "ffn"), f"{prefix}.expert", f"must be 'swiglu' or 'ffn', got {self.expert!r}")
         _check(self.activation in ("silu", "relu"), f"{prefix}.activation",
                f"must be 'silu' or 'relu', got {self.activation!r}")
+        _check(self.expert == "ffn" or self.activation == "silu", f"{prefix}.activation",
+               f"applies to 'ffn' experts; 'swiglu' experts gate with silu, got {self.activation!r}")
         if self.router == "topk_softmax":
             _check(not self.modality_groups, f"{prefix}.modality_groups", "router topk_softmax has no modality groups")
             _check(self.num_shared_experts == 0, f"{prefix}.num_shared_experts",
@@ -206,6 +209,9 @@ class VocabConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+    """The MoST decoder (DeepSeek-V2 with modality-aware routing)."""
+
+    family: str = "most"  # which model family this section configures (models/family.py)
     vocab_size: int = 102400
     hidden_size: int = 2048
     num_layers: int = 27
@@ -230,6 +236,7 @@ class ModelConfig:
         return self.num_layers - self.first_k_dense_replace
 
     def validate(self, prefix: str = "model") -> None:
+        _check(self.family == "most", f"{prefix}.family", f"a MoST section has family 'most', got {self.family!r}")
         for name in ("vocab_size", "hidden_size", "num_layers", "dense_ffn_dim"):
             _check(getattr(self, name) > 0, f"{prefix}.{name}", "must be positive")
         _check(0 <= self.first_k_dense_replace <= self.num_layers, f"{prefix}.first_k_dense_replace",
@@ -334,13 +341,14 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
     """The main job (`most demo`): sizes of the built-in corpus, the tokenizer, the unit codebook and
-    the evaluation. The model, data and train sections of the same config train the model."""
+    the evaluation. It is the `demo:` section of the demo's YAML, read apart from the Config that the
+    model, data and train sections of the same file make (see `load_demo_config`)."""
 
     utterances: int = 8400  # spoken utterances over all splits
     test_utterances: int = 200  # held out: their sentences occur nowhere in training
     text_lm_sentences: int = 30000  # text-only sentences (text LM task, tokenizer training)
     corpus_seed: int = 0
-    voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (speech/synth.py VOICES)
+    voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (corpus/synth.py VOICES)
     pitches: tuple[int, ...] = ()  # empty: the built-in pitches
     rate_wpm: tuple[int, ...] = ()  # [low, high] words per minute; empty: the built-in range
     vocabulary: int = 0  # sentences over the generator's N most frequent words only; 0: every word
@@ -366,9 +374,9 @@ class DemoConfig:
             _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
         _check(self.tts_eval_utterances >= 0, f"{prefix}.tts_eval_utterances", "must be >= 0")
         _check(self.test_utterances < self.utterances / 2, f"{prefix}.test_utterances",
-               f"must be under half of demo.utterances={self.utterances}, got {self.test_utterances}")
+               f"must be under half of {prefix}.utterances={self.utterances}, got {self.test_utterances}")
         _check(self.tts_eval_utterances <= self.test_utterances, f"{prefix}.tts_eval_utterances",
-               f"cannot exceed demo.test_utterances={self.test_utterances}")
+               f"cannot exceed {prefix}.test_utterances={self.test_utterances}")
         _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
         _check(self.units_rate > 0, f"{prefix}.units_rate", "must be positive")
         _check(self.units_hours > 0, f"{prefix}.units_hours", "must be positive")
@@ -484,6 +492,7 @@ class U2ppConfig:
     scan_layers: bool = True
 
     def validate(self, prefix: str = "model") -> None:
+        _check(self.family == "u2pp", f"{prefix}.family", f"a U2++ section has family 'u2pp', got {self.family!r}")
         _check(self.vocab_size > 2, f"{prefix}.vocab_size", "must be > 2 (blank, tokens, sos/eos)")
         _check(self.input_dim > 0, f"{prefix}.input_dim", "must be positive")
         _check(0 <= self.ctc_weight <= 1, f"{prefix}.ctc_weight", "must be in [0, 1]")
@@ -523,20 +532,19 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The whole run. Later concerns (data, train, mesh) add their own sections."""
+    """The whole run (what a checkpoint stores). Later concerns (data, train, mesh) add their own
+    sections; `most demo`'s corpus settings (DemoConfig) are not one of them."""
 
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig | U2ppConfig = ModelConfig()  # by its `family` key (MODEL_SECTIONS); default most
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
-    demo: DemoConfig = DemoConfig()
 
     def validate(self) -> None:
         self.model.validate("model")
         self.data.validate("data")
         self.train.validate("train")
         self.mesh.validate("mesh")
-        self.demo.validate("demo")
         _check(self.data.batch_size % self.train.micro_batches == 0, "train.micro_batches",
                f"{self.train.micro_batches} does not divide data.batch_size={self.data.batch_size}")
 
@@ -547,6 +555,31 @@ def _check(ok: bool, field: str, message: str) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
+
+# Model section class per family name: the `family` key of a model section picks one (a section
+# without it is MoST, as checkpoints written before families existed). models/family.register
+# adds the sections of families defined elsewhere.
+MODEL_SECTIONS: dict[str, type] = {"most": ModelConfig, "u2pp": U2ppConfig}
+
+
+def register_model_section(family: str, cls: type) -> None:
+    known = MODEL_SECTIONS.get(family)
+    if known is not None and known is not cls:
+        raise ValueError(f"model family {family!r} already has the config section {known.__name__}")
+    MODEL_SECTIONS[family] = cls
+
+
+def _model_section(value, field: str):
+    """The model section: the class its `family` key names, built from the rest of the mapping."""
+    if any(isinstance(value, cls) for cls in MODEL_SECTIONS.values()):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{field}: expected a mapping for the model section, got {value!r}")
+    family = value.get("family", "most")
+    if not isinstance(family, str) or family not in MODEL_SECTIONS:
+        raise ConfigError(f"{field}.family: unknown model family {family!r}; known: {', '.join(MODEL_SECTIONS)}")
+    return from_dict(MODEL_SECTIONS[family], value, f"{field}.")
+
 
 def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = ""):
     """Builds dataclass `cls` from a (possibly partial) nested dict; unknown keys are errors."""
@@ -572,6 +605,8 @@ def _coerce(tp, value, field: str):
         return from_dict(tp, value, f"{field}.")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
+        if all(dataclasses.is_dataclass(a) and "family" in {f.name for f in dataclasses.fields(a)} for a in args):
+            return _model_section(value, field)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
@@ -667,16 +702,58 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(_read_yaml(base_path, chain), data)
 
 
+def shipped_configs_dir() -> Path:
+    """The YAML configs installed with the package (the repository's configs/, linked into most_jax/)."""
+    return Path(str(resources.files("most_jax").joinpath("configs")))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` if it names a file, else the shipped config of that name: `most_tiny.yaml`, `most_tiny`
+    or the source-tree spelling `configs/most_tiny.yaml` all work from any directory."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped_dir = shipped_configs_dir()
+    if given.parent in (Path("."), Path("configs")):
+        name = given.name if given.suffix == ".yaml" else f"{given.name}.yaml"
+        if (shipped_dir / name).is_file():
+            return shipped_dir / name
+    names = ", ".join(sorted(p.name for p in shipped_dir.glob("*.yaml"))) or f"none, {shipped_dir} is empty"
+    raise ConfigError(f"config file {path} does not exist and is not a shipped config (shipped: {names})")
+
+
+# The section of a YAML config that only `most demo` reads (DemoConfig); the Config of the same file
+# leaves it out, so `most train --config demo.yaml` trains the demo's model.
+DEMO_SECTION = "demo"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 cls: type = Config):
     """Loads YAML overrides from `path`, applies `--set` style overrides, validates."""
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _read_yaml(resolve_config_path(path)) if path is not None else {}
+    if cls is Config:
+        if DEMO_SECTION in parse_overrides(overrides):
+            raise ConfigError(f"{DEMO_SECTION}.*: `most demo` settings; this command does not read them")
+        data.pop(DEMO_SECTION, None)
     cfg = from_dict(cls, apply_overrides(data, overrides))
     cfg.validate()
     return cfg
 
 
+def load_demo_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, DemoConfig]:
+    """(Config, DemoConfig) from one YAML file: its `demo:` section and the rest; `--set demo.x=...`
+    overrides reach the DemoConfig, every other override the Config."""
+    data = apply_overrides(_read_yaml(resolve_config_path(path)), overrides)
+    demo = from_dict(DemoConfig, data.pop(DEMO_SECTION, None), f"{DEMO_SECTION}.")
+    demo.validate(DEMO_SECTION)
+    return config_from_dict(data), demo
+
+
 def config_from_dict(data: dict[str, Any], cls: type = Config):
+    if cls is Config and DEMO_SECTION in data:
+        # Checkpoints written while DemoConfig was a field of Config store a `demo` section; it only
+        # ever sized `most demo`'s corpus, so dropping it loads them unchanged.
+        data = {k: v for k, v in data.items() if k != DEMO_SECTION}
     cfg = from_dict(cls, data)
     cfg.validate()
     return cfg

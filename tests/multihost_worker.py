@@ -9,9 +9,9 @@ rows, so runs with any number of processes see the same global batch at every st
 
 import sys
 
-from most_jax import parallel
+from most_jax import parallel, sharding
 
-parallel.initialize_distributed()
+sharding.initialize_distributed()
 
 import jax  # noqa: E402
 
@@ -42,8 +42,8 @@ def main(run_dir: str, mesh: str, steps: str, stop_after: str, *flags: str) -> N
     cfg = load_config("configs/most_tiny.yaml", [
         "model.num_layers=2", "model.moe.capacity_factor=8.0", "data.batch_size=8", "data.seq_len=16",
         f"train.steps={steps}", "train.log_every=1", "train.checkpoint_every=2", "train.warmup_steps=0",
-        "train.async_checkpoint=false", *parallel.parse_mesh_arg(mesh)])
-    device_mesh = parallel.make_mesh(cfg.mesh)
+        "train.async_checkpoint=false", *sharding.parse_mesh_arg(mesh)])
+    device_mesh = sharding.make_mesh(cfg.mesh)
     parallel.check_config(cfg, device_mesh)
     batches = ProcessRows(SyntheticBatches(cfg.model.vocab, cfg.data.batch_size, cfg.data.seq_len, seed=7))
     run_training(cfg, run_dir, batches, resume="--resume" in flags, stop_after=int(stop_after), mesh=device_mesh,

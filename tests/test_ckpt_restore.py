@@ -18,7 +18,7 @@ from most_jax.checkpoint.param_tree import flatten, logical_specs, unflatten
 from most_jax.cli import main
 from most_jax.config import MeshConfig, load_config
 from most_jax.models.most import MoST
-from most_jax.parallel import logical_to_spec, make_mesh
+from most_jax.sharding import logical_to_spec, make_mesh
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from most_jax import aot
+from most_jax.models.most_family import train_flops_per_step
 from most_jax.config import load_config
 
 
@@ -27,10 +28,10 @@ def test_analytic_flops_of_the_16b_model():
     """6 x active params x tokens dominates: about 2.4B active matmul params per token (embedding
     lookup excluded, lm_head included) for 512 x 2048 tokens, plus attention."""
     model = load_config("configs/most_v2_lite.yaml").model
-    flops = aot.train_flops_per_step(model, 512, 2048)
+    flops = train_flops_per_step(model, 512, 2048)
     tokens = 512 * 2048
     assert 6 * 2.2e9 * tokens < flops < 6 * 3.2e9 * tokens
-    assert aot.train_flops_per_step(model, 1024, 2048) == pytest.approx(2 * flops)
+    assert train_flops_per_step(model, 1024, 2048) == pytest.approx(2 * flops)
 
 
 def _compile(*args):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from most_jax import parallel
+from most_jax import parallel, sharding
 from most_jax.config import MeshConfig, MoEConfig, ModalityGroup, load_config
 from most_jax.models.most import MoST
 from most_jax.nn.moe import expert_parallel as ep_lib
@@ -49,7 +49,7 @@ def test_logits_and_gradients_equal_single_device(mesh_name):
     (loss0, logits0), grads0 = jax.jit(lambda p: _loss_and_grads(ref_graphdef, p, tokens))(params)
 
     cfg = tiny()  # dispatch auto -> expert_parallel on a mesh with expert > 1
-    mesh = parallel.make_mesh(MESHES[mesh_name])
+    mesh = sharding.make_mesh(MESHES[mesh_name])
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: MoST(cfg.model, rngs=nnx.Rngs(0))), nnx.Param)
     placed = parallel.place_params(cfg.model, nnx.to_pure_dict(params), mesh)
     with jax.set_mesh(mesh):
@@ -83,7 +83,7 @@ def test_compiled_train_step_exchanges_tokens_and_matches_one_device():
         opt = make_optimizer(cfg.train, shapes)
         abstract = abstract_state(shapes, opt, 0)
         shardings = state_shardings(abstract, mesh, param_shardings)
-        step = make_train_step(graphdef, cfg, opt, learning_rate_schedule(cfg.train), num_tasks=8,
+        step = make_train_step(graphdef, cfg, opt, learning_rate_schedule(cfg.train),
                                state_shardings=shardings, batch_sharding=batch_sharding)
         with jax.set_mesh(mesh):
             state = init_state(cfg.model, opt, 0, shardings)
@@ -96,8 +96,8 @@ def test_compiled_train_step_exchanges_tokens_and_matches_one_device():
     _, ref_state, ref_metrics = one_step(single, lambda t, m: jax.tree.map(
         lambda _: jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec()), t),
         jax.sharding.NamedSharding(single, jax.sharding.PartitionSpec()))
-    mesh = parallel.make_mesh(MeshConfig(data=2, expert=4))
-    hlo, state, metrics = one_step(mesh, parallel.param_sharding_fn(cfg.model), parallel.batch_sharding(mesh))
+    mesh = sharding.make_mesh(MeshConfig(data=2, expert=4))
+    hlo, state, metrics = one_step(mesh, parallel.param_sharding_fn(cfg.model), sharding.batch_sharding(mesh))
     assert "all-to-all" in hlo
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-6)
     np.testing.assert_allclose(float(metrics["grad_norm"]), float(ref_metrics["grad_norm"]), rtol=1e-5)
@@ -149,7 +149,7 @@ def _moe_problem(num_tokens=64, num_experts=8, top_k=2, d=12, f=10, seed=0, audi
 def test_every_exchange_and_placement_equals_reference(exchange, placement, mesh_cfg):
     moe, x_ND, routing, experts = _moe_problem()
     want, _ = DISPATCH["reference"](x_ND, routing, experts, 1.0)
-    mesh = parallel.make_mesh(mesh_cfg)
+    mesh = sharding.make_mesh(mesh_cfg)
 
     def run(x, r, w):
         return ep_lib.expert_parallel(x, r, w, 8.0, exchange=exchange, placement=placement,
@@ -177,7 +177,7 @@ def test_dropped_assignments_are_reported_and_left_out(exchange):
     """With a small buffer some assignments are dropped; the output must equal the reference with
     exactly those assignments' weights set to zero."""
     moe, x_ND, routing, experts = _moe_problem(num_tokens=512, audio_fraction=0.9)
-    mesh = parallel.make_mesh(MeshConfig(data=4, expert=2))
+    mesh = sharding.make_mesh(MeshConfig(data=4, expert=2))
     with jax.set_mesh(mesh):
         got, dropped = jax.jit(lambda x, r, w: ep_lib.expert_parallel(
             x, r, w, 0.3, exchange=exchange, ragged_all_to_all=emulated_ragged_all_to_all))(x_ND, routing, experts)
@@ -212,17 +212,17 @@ def test_balanced_placement_evens_out_a_skewed_batch():
 def test_auto_dispatch_needs_an_expert_axis_and_divisible_tokens():
     moe = tiny().model.moe
     assert ep_lib.select_dispatch(moe, 64) is DISPATCH["capacity"]  # no mesh
-    with jax.set_mesh(parallel.make_mesh(MeshConfig(data=2, expert=4))):
+    with jax.set_mesh(sharding.make_mesh(MeshConfig(data=2, expert=4))):
         assert ep_lib.select_dispatch(moe, 64) not in DISPATCH.values()
         assert ep_lib.select_dispatch(moe, 3) is DISPATCH["capacity"]  # a decode step of 3 tokens
-    with jax.set_mesh(parallel.make_mesh(MeshConfig(data=8))):
+    with jax.set_mesh(sharding.make_mesh(MeshConfig(data=8))):
         assert ep_lib.select_dispatch(moe, 64) is DISPATCH["capacity"]
     forced = dataclasses.replace(moe, dispatch="expert_parallel")
     _, x_ND, routing, experts = _moe_problem()
-    with pytest.raises(parallel.MeshError, match="needs a mesh with an 'expert' axis"):
+    with pytest.raises(sharding.MeshError, match="needs a mesh with an 'expert' axis"):
         ep_lib.select_dispatch(forced, 64)(x_ND, routing, experts, 1.0)
-    with jax.set_mesh(parallel.make_mesh(MeshConfig(data=2, expert=4))):
-        with pytest.raises(parallel.MeshError, match="60 tokens do not split"):
+    with jax.set_mesh(sharding.make_mesh(MeshConfig(data=2, expert=4))):
+        with pytest.raises(sharding.MeshError, match="60 tokens do not split"):
             ep_lib.expert_parallel(x_ND[:60], Routing(*(a[:60] for a in routing)), experts, 1.0)
 
 
@@ -246,7 +246,7 @@ def test_most_logits_with_a_mesh_equals_one_device(tmp_path):
 def test_bench_ep_reports_bytes_and_load():
     from most_jax.bench.ep import run
 
-    cfg = tiny("model.moe.capacity_factor=1.25", *parallel.parse_mesh_arg("data=4,expert=2"))
+    cfg = tiny("model.moe.capacity_factor=1.25", *sharding.parse_mesh_arg("data=4,expert=2"))
     r = run(cfg, tokens=4096, repeats=1)
     d, k, e = cfg.model.hidden_size, cfg.model.moe.top_k, cfg.model.moe.num_experts
     assert r["simulated"] and r["bytes_min_per_layer_forward"] == 4096 * k * d * 4 * 2

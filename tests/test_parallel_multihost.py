@@ -43,8 +43,8 @@ def test_two_processes_match_one_and_resume_together(tmp_path):
 
 def test_a_failing_process_stops_the_launch(tmp_path):
     script = ("import os, sys, time\n"
-              "from most_jax import parallel\n"
-              "parallel.initialize_distributed()\n"
+              "from most_jax import sharding\n"
+              "sharding.initialize_distributed()\n"
               "if os.environ['MOST_PROCESS_ID'] == '1':\n"
               "    os._exit(7)  # dies without saying goodbye to the coordinator\n"
               "import jax, jax.numpy as jnp\n"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from train_batches import SyntheticBatches
 
-from most_jax.checkpoint.manager import CheckpointError, TrainCheckpointManager
+from most_jax.train.checkpoints import CheckpointError, TrainCheckpointManager
 from most_jax.checkpoint.params_io import load_checkpoint, save_params
 from most_jax.config import load_config
 from most_jax.train.loop import CHECKPOINT_DIR, NonFiniteError, run_training

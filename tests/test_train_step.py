@@ -11,8 +11,7 @@ import pytest
 from train_batches import SyntheticBatches
 
 from most_jax.config import TrainConfig, load_config
-from most_jax.data.tasks import TASKS
-from most_jax.train.loss import loss_sums, token_cross_entropy
+from most_jax.models.most_loss import loss_sums, token_cross_entropy
 from most_jax.train.optimizer import learning_rate_schedule, make_optimizer, weight_decay_mask
 from most_jax.train.state import (abstract_state, init_state, model_graphdef, single_device_mesh,
                                   state_shardings)
@@ -29,7 +28,7 @@ def _setup(overrides):
     optimizer = make_optimizer(cfg.train, params_shape)
     mesh = single_device_mesh()
     shardings = state_shardings(abstract_state(params_shape, optimizer, 0), mesh)
-    step = make_train_step(graphdef, cfg, optimizer, learning_rate_schedule(cfg.train), num_tasks=len(TASKS),
+    step = make_train_step(graphdef, cfg, optimizer, learning_rate_schedule(cfg.train),
                            state_shardings=shardings, batch_sharding=batch_sharding_for(mesh))
     return cfg, graphdef, optimizer, shardings, step, batch_sharding_for(mesh)
 
@@ -110,7 +109,7 @@ def accumulation_setup():
 def _grads(cfg, graphdef, params, batch, micro_batches):
     cfg = cfg.__class__(model=cfg.model, data=cfg.data,
                         train=TrainConfig(**{**cfg.train.__dict__, "micro_batches": micro_batches}))
-    fn = jax.jit(lambda p, b: accumulate_gradients(graphdef, p, b, cfg, len(TASKS))[:2])
+    fn = jax.jit(lambda p, b: accumulate_gradients(graphdef, p, b, cfg, jax.random.key(0))[:2])
     return jax.device_get(fn(params, batch))
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from most_jax import parallel
+from most_jax import parallel, sharding
 from most_jax.config import Config
 from most_jax.nn.moe import expert_parallel as ep_lib
 from most_jax.nn.moe.dispatch import ExpertWeights, expert_capacity
@@ -40,13 +40,13 @@ def _problem(cfg: Config, tokens: int, audio_fraction: float, seed: int):
 
 def run(cfg: Config, *, tokens: int, audio_fraction: float = 0.5, skew: float = 0.9, repeats: int = 3,
         seed: int = 0) -> dict:
-    mesh = parallel.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh)
     parallel.check_model_fits(cfg.model, mesh)
     moe, d = cfg.model.moe, cfg.model.hidden_size
     ep, devices = mesh.shape["expert"], mesh.devices.size
-    shards = parallel.batch_shards(mesh)
+    shards = sharding.batch_shards(mesh)
     if tokens % shards:
-        raise parallel.MeshError(f"--tokens {tokens} does not split over the {shards} data-parallel shards")
+        raise sharding.MeshError(f"--tokens {tokens} does not split over the {shards} data-parallel shards")
     itemsize = np.dtype(DTYPES[cfg.model.dtype]).itemsize
     x_ND, routing, experts = _problem(cfg, tokens, audio_fraction, seed)
     exchange = ep_lib.resolve_exchange(moe.ep_exchange)
@@ -75,7 +75,7 @@ def run(cfg: Config, *, tokens: int, audio_fraction: float = 0.5, skew: float = 
     load = {p: ep_lib.rank_load(expert_NK, active_N, ep, moe.num_experts, p).tolist()
             for p in ("canonical", "balanced") if p == "canonical" or moe.num_experts % (ep * ep) == 0}
     return {
-        "mesh": parallel.describe(mesh), "devices": int(devices), "simulated": jax.default_backend() == "cpu",
+        "mesh": sharding.describe(mesh), "devices": int(devices), "simulated": jax.default_backend() == "cpu",
         "backend": jax.default_backend(), "exchange": exchange, "placement": moe.ep_placement,
         "tokens": tokens, "top_k": moe.top_k, "width": d, "dtype": cfg.model.dtype, "capacity_per_expert": capacity,
         "moe_layers": cfg.model.num_moe_layers,

@@ -8,30 +8,28 @@ import jax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from most_jax.config import ModelConfig
-from most_jax.models.most import MoST
+from most_jax.models.family import abstract_model
+from most_jax.sharding import logical_to_spec
 
 Path_ = tuple[str, ...]
 
 
-def abstract_params(cfg: ModelConfig) -> dict[Path_, jax.ShapeDtypeStruct]:
-    """Flat {path: shape and dtype} of MoST(cfg)'s parameters; allocates nothing."""
-    model = nnx.eval_shape(lambda: MoST(cfg, rngs=nnx.Rngs(0)))
+def abstract_params(cfg) -> dict[Path_, jax.ShapeDtypeStruct]:
+    """Flat {path: shape and dtype} of the parameters of model section `cfg`'s family; allocates nothing."""
+    model = abstract_model(cfg)
     return dict(flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
 
 
-def logical_specs(cfg: ModelConfig) -> dict[Path_, jax.sharding.PartitionSpec]:
-    """Flat {path: PartitionSpec of logical axis names} of MoST(cfg)'s parameters (stacked layers
-    lead with 'layers'); parallel.py maps these names onto a mesh."""
-    model = nnx.eval_shape(lambda: MoST(cfg, rngs=nnx.Rngs(0)))
+def logical_specs(cfg) -> dict[Path_, jax.sharding.PartitionSpec]:
+    """Flat {path: PartitionSpec of logical axis names} of the model's parameters (stacked layers
+    lead with 'layers'); sharding.py maps these names onto a mesh."""
+    model = abstract_model(cfg)
     return dict(flatten(nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param)))))
 
 
-def shard_shapes(cfg: ModelConfig, mesh_sizes: dict[str, int]) -> dict[Path_, tuple[int, ...]]:
-    """Flat {path: one device's block of the parameter} under parallel.py's rules on a mesh of
+def shard_shapes(cfg, mesh_sizes: dict[str, int]) -> dict[Path_, tuple[int, ...]]:
+    """Flat {path: one device's block of the parameter} under sharding.py's rules on a mesh of
     `mesh_sizes` (axis -> size; no devices needed)."""
-    from most_jax.parallel import logical_to_spec  # parallel.py builds models: import it lazily
-
     names = tuple(mesh_sizes)
     mesh = jax.sharding.AbstractMesh(tuple(mesh_sizes[a] for a in names), names)
     shapes = abstract_params(cfg)

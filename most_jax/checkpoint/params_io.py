@@ -41,9 +41,8 @@ from most_jax import config as config_lib
 from most_jax.atomic import partial_directory, sync_directory, sync_tree
 from most_jax.checkpoint.param_tree import abstract_params, flatten, logical_specs, unflatten
 from most_jax.checkpoint.streamed import pytree_handler, save_args_for
-from most_jax.models.most import MoST
-from most_jax.parallel import logical_to_spec
-from most_jax.nn.params import DTYPES
+from most_jax.models.family import abstract_model
+from most_jax.sharding import logical_to_spec
 
 PARAMS_ITEM = "params"
 CONFIG_ITEM = "config"
@@ -56,7 +55,7 @@ class CheckpointError(ValueError):
 
 def save_params(path: str | Path, cfg: config_lib.Config, params: dict,
                 progress: Callable[[str], None] | None = None, compress: bool = True) -> Path:
-    """Writes `params` (nested dict of arrays or StreamedArrays matching MoST(cfg.model)) and `cfg`
+    """Writes `params` (nested dict of arrays or StreamedArrays matching cfg.model's model) and `cfg`
     to the step directory `path`; `progress` hears about each layer slice streamed; `compress`
     stores the arrays zstd-compressed."""
     path = Path(path)
@@ -116,20 +115,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def load_checkpoint(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                     mesh: Mesh | None = None) -> tuple[config_lib.Config, dict]:
-    """(Config, nested dict of parameters), stored dtypes cast to the config's `model.param_dtype`.
+    """(Config, nested dict of parameters), stored dtypes cast to the model's (MoST: `model.param_dtype`).
 
-    With `mesh`, each parameter is read straight into its sharding under parallel.py's rules
+    With `mesh`, each parameter is read straight into its sharding under sharding.py's rules
     (whatever mesh wrote it); without, onto the first local device."""
     cfg = load_config(path, overrides)
     return cfg, _restore_params(step_dir(path), cfg, mesh)
 
 
 def restore_model(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                  mesh: Mesh | None = None) -> tuple[config_lib.Config, MoST]:
-    """(Config, MoST with the checkpoint's parameters), without ever initialising random weights."""
+                  mesh: Mesh | None = None) -> tuple[config_lib.Config, nnx.Module]:
+    """(Config, the model of its family with the checkpoint's parameters), without ever
+    initialising random weights."""
     cfg, params = load_checkpoint(path, overrides, mesh)
-    abstract = nnx.eval_shape(lambda: MoST(cfg.model, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    graphdef, state = nnx.split(abstract_model(cfg.model))
     nnx.replace_by_pure_dict(state, params)
     return cfg, nnx.merge(graphdef, state)
 
@@ -148,8 +147,8 @@ def _restore_params(step: Path, cfg: config_lib.Config, mesh: Mesh | None) -> di
             return device
         return NamedSharding(mesh, logical_to_spec(tuple(logical[p]), shape, mesh, what=".".join(p)))
 
-    dtype = DTYPES[cfg.model.param_dtype]
-    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sharding(p, tuple(s.shape)))
+    # Each leaf in the dtype the model builds it with (for MoST: model.param_dtype throughout).
+    target = unflatten({p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding(p, tuple(s.shape)))
                         for p, s in expected.items()})
     return checkpointer.restore(step / PARAMS_ITEM, target)
 

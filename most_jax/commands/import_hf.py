@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 def mesh_sizes(text: str) -> dict[str, int]:
     """'fsdp=16,expert=8' -> every mesh axis with its size (1 where not given)."""
     from most_jax.config import MESH_AXES
-    from most_jax.parallel import parse_mesh_arg
+    from most_jax.sharding import parse_mesh_arg
 
     sizes = {axis: 1 for axis in MESH_AXES}
     for item in parse_mesh_arg(text):

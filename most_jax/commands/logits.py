@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from most_jax import parallel
+from most_jax import parallel, sharding
 from most_jax.checkpoint.params_io import CheckpointError, load_config, restore_model
 from most_jax.config import ConfigError
 from most_jax.infer.logits import LogitsInputError, batched_logits, read_token_batch, write_npz_atomic
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             logits = _sharded_logits(cfg, model, mesh, tokens, modality, args.batch_size)
         write_npz_atomic(args.output, logits=logits)
-    except (CheckpointError, ConfigError, LogitsInputError, parallel.MeshError) as e:
+    except (CheckpointError, ConfigError, LogitsInputError, sharding.MeshError) as e:
         raise SystemExit(f"most logits: error: {e}") from None
     print(f"wrote {args.output}: logits {list(logits.shape)} float32")
     return 0
@@ -65,9 +65,9 @@ def _mesh_overrides(args: argparse.Namespace, overrides: list[str]):
     """(mesh, overrides): the mesh from --mesh; with an expert axis > 1 the expert-parallel dispatch,
     its buffers sized so that nothing can be dropped (capacity C = all local tokens; a ragged receive
     buffer for every rank's rows)."""
-    overrides = [*overrides, *parallel.parse_mesh_arg(args.mesh)]
+    overrides = [*overrides, *sharding.parse_mesh_arg(args.mesh)]
     cfg = load_config(args.checkpoint, overrides)
-    mesh = parallel.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh)
     parallel.check_model_fits(cfg.model, mesh)
     ep = mesh.shape["expert"]
     if ep > 1:
@@ -82,7 +82,7 @@ def _sharded_logits(cfg, model, mesh, tokens, modality, batch_size):
     from flax import nnx
 
     rows = tokens.shape[0] if batch_size <= 0 else min(batch_size, tokens.shape[0])
-    parallel.check_batch_fits(rows, 1, mesh, what="rows per pass (--batch-size, or all rows)")
+    sharding.check_batch_fits(rows, 1, mesh, what="rows per pass (--batch-size, or all rows)")
     graphdef, state = nnx.split(model)
     placed = parallel.place_params(cfg.model, nnx.to_pure_dict(state), mesh)
     nnx.replace_by_pure_dict(state, placed)

@@ -1,9 +1,9 @@
-"""`most train`: train MoST on prepared records (`most data prepare`), with checkpoints and resume."""
+"""`most train`: train the configured model family (MoST: on prepared records from `most data prepare`),
+with checkpoints and resume."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from most_jax.commands.group import add_config_args
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train MoST on prepared data", description=__doc__,
+        "train", help="train a model (MoST: on prepared data)", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Writes RUN_DIR/metrics.jsonl (one JSON object per logged step), RUN_DIR/tensorboard/ and "
                "RUN_DIR/checkpoints/<step>/. SIGTERM or Ctrl-C saves a checkpoint and exits; run again with "
@@ -37,44 +37,32 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import jax
 
-    from most_jax import parallel
-    from most_jax.checkpoint.manager import CheckpointError
+    from most_jax import parallel, sharding
     from most_jax.config import ConfigError, load_config
-    from most_jax.data.pipeline import PipelineError, PreparedData, build_dataset
+    from most_jax.data.pipeline import PipelineError
+    from most_jax.models.family import get_family
+    from most_jax.train.checkpoints import CheckpointError
     from most_jax.train.loop import NonFiniteError, run_training
 
     try:
-        parallel.initialize_distributed()
-        mesh_overrides = parallel.parse_mesh_arg(args.mesh) if args.mesh else []
+        sharding.initialize_distributed()
+        mesh_overrides = sharding.parse_mesh_arg(args.mesh) if args.mesh else []
         cfg = load_config(args.config, [*args.overrides, *mesh_overrides])
-        mesh = parallel.make_mesh(cfg.mesh)
+        family = get_family(cfg.model)
+        if family.batches is None:
+            raise ConfigError(f"model.family: family {family.name} has no training data pipeline")
+        mesh = sharding.make_mesh(cfg.mesh)
         parallel.check_config(cfg, mesh)
-        data = PreparedData(cfg.data.records)
-        _check_vocab(cfg, data)
+        batches = family.batches(cfg)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (Path(args.config).stem if args.config
                                                                           else "default")
-        batches = iter(build_dataset(cfg.data, data))
-        print(f"[train] mesh {parallel.describe(mesh)} over {jax.device_count()} devices in {jax.process_count()} "
+        print(f"[train] mesh {sharding.describe(mesh)} over {jax.device_count()} devices in {jax.process_count()} "
               f"process(es)", file=sys.stderr, flush=True)
         result = run_training(cfg, run_dir, batches, resume=args.resume, init_from=args.init_from,
                               stop_after=args.stop_after, mesh=mesh, param_shardings=parallel.param_sharding_fn(cfg.model))
-    except (ConfigError, PipelineError, CheckpointError, NonFiniteError, parallel.MeshError) as e:
+    except (ConfigError, PipelineError, CheckpointError, NonFiniteError, sharding.MeshError) as e:
         print(f"most train: error: {e}", file=sys.stderr)
         return 1
     if result.last_record is not None and result.last_record.get("loss") is not None:
         print(f"step {result.step}: loss {result.last_record['loss']:.4f}")
     return 0
-
-
-def _check_vocab(cfg, data) -> None:
-    """The model's token layout must be the one the records were tokenised with."""
-    from most_jax.config import ConfigError
-
-    layout = data.layout
-    wrong = [f"model.vocab.{f.name}={getattr(cfg.model.vocab, f.name)} (data: {getattr(layout.config, f.name)})"
-             for f in dataclasses.fields(layout.config)
-             if getattr(cfg.model.vocab, f.name) != getattr(layout.config, f.name)]
-    if layout.vocab_size > cfg.model.vocab_size:
-        wrong.append(f"model.vocab_size={cfg.model.vocab_size} (data needs {layout.vocab_size})")
-    if wrong:
-        raise ConfigError(f"the config does not match the vocabulary of {data.directory}: {'; '.join(wrong)}")

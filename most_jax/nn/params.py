@@ -1,7 +1,7 @@
 """Parameter creation with logical axis names.
 
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `expert`, `vocab`,
-`latent`, ...); parallel.py maps them to mesh axes. Eager sharding is off so modules can be
+`latent`, ...); sharding.py maps them to mesh axes. Eager sharding is off so modules can be
 built without a mesh (tests, eval_shape); sharded init happens by jitting with out_shardings.
 """
 

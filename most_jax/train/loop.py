@@ -20,17 +20,17 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from most_jax.checkpoint.manager import CheckpointError, TrainCheckpointManager
 from most_jax.checkpoint import param_tree
 from most_jax.checkpoint.param_tree import flatten
 from most_jax.checkpoint.params_io import load_checkpoint
 from most_jax.config import Config, ConfigError, config_from_dict, to_dict
-from most_jax.data.tasks import TASKS
+from most_jax.models.family import frozen_mask, get_family
+from most_jax.train.checkpoints import CheckpointError, TrainCheckpointManager
 from most_jax.train.metrics import MetricsLogger, MetricsWindow
 from most_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from most_jax.train.state import (TrainState, abstract_state, init_state, model_graphdef, replicated_shardings,
                                   single_device_mesh, state_shardings)
-from most_jax.train.step import BATCH_KEYS, batch_sharding_for, check_batch, make_train_step, put_batch
+from most_jax.train.step import batch_sharding_for, check_batch, make_train_step, put_batch
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -112,7 +112,7 @@ def _start(cfg: Config, run_dir: Path, batches: BatchIterator, ckpt: TrainCheckp
            resume: bool, init_from, stop_after, mesh: Mesh, param_shardings, batch_sharding) -> RunResult:
     """Restores or initialises the state, then runs the loop."""
     graphdef, params_shape = model_graphdef(cfg.model)
-    optimizer = make_optimizer(cfg.train, params_shape)
+    optimizer = make_optimizer(cfg.train, params_shape, frozen=frozen_mask(cfg.model, params_shape))
     schedule = learning_rate_schedule(cfg.train)
     abstract = abstract_state(params_shape, optimizer, cfg.train.seed)
     shardings = state_shardings(abstract, mesh, param_shardings)
@@ -134,7 +134,7 @@ def _start(cfg: Config, run_dir: Path, batches: BatchIterator, ckpt: TrainCheckp
         if init_from is not None:
             say(f"parameters from {init_from}")
     return _Loop(cfg, run_dir, batches, ckpt, say, console).run(
-        state, make_train_step(graphdef, cfg, optimizer, schedule, num_tasks=len(TASKS), state_shardings=shardings,
+        state, make_train_step(graphdef, cfg, optimizer, schedule, state_shardings=shardings,
                                batch_sharding=batch_sharding),
         target, batch_sharding, stop_after)
 
@@ -151,15 +151,16 @@ class _Loop:
         if step >= end:
             self.say(f"nothing to do: the state is at step {step}, the run ends at step {end}")
             return RunResult(step, None, None)
-        local_rows = self.cfg.data.batch_size // jax.process_count()
-        batch_abstract = {k: jax.ShapeDtypeStruct((self.cfg.data.batch_size, self.cfg.data.seq_len), np.int32,
-                                                  sharding=batch_sharding) for k in BATCH_KEYS}
+        family = get_family(self.cfg.model)
+        spec = family.batch_spec(self.cfg)
+        local_rows = next(iter(spec.values())).shape[0] // jax.process_count()
+        batch_abstract = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding) for k, s in spec.items()}
         started = time.perf_counter()
         compiled = step_fn.lower(target, batch_abstract).compile()
         self.say(f"compiled the train step in {time.perf_counter() - started:.1f} s; steps {step + 1}..{end} "
                  f"of {cfg.steps}, run dir {self.run_dir}")
         self.logger = MetricsLogger(self.run_dir, total_steps=cfg.steps, start_step=step, stream=self.console)
-        self.window = MetricsWindow(self.cfg, TASKS)
+        self.window = MetricsWindow(self.cfg)
         self.last_record = None
         stopped_by = None
         pending = None
@@ -170,9 +171,9 @@ class _Loop:
                         stopped_by = signals.received
                         break
                     batch = _next_batch(self.batches, step)
-                    check_batch(batch, batch_size=local_rows, seq_len=self.cfg.data.seq_len,
-                                vocab_size=self.cfg.model.vocab_size)
-                    state, metrics = compiled(state, put_batch(batch, batch_sharding))
+                    check_batch(batch, spec, rows=local_rows)
+                    family.check_batch(batch, self.cfg.model)
+                    state, metrics = compiled(state, put_batch({k: batch[k] for k in spec}, batch_sharding))
                     step += 1
                     if pending is not None:
                         self._consume(*pending, end)
@@ -234,6 +235,9 @@ def _check_resumable(stored: dict[str, Any], cfg: Config, where: Path, say: Call
     if param_tree.abstract_params(stored_cfg.model) != param_tree.abstract_params(cfg.model):
         raise CheckpointError(f"{where}: the checkpoint's model has different parameters than the configured one; "
                               "resume with the model config it was written with")
+    # Against the stored config as it loads (defaults filled in), so a field added since the
+    # checkpoint was written (e.g. model.family) is no difference.
+    stored = to_dict(stored_cfg)
     differing = [".".join(p) for p, v in flatten(to_dict(cfg)) if _lookup(stored, p) != v]
     if differing:
         say(f"config differs from the checkpoint's in: {', '.join(differing)}")

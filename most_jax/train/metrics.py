@@ -1,16 +1,15 @@
 """Training metrics: per-window aggregation, console progress bar, metrics.jsonl and TensorBoard.
 
-The train step returns sums (loss sums, token counts, expert assignments); a window of `log_every`
-steps adds them up on the host, so per-task and per-modality losses are token-weighted over the
-window rather than averages of noisy per-step means. Skipped (non-finite) steps are counted but
-left out of the loss and load figures.
+The train step returns sums (the model family's loss sums, token counts, expert assignments); a
+window of `log_every` steps adds them up on the host and the family turns the totals into its
+record entries, so e.g. MoST's per-task losses are token-weighted over the window rather than
+averages of noisy per-step means. Skipped (non-finite) steps are counted but left out of the
+summed figures.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,41 +17,23 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from most_jax.atomic import atomic_file
 from most_jax.config import Config
-from most_jax.train.loss import MODALITY_NAMES
+from most_jax.models.family import get_family
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
-_SUMMED = ("loss", "ce_sum", "loss_tokens", "task_ce_sum", "task_tokens", "modality_ce_sum", "modality_tokens",
-           "aux_loss", "z_loss", "grad_norm", "load_LGE", "dropped_LG")
-
-
-def expert_groups(cfg: Config) -> list[tuple[str, int, int]]:
-    """(name, first expert, expert count) per row of the MoE load statistics' G axis."""
-    moe = cfg.model.moe
-    if not moe.modality_groups:
-        return [("all", 0, moe.num_experts)]
-    return [(g.name, g.first_expert, g.num_experts) for g in moe.modality_groups]
-
-
-def load_balance(tokens_per_expert: np.ndarray) -> tuple[float, float]:
-    """(max/mean, entropy / log(#experts)) of one layer's assignments over one group's experts;
-    both are 1 when perfectly balanced. The caller skips groups that had nothing routed."""
-    mean = tokens_per_expert.mean()
-    p = tokens_per_expert / tokens_per_expert.sum()
-    nz = p[p > 0]
-    entropy = float(-(nz * np.log(nz)).sum())
-    return float(tokens_per_expert.max() / mean), entropy / math.log(len(p)) if len(p) > 1 else 1.0
+# Step metrics that are not sums over a window: read from the window's last step, or counted.
+_NOT_SUMMED = frozenset({"tokens", "lr", "finite", "skipped", "nonfinite_streak"})
 
 
 class MetricsWindow:
     """Accumulates host copies of step metrics between two log lines."""
 
-    def __init__(self, cfg: Config, task_names: tuple[str, ...]):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.task_names = task_names
-        self.groups = expert_groups(cfg)
+        self.family = get_family(cfg.model)
         self.reset(time.perf_counter())
 
     def reset(self, now: float) -> None:
@@ -70,9 +51,9 @@ class MetricsWindow:
         if not bool(metrics["finite"]):
             return
         self.finite_steps += 1
-        for key in _SUMMED:
-            if key in metrics:
-                value = np.asarray(metrics[key], np.float64)
+        for key, value in metrics.items():
+            if key not in _NOT_SUMMED:
+                value = np.asarray(value, np.float64)
                 self.sums[key] = self.sums[key] + value if key in self.sums else value
 
     def record(self, step: int, now: float) -> dict[str, Any]:
@@ -81,45 +62,19 @@ class MetricsWindow:
         s, n = self.sums, self.finite_steps
         rec: dict[str, Any] = {"step": step}
         rec["loss"] = float(s["loss"]) / n if n else None
-        rec["ce_loss"] = _ratio(s.get("ce_sum"), s.get("loss_tokens"))
-        for key in ("aux_loss", "z_loss", "grad_norm"):
-            rec[key] = float(s[key]) / n if n else None
-        for i, name in enumerate(self.task_names):
-            if n and s["task_tokens"][i] > 0:
-                rec[f"loss_task/{name}"] = float(s["task_ce_sum"][i] / s["task_tokens"][i])
-        for i, name in enumerate(MODALITY_NAMES):
-            if n and s["modality_tokens"][i] > 0:
-                rec[f"loss_modality/{name}"] = float(s["modality_ce_sum"][i] / s["modality_tokens"][i])
+        family_part = self.family.summarise(self.cfg, {k: v for k, v in s.items() if k not in ("loss", "grad_norm")}, n)
+        clash = sorted(set(family_part) & {"step", "loss", "grad_norm", "lr", "tokens_per_s", "step_time_s",
+                                           "skipped_steps", "nonfinite_in_window"})
+        if clash:
+            raise ValueError(f"model family {self.family.name!r}: summary entries {clash} clash with the trainer's")
+        rec.update(family_part)
+        rec["grad_norm"] = float(s["grad_norm"]) / n if n else None
         rec["lr"] = float(self.last["lr"])
         rec["tokens_per_s"] = self.tokens / elapsed
         rec["step_time_s"] = elapsed / self.steps
         rec["skipped_steps"] = int(self.last["skipped"])
         rec["nonfinite_in_window"] = self.steps - n
-        if n and "load_LGE" in s:
-            rec.update(self._load_record(s["load_LGE"], s["dropped_LG"]))
         return rec
-
-    def _load_record(self, load_LGE: np.ndarray, dropped_LG: np.ndarray) -> dict[str, Any]:
-        first_moe_layer = self.cfg.model.first_k_dense_replace
-        out: dict[str, Any] = {}
-        for g, (name, first, count) in enumerate(self.groups):
-            per_layer = load_LGE[:, g, first:first + count]
-            routed = per_layer.sum()
-            if routed == 0:
-                continue
-            balance = [load_balance(row) for row in per_layer]
-            out[f"load/{name}/layers"] = [first_moe_layer + i for i in range(len(per_layer))]
-            out[f"load/{name}/tokens_per_expert"] = per_layer.round().astype(int).tolist()
-            out[f"load/{name}/max_over_mean"] = [b[0] for b in balance]
-            out[f"load/{name}/entropy"] = [b[1] for b in balance]
-            out[f"dropped/{name}"] = float(dropped_LG[:, g].sum() / routed)
-        return out
-
-
-def _ratio(num, den) -> float | None:
-    if num is None or den is None or float(den) == 0:
-        return None
-    return float(num) / float(den)
 
 
 class ProgressBar:
@@ -230,6 +185,5 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

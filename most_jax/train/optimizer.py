@@ -54,13 +54,21 @@ def _leaf_name(path) -> str:
     return str(last)
 
 
-def make_optimizer(cfg: TrainConfig, params: Any) -> optax.GradientTransformation:
+def make_optimizer(cfg: TrainConfig, params: Any, frozen: Any | None = None) -> optax.GradientTransformation:
     """Clip by global norm (if clip_norm > 0), then AdamW with the schedule and decay mask.
 
-    `params` (arrays or shape structs) only fixes the decay mask's tree."""
+    `params` (arrays or shape structs) only fixes the decay mask's tree. `frozen` (same tree, True
+    on leaves the model family freezes; models/family.frozen_mask) zeroes those gradients before
+    anything else, so frozen leaves neither move nor decay nor count in the clipping norm; without
+    it the optimizer state has exactly the unfrozen layout."""
     mask = weight_decay_mask(params, decay_embeddings=cfg.decay_embeddings)
+    if frozen is not None:
+        mask = jax.tree.map(lambda decays, is_frozen: decays and not is_frozen, mask, frozen)
     adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                         weight_decay=cfg.weight_decay, mask=mask)
-    if cfg.clip_norm == 0:
+    parts = [] if frozen is None else [optax.masked(optax.set_to_zero(), frozen)]
+    if cfg.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if not parts:
         return adamw
-    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
+    return optax.chain(*parts, adamw)

@@ -16,8 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from most_jax.config import ModelConfig
-from most_jax.models.most import MoST
+from most_jax.models.family import abstract_model, build_model, get_family
 
 
 class TrainState(NamedTuple):
@@ -26,17 +25,18 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32 []: batches consumed, applied or skipped (the loop's clock)
     skipped: jax.Array  # int32 []: non-finite steps skipped over the whole run
     nonfinite_streak: jax.Array  # int32 []: non-finite steps in a row up to `step`
-    # uint32 key data of the training RNG. The MoST model has no stochastic layers, so the step
-    # carries it unchanged; it is checkpointed so stochastic additions resume exactly.
+    # uint32 key data of the run's RNG; it never changes: each step folds in its step number
+    # (train/step.py), so a resumed run draws the same keys as an uninterrupted one.
     rng: jax.Array
 
 
-def model_graphdef(model_cfg: ModelConfig) -> tuple[nnx.GraphDef, Any]:
-    """(graph definition, abstract params as ShapeDtypeStructs) without allocating anything."""
-    abstract = nnx.eval_shape(lambda: MoST(model_cfg, rngs=nnx.Rngs(0)))
-    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+def model_graphdef(model_cfg: Any) -> tuple[nnx.GraphDef, Any]:
+    """(graph definition, abstract params as ShapeDtypeStructs) of the config's model family,
+    without allocating anything."""
+    graphdef, params, rest = nnx.split(abstract_model(model_cfg), nnx.Param, ...)
     if jax.tree.leaves(rest):
-        raise ValueError(f"MoST has non-parameter state {list(rest.to_pure_dict())}; the trainer keeps params only")
+        raise ValueError(f"model family {get_family(model_cfg).name!r} has non-parameter state "
+                         f"{list(rest.to_pure_dict())}; the trainer keeps params only")
     return graphdef, params.to_pure_dict()
 
 
@@ -60,13 +60,13 @@ def replicated_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), tree)
 
 
-def init_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int,
+def init_state(model_cfg: Any, optimizer: optax.GradientTransformation, seed: int,
                shardings: TrainState, params: Any | None = None) -> TrainState:
     """A fresh state with params from `seed` (or the given `params`, e.g. imported weights), built
     directly in `shardings`."""
     if params is None:
         def build():
-            model = MoST(model_cfg, rngs=nnx.Rngs(seed))
+            model = build_model(model_cfg, seed)
             return _fresh_state(nnx.state(model, nnx.Param).to_pure_dict(), optimizer, seed)
 
         return jax.jit(build, out_shardings=shardings)()

@@ -1,4 +1,4 @@
-"""Training objective of one micro-batch, scaled so that accumulated micro-batches equal one big batch.
+"""MoST's training objective of one micro-batch, scaled so that accumulated micro-batches equal one big batch.
 
 The objective of a step over micro-batches m = 1..M is
 
