@@ -121,6 +121,22 @@ def test_dense_encoder_matches_wenet(variant):
     _compare(model, reference, _feats(3, 140, cfg.input_dim), lengths, CHUNKS)
 
 
+@pytest.mark.parametrize("bias,dispatch", [(True, "reference"), (False, "auto")])
+def test_moe_encoder_matches_wenet(bias, dispatch):
+    cfg = _cfg(mlp_type="moe", bias=bias, kernel=5)
+    cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(
+        cfg.encoder, moe=dataclasses.replace(cfg.encoder.moe, dispatch=dispatch, capacity_factor=4.0)))
+    model, reference = _pair(cfg, seed=4)
+    lengths = np.array([70, 43], np.int32)
+    _compare(model, reference, _feats(2, 70, cfg.input_dim, seed=2), lengths, [(-1, -1), (4, 1)])
+    _, _, stats = _encode(model, jnp.asarray(_feats(2, 70, cfg.input_dim)), jnp.asarray(lengths), -1, -1)
+    load_LFGE = np.asarray(stats.load_GE)
+    assert load_LFGE.shape == (cfg.encoder.num_blocks, 2, 1, cfg.encoder.moe.num_experts)
+    # every real frame after subsampling (16 + 10), and no padding, sends top_k assignments per MoE layer
+    frames = sum(output_length(VARIANTS["conv2d"], int(n)) for n in lengths)
+    np.testing.assert_allclose(load_LFGE.sum(axis=(2, 3)), frames * cfg.encoder.moe.top_k)
+
+
 def test_odd_width_heads_and_full_utterances():
     cfg = _cfg(d=30, heads=5, units=7, blocks=3, bins=17, kernel=4)
     model, reference = _pair(cfg, seed=1)
