@@ -342,3 +342,27 @@ def test_dropout_training_gradients_are_finite_and_cmvn_is_frozen():
             assert not np.asarray(g).any(), name
         else:
             assert np.abs(np.asarray(g)).sum() > 0, name
+
+
+def test_full_size_encoder_builds_by_shape_with_logical_names_on_every_parameter():
+    """The default (AISHELL U2++ MoE) encoder by shape alone; every parameter carries one logical
+    name per axis, from parallel.py's table, with the stacked blocks leading with `layers`."""
+    from most_jax.sharding import RULES
+
+    cfg = U2ppConfig()
+    model = nnx.eval_shape(lambda: ConformerEncoder(cfg, rngs=nnx.Rngs(0)))
+    shapes = dict(flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+    specs = dict(flatten(nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(model, nnx.Param)))))
+    enc = cfg.encoder
+    assert shapes[("encoders", "feed_forward", "w_1")].shape == (enc.num_blocks, enc.moe.num_experts, 256, 2048)
+    assert shapes[("embed", "conv", "2", "kernel")].shape == (3, 3, 256, 256)
+    assert shapes[("embed", "out", "kernel")].shape == (256 * 19, 256)
+    assert shapes[("encoders", "conv_module", "depthwise_conv", "kernel")].shape == (enc.num_blocks, 8, 256)
+    for path, spec in specs.items():
+        spec = tuple(spec)
+        assert len(spec) == len(shapes[path].shape), path
+        assert all(name is None or name in RULES for name in spec), (path, spec)
+        assert (spec[0] == "layers") == (path[0] == "encoders"), (path, spec)
+    total = sum(int(np.prod(s.shape)) for s in shapes.values())
+    assert total == sum(int(np.prod(s)) for k, s in wenet.wenet_shapes(cfg).items()
+                        if k.startswith("encoder.") and not k.endswith(".pe"))
