@@ -160,17 +160,19 @@ def test_padded_batch_equals_each_utterance_alone():
 
 @pytest.mark.parametrize("chunk,left,frames", [(1, 2, 47), (4, -1, 83), (4, 2, 83), (3, 0, 83)])
 def test_streaming_equals_chunk_masked_full_forward_and_wenet(chunk, left, frames):
-    """Every cache length compiles a step, so unlimited left context streams few chunks."""
+    """Two utterances streamed together (WeNet streams one); every cache length compiles a step,
+    so unlimited left context streams few chunks."""
     cfg = _cfg(kernel=4)
     model, reference = _pair(cfg, seed=2)
-    feats = _feats(1, frames, cfg.input_dim, seed=5)
+    feats = _feats(2, frames, cfg.input_dim, seed=5)
     streamed, valid = forward_chunk_by_chunk(model, jnp.asarray(feats), chunk, left)
-    full, _, _ = _encode(model, jnp.asarray(feats), jnp.asarray([frames]), chunk, left)
+    full, _, _ = _encode(model, jnp.asarray(feats), jnp.asarray([frames, frames]), chunk, left)
     assert streamed.shape == full.shape and bool(valid.all())
     np.testing.assert_allclose(np.asarray(streamed), np.asarray(full), atol=2e-5)
-    with torch.no_grad():
-        want, _ = reference.forward_chunk_by_chunk(torch.from_numpy(feats), chunk, left)
-    np.testing.assert_allclose(np.asarray(streamed), want.numpy(), atol=1e-4)
+    for i in range(2):
+        with torch.no_grad():
+            want, _ = reference.forward_chunk_by_chunk(torch.from_numpy(feats[i:i + 1]), chunk, left)
+        np.testing.assert_allclose(np.asarray(streamed[i:i + 1]), want.numpy(), atol=1e-4)
 
 
 def test_forward_chunk_caches_match_wenet():
@@ -366,3 +368,14 @@ def test_full_size_encoder_builds_by_shape_with_logical_names_on_every_parameter
     total = sum(int(np.prod(s.shape)) for s in shapes.values())
     assert total == sum(int(np.prod(s)) for k, s in wenet.wenet_shapes(cfg).items()
                         if k.startswith("encoder.") and not k.endswith(".pe"))
+
+
+def test_bfloat16_compute_tracks_float32():
+    feats, lengths = jnp.asarray(_feats(2, 40, 23, seed=10)), jnp.asarray([40, 33])
+    f32 = ConformerEncoder(_cfg(), rngs=nnx.Rngs(0))
+    bf16 = ConformerEncoder(_cfg(dtype="bfloat16"), rngs=nnx.Rngs(0))
+    want, valid, _ = _encode(f32, feats, lengths, 4, -1)
+    got, _, _ = _encode(bf16, feats, lengths, 4, -1)
+    assert got.dtype == jnp.bfloat16
+    err = np.abs(np.asarray(got, np.float32) - np.asarray(want))[np.asarray(valid)]
+    assert err.max() < 0.1 and err.mean() < 0.02, (err.max(), err.mean())
