@@ -306,3 +306,18 @@ def test_every_mode_matches_wenet(chunk):
         assert [h.tokens for h in got] == [tuple(r.tokens) for r in want[method]], mode
         if mode in ("ctc_prefix_beam", "attention_rescoring"):
             np.testing.assert_allclose([h.score for h in got], [r.score for r in want[method]], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode,chunk,left", [("attention_rescoring", 3, -1), ("ctc_prefix_beam", 2, 1),
+                                             ("ctc_greedy", 1, 2), ("attention", 4, -1)])
+def test_streaming_equals_chunk_masked_decoding(mode, chunk, left):
+    cfg = model_cfg()
+    _, model = model_pair(cfg, seed=7)
+    feats, lengths = _feats(cfg, 8)
+    opts = decode.DecodeOptions(mode=mode, beam=3, reverse_weight=0.3, chunk=chunk, left_chunks=left)
+    for b in (0, 2):
+        utt = feats[b, : lengths[b]]
+        streamed = decode.transcribe_streaming(model, utt, opts)
+        whole = decode.decode(model, utt[None], lengths[b:b + 1], opts)[0]
+        assert streamed.tokens == whole.tokens
+        assert streamed.score == pytest.approx(whole.score, abs=1e-4)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from most_jax.models.u2pp import ctc_search
+from most_jax.models.u2pp import ctc_search, streaming
 from most_jax.models.u2pp.decoder import BiTransformerDecoder, TransformerDecoder
 from most_jax.models.u2pp.loss import add_sos_eos, reverse_targets
 
@@ -213,3 +213,45 @@ def decode(model, feats_BUI: np.ndarray, feats_lengths_B: np.ndarray, opts: Deco
     opts.validate(model)
     out, lengths, log_probs = encode(model, feats_BUI, feats_lengths_B, opts.chunk, opts.left_chunks)
     return finish(model, opts, out, lengths, log_probs)
+
+
+@nnx.jit(static_argnames=("required_cache_size",))
+def _stream_chunk(model, xs_BUI, offset, required_cache_size: int, att_cache, cnn_cache):
+    y_BTD, att_cache, cnn_cache = streaming.forward_chunk(model.encoder, xs_BUI, offset, required_cache_size,
+                                                          att_cache, cnn_cache)
+    return y_BTD, model.ctc_log_probs(y_BTD), att_cache, cnn_cache
+
+
+def transcribe_streaming(model, feats_UI: np.ndarray, opts: DecodeOptions) -> Hypothesis:
+    """One utterance decoded as WeNet's runtime streams it: the encoder chunk by chunk with its
+    caches (opts.chunk frames after subsampling, opts.left_chunks of history), the CTC prefix beam
+    advanced after every chunk, and the mode finished on the whole encoder output at the end.
+    Equals decode(..., chunk=opts.chunk) on the same utterance (the chunk-masked full forward)."""
+    opts.validate(model)
+    encoder, enc_cfg = model.encoder, model.cfg.encoder
+    if opts.chunk <= 0:
+        raise ValueError(f"streaming needs a positive chunk, got {opts.chunk}")
+    if not (enc_cfg.use_dynamic_chunk or enc_cfg.static_chunk_size > 0):
+        raise ValueError("streaming needs a model trained with chunks (encoder.use_dynamic_chunk or static_chunk_size)")
+    rate, context = encoder.embed.rate, encoder.embed.right_context + 1  # + 1: the current frame
+    stride, window = rate * opts.chunk, (opts.chunk - 1) * rate + context
+    frames = feats_UI.shape[0]
+    if frames < context:
+        raise ValueError(f"{frames} input frames are fewer than one output frame needs ({context})")
+    att_cache, cnn_cache = streaming.empty_caches(encoder, 1, jnp.float32)
+    search = ctc_search.PrefixBeam(opts.beam) if opts.mode in ("ctc_prefix_beam", "attention_rescoring") else None
+    outs, log_probs, offset = [], [], 0
+    xs_1UI = jnp.asarray(feats_UI, jnp.float32)[None]
+    for cur in range(0, frames - context + 1, stride):
+        y_1TD, lp_1TV, att_cache, cnn_cache = _stream_chunk(model, xs_1UI[:, cur:min(cur + window, frames)],
+                                                            jnp.asarray(offset, jnp.int32),
+                                                            opts.chunk * opts.left_chunks, att_cache, cnn_cache)
+        lp_TV = np.asarray(lp_1TV[0])
+        if search is not None:
+            search.advance(lp_TV)
+        outs.append(np.asarray(y_1TD[0]))
+        log_probs.append(lp_TV)
+        offset += lp_TV.shape[0]
+    encoder_out_1TD = np.concatenate(outs)[None]
+    nbest = None if search is None else [search.result()]
+    return finish(model, opts, encoder_out_1TD, np.array([offset]), np.concatenate(log_probs)[None], nbest)[0]
