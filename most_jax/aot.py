@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from most_jax import parallel, sharding
+from most_jax.atomic import atomic_file
 from most_jax.config import Config
 from most_jax.models.family import frozen_mask, get_family
 
@@ -150,9 +151,8 @@ def compile_train_step(cfg: Config, topology: Topology, *, dump_hlo: Path | None
     if dump_hlo is not None:
         dump_hlo.mkdir(parents=True, exist_ok=True)
         out = dump_hlo / f"train_step.{topology.name}.hlo.txt"
-        tmp = out.with_name(out.name + ".partial")
-        tmp.write_text(compiled.as_text())
-        tmp.replace(out)
+        with atomic_file(out) as tmp:
+            tmp.write_text(compiled.as_text())
         say(f"wrote {out}")
 
     memory = compiled.memory_analysis()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -338,13 +339,14 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
     """The main job (`most demo`): sizes of the built-in corpus, the tokenizer, the unit codebook and
-    the evaluation. The model, data and train sections of the same config train the model."""
+    the evaluation. It is the `demo:` section of the demo's YAML, read apart from the Config that the
+    model, data and train sections of the same file make (see `load_demo_config`)."""
 
     utterances: int = 8400  # spoken utterances over all splits
     test_utterances: int = 200  # held out: their sentences occur nowhere in training
     text_lm_sentences: int = 30000  # text-only sentences (text LM task, tokenizer training)
     corpus_seed: int = 0
-    voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (speech/synth.py VOICES)
+    voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (corpus/synth.py VOICES)
     pitches: tuple[int, ...] = ()  # empty: the built-in pitches
     rate_wpm: tuple[int, ...] = ()  # [low, high] words per minute; empty: the built-in range
     vocabulary: int = 0  # sentences over the generator's N most frequent words only; 0: every word
@@ -370,9 +372,9 @@ class DemoConfig:
             _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
         _check(self.tts_eval_utterances >= 0, f"{prefix}.tts_eval_utterances", "must be >= 0")
         _check(self.test_utterances < self.utterances / 2, f"{prefix}.test_utterances",
-               f"must be under half of demo.utterances={self.utterances}, got {self.test_utterances}")
+               f"must be under half of {prefix}.utterances={self.utterances}, got {self.test_utterances}")
         _check(self.tts_eval_utterances <= self.test_utterances, f"{prefix}.tts_eval_utterances",
-               f"cannot exceed demo.test_utterances={self.test_utterances}")
+               f"cannot exceed {prefix}.test_utterances={self.test_utterances}")
         _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
         _check(self.units_rate > 0, f"{prefix}.units_rate", "must be positive")
         _check(self.units_hours > 0, f"{prefix}.units_hours", "must be positive")
@@ -528,20 +530,19 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The whole run. Later concerns (data, train, mesh) add their own sections."""
+    """The whole run (what a checkpoint stores). Later concerns (data, train, mesh) add their own
+    sections; `most demo`'s corpus settings (DemoConfig) are not one of them."""
 
     model: ModelConfig | U2ppConfig = ModelConfig()  # by its `family` key (MODEL_SECTIONS); default most
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
-    demo: DemoConfig = DemoConfig()
 
     def validate(self) -> None:
         self.model.validate("model")
         self.data.validate("data")
         self.train.validate("train")
         self.mesh.validate("mesh")
-        self.demo.validate("demo")
         _check(self.data.batch_size % self.train.micro_batches == 0, "train.micro_batches",
                f"{self.train.micro_batches} does not divide data.batch_size={self.data.batch_size}")
 
@@ -699,16 +700,58 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     return _merge(_read_yaml(base_path, chain), data)
 
 
+def shipped_configs_dir() -> Path:
+    """The YAML configs installed with the package (the repository's configs/, linked into most_jax/)."""
+    return Path(str(resources.files("most_jax").joinpath("configs")))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` if it names a file, else the shipped config of that name: `most_tiny.yaml`, `most_tiny`
+    or the source-tree spelling `configs/most_tiny.yaml` all work from any directory."""
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped_dir = shipped_configs_dir()
+    if given.parent in (Path("."), Path("configs")):
+        name = given.name if given.suffix == ".yaml" else f"{given.name}.yaml"
+        if (shipped_dir / name).is_file():
+            return shipped_dir / name
+    names = ", ".join(sorted(p.name for p in shipped_dir.glob("*.yaml"))) or f"none, {shipped_dir} is empty"
+    raise ConfigError(f"config file {path} does not exist and is not a shipped config (shipped: {names})")
+
+
+# The section of a YAML config that only `most demo` reads (DemoConfig); the Config of the same file
+# leaves it out, so `most train --config demo.yaml` trains the demo's model.
+DEMO_SECTION = "demo"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 cls: type = Config):
     """Loads YAML overrides from `path`, applies `--set` style overrides, validates."""
-    data = _read_yaml(Path(path)) if path is not None else {}
+    data = _read_yaml(resolve_config_path(path)) if path is not None else {}
+    if cls is Config:
+        if DEMO_SECTION in parse_overrides(overrides):
+            raise ConfigError(f"{DEMO_SECTION}.*: `most demo` settings; this command does not read them")
+        data.pop(DEMO_SECTION, None)
     cfg = from_dict(cls, apply_overrides(data, overrides))
     cfg.validate()
     return cfg
 
 
+def load_demo_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, DemoConfig]:
+    """(Config, DemoConfig) from one YAML file: its `demo:` section and the rest; `--set demo.x=...`
+    overrides reach the DemoConfig, every other override the Config."""
+    data = apply_overrides(_read_yaml(resolve_config_path(path)), overrides)
+    demo = from_dict(DemoConfig, data.pop(DEMO_SECTION, None), f"{DEMO_SECTION}.")
+    demo.validate(DEMO_SECTION)
+    return config_from_dict(data), demo
+
+
 def config_from_dict(data: dict[str, Any], cls: type = Config):
+    if cls is Config and DEMO_SECTION in data:
+        # Checkpoints written while DemoConfig was a field of Config store a `demo` section; it only
+        # ever sized `most demo`'s corpus, so dropping it loads them unchanged.
+        data = {k: v for k, v in data.items() if k != DEMO_SECTION}
     cfg = from_dict(cls, data)
     cfg.validate()
     return cfg

@@ -23,14 +23,15 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from most_jax.config import Config, config_from_dict, load_config, to_dict
+from most_jax.atomic import atomic_file
+from most_jax.config import Config, DemoConfig, config_from_dict, to_dict
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+# Shipped with the package (configs/demo.yaml), so `most demo` finds it from any directory.
+DEFAULT_CONFIG = "demo.yaml"
 LEDGER = "stages.json"
 SUMMARY = "summary.json"
 EVAL = "eval.json"
@@ -61,16 +62,8 @@ class Paths:
         self.eval, self.curves, self.summary, self.ledger = out / EVAL, out / CURVES, out / SUMMARY, out / LEDGER
 
 
-def load_demo_config(config: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    path = Path(config) if config is not None else DEFAULT_CONFIG
-    if config is None and not path.is_file():
-        raise DemoError(f"the default config {path} is missing (it ships with the source tree); pass --config")
-    return load_config(path, overrides)
-
-
-def stage_settings(cfg: Config) -> dict[str, dict[str, Any]]:
+def stage_settings(cfg: Config, d: DemoConfig) -> dict[str, dict[str, Any]]:
     """What each stage's output depends on, besides the outputs of the stages before it."""
-    d = cfg.demo
     return {
         "corpus": {"utterances": d.utterances, "test_utterances": d.test_utterances,
                    "text_lm_sentences": d.text_lm_sentences, "seed": d.corpus_seed,
@@ -113,28 +106,21 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Writes through a temporary file renamed into place, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 class Demo:
     """Runs the stages in order; `run()` returns the summary dict."""
 
-    def __init__(self, cfg: Config, out: str | Path, config_name: str = "", overrides: tuple[str, ...] = (),
-                 log: Callable[[str], None] | None = None):
-        self.cfg = cfg
+    def __init__(self, cfg: Config, demo: DemoConfig, out: str | Path, config_name: str = "",
+                 overrides: tuple[str, ...] = (), log: Callable[[str], None] | None = None):
+        self.cfg, self.demo = cfg, demo
         self.paths = Paths(Path(out))
         self.config_name = config_name
         self.overrides = tuple(overrides)
         self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-        self.keys = chained_keys(stage_settings(cfg))
+        self.keys = chained_keys(stage_settings(cfg, demo))
 
     def say(self, message: str) -> None:
         self.log(f"[demo] {message}")
@@ -215,9 +201,9 @@ class Demo:
 
     # ------------------------------------------------------------------ stages
     def build_corpus(self) -> dict:
-        from most_jax.speech import synth
+        from most_jax.corpus import synth
 
-        d = self.cfg.demo
+        d = self.demo
         try:
             speaker_set = synth.SpeakerSet(d.voices or synth.VOICES, d.pitches or synth.PITCHES,
                                            d.rate_wpm or synth.RATE_WPM)
@@ -236,14 +222,14 @@ class Demo:
 
         # Text-LM sentences only: they are disjoint from every spoken sentence, held-out ones included.
         tok = train_sentencepiece([self.paths.corpus / "text_lm.txt"], self.paths.tokenizer,
-                                  self.cfg.demo.tokenizer_size, extra_lines=TEMPLATE_TEXTS)
+                                  self.demo.tokenizer_size, extra_lines=TEMPLATE_TEXTS)
         return {"pieces": tok.text_size}
 
     def build_units(self) -> dict:
         from most_jax.speech import kmeans
         from most_jax.speech.units import fit_from_manifest
 
-        d = self.cfg.demo
+        d = self.demo
         options = kmeans.KMeansOptions(num_clusters=d.units_k, epochs=d.kmeans_epochs, seed=d.corpus_seed)
         fit = fit_from_manifest(self.paths.corpus / "train.jsonl", self.paths.units, features=d.units_features,
                                 unit_rate=d.units_rate, pooling=d.units_pooling, utterance_cmvn=d.units_cmvn,
@@ -253,7 +239,7 @@ class Demo:
     def build_prepare(self) -> dict:
         from most_jax.data.prepare import PrepareOptions, manifest_items, prepare, text_items
 
-        d, corpus = self.cfg.demo, self.paths.corpus
+        d, corpus = self.demo, self.paths.corpus
         options = PrepareOptions(str(self.paths.tokenizer), str(self.paths.units), self.cfg.data.max_audio_seconds,
                                  max_tokens=self.cfg.data.seq_len, workers=d.workers)
         items = manifest_items(corpus / "train.jsonl") + text_items(corpus / "text_lm.txt")
@@ -301,7 +287,7 @@ class Demo:
         from most_jax.eval.speech import evaluate_asr, evaluate_tts, load_eval_set
         from most_jax.infer.generate import Sampling
 
-        d = self.cfg.demo
+        d = self.demo
         # Dropless routing, as `most eval` does: a row's output never depends on the rest of its batch.
         _, model = restore_model(self.paths.train, ["model.moe.dispatch=dropless"])
         data = PreparedData(self.paths.prepared)

@@ -55,6 +55,56 @@ def test_file_replaced_only_on_success(tmp_path):
     assert path.read_text() == "after"
 
 
+def test_whole_file_writers_keep_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    """The demo's JSON files, the loss curves and the truncated metrics log go through atomic_file."""
+    import matplotlib.figure
+
+    from most_jax.demo import write_json
+    from most_jax.train import metrics
+    from most_jax.train.curves import plot_losses
+
+    summary = tmp_path / "summary.json"
+    summary.write_text("old")
+    with pytest.raises(TypeError):
+        write_json(summary, {"wer": 0.5, "bad": object()})  # json gives up half way through
+    png = tmp_path / "curves.png"
+    png.write_bytes(b"old")
+
+    def torn_savefig(self, target, **kwargs):
+        open(target, "wb").write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", torn_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        plot_losses([{"step": 1, "loss": 2.0}], png)
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2}\n{"ste')
+    monkeypatch.setattr(metrics, "atomic_file", _failing_after_write(metrics.atomic_file))
+    with pytest.raises(RuntimeError, match="killed"):
+        metrics._truncate_jsonl(log, 1)
+    assert summary.read_text() == "old" and png.read_bytes() == b"old"
+    assert log.read_text() == '{"step": 1}\n{"step": 2}\n{"ste'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "metrics.jsonl", "summary.json"]
+    monkeypatch.undo()
+    metrics._truncate_jsonl(log, 1)
+    write_json(summary, {"wer": 0.5})
+    assert log.read_text() == '{"step": 1}\n' and summary.read_text() == '{\n "wer": 0.5\n}\n'
+
+
+def _failing_after_write(atomic):
+    """atomic_file, interrupted after its body wrote the temporary file and before the rename."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def wrapped(path):
+        with atomic(path) as tmp:
+            yield tmp
+            assert tmp.stat().st_size > 0
+            raise RuntimeError("killed before the rename")
+
+    return wrapped
+
+
 def _dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()

@@ -12,7 +12,7 @@ from most_jax.data.tasks import TEMPLATE_TEXTS
 from most_jax.data.tokenizers import load_tokenizer, train_sentencepiece
 from most_jax.speech.audio import load_audio
 from most_jax.speech.kmeans import KMeansOptions
-from most_jax.speech.synth import synthesize_corpus
+from most_jax.corpus.synth import synthesize_corpus
 from most_jax.speech.units import UnitExtractor, build_features
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from most_jax import cli
-from most_jax.config import ConfigError, load_config
+from most_jax.config import ConfigError, load_demo_config
 from most_jax.demo import STAGES, chained_keys, differences, stage_settings
 
 TOY = ["--config", "configs/most_tiny.yaml",
@@ -125,12 +125,12 @@ def test_training_stopped_by_sigterm_exits_143_and_stays_resumable(first_run, ca
 
 
 def test_changed_settings_rebuild_that_stage_and_the_later_ones():
-    base = load_config("configs/demo.yaml")
-    changed = load_config("configs/demo.yaml", ["demo.units_k=128"])
-    old, new = chained_keys(stage_settings(base)), chained_keys(stage_settings(changed))
+    base = load_demo_config("configs/demo.yaml")
+    changed = load_demo_config("configs/demo.yaml", ["demo.units_k=128"])
+    old, new = chained_keys(stage_settings(*base)), chained_keys(stage_settings(*changed))
     assert [name for name in STAGES[:-1] if old[name] != new[name]] == ["units", "prepare", "train", "eval"]
     assert differences(old["units"], new["units"]) == ["settings.k"]
-    retrained = chained_keys(stage_settings(load_config("configs/demo.yaml", ["train.lr=1e-3"])))
+    retrained = chained_keys(stage_settings(*load_demo_config("configs/demo.yaml", ["train.lr=1e-3"])))
     assert [name for name in STAGES[:-1] if old[name] != retrained[name]] == ["train", "eval"]
 
 
@@ -139,22 +139,22 @@ def test_changed_settings_rebuild_that_stage_and_the_later_ones():
     ("demo.rate_wpm=[150]", "demo.rate_wpm"), ("demo.units_min_run=0", "demo.units_min_run")])
 def test_bad_demo_corpus_and_unit_settings_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
-        load_config("configs/demo.yaml", [override])
+        load_demo_config("configs/demo.yaml", [override])
 
 
 def test_corpus_settings_rebuild_the_corpus_and_unit_pooling_the_units():
-    base = chained_keys(stage_settings(load_config("configs/demo.yaml")))
-    fewer = chained_keys(stage_settings(load_config("configs/demo.yaml", ["demo.voices=[en-us]"])))
+    base = chained_keys(stage_settings(*load_demo_config("configs/demo.yaml")))
+    fewer = chained_keys(stage_settings(*load_demo_config("configs/demo.yaml", ["demo.voices=[en-us]"])))
     assert [name for name in STAGES[:-1] if base[name] != fewer[name]] == list(STAGES[:-1])
-    pooled = chained_keys(stage_settings(load_config("configs/demo.yaml", ["demo.units_pooling=mean"])))
+    pooled = chained_keys(stage_settings(*load_demo_config("configs/demo.yaml", ["demo.units_pooling=mean"])))
     assert differences(base["units"], pooled["units"]) == ["settings.pooling"]
-    smoothed = chained_keys(stage_settings(load_config("configs/demo.yaml", ["demo.units_min_run=2"])))
+    smoothed = chained_keys(stage_settings(*load_demo_config("configs/demo.yaml", ["demo.units_min_run=2"])))
     assert differences(base["units"], smoothed["units"]) == ["settings.min_run"]
 
 
 def test_configured_vocabulary_and_records_do_not_key_the_training_stage():
     # both are replaced by the prepare stage's layout and records, which the train key chains
-    base = chained_keys(stage_settings(load_config("configs/demo.yaml")))
-    edited = chained_keys(stage_settings(load_config(
+    base = chained_keys(stage_settings(*load_demo_config("configs/demo.yaml")))
+    edited = chained_keys(stage_settings(*load_demo_config(
         "configs/demo.yaml", ["model.vocab_size=4096", "model.vocab.num_audio_units=100", "data.records=/elsewhere"])))
     assert base == edited

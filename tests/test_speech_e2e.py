@@ -18,7 +18,7 @@ from most_jax.data.tokenizers import train_sentencepiece
 from most_jax.speech import kmeans, units
 from most_jax.speech.audio import load_audio
 from most_jax.speech.manifest import read_manifest
-from most_jax.speech.synth import synthesize_corpus
+from most_jax.corpus.synth import synthesize_corpus
 from most_jax.train.loop import run_training
 
 NUM_PAIRS = 4

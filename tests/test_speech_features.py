@@ -6,7 +6,7 @@ import pytest
 import soxr
 
 from most_jax.speech import features as F
-from most_jax.speech.espeak import synthesize
+from most_jax.corpus.espeak import synthesize
 
 TOLERANCE = 1e-3  # measured: about 3e-4 on eSpeak speech, 7e-5 on noise (log-mel, float32 Kaldi vs float64 here)
 

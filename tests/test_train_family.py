@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 
 from most_jax.checkpoint.params_io import load_checkpoint, restore_model
-from most_jax.config import Config, ConfigError, DataConfig, TrainConfig, config_from_dict, to_dict
+from most_jax.config import Config, ConfigError, DataConfig, MeshConfig, TrainConfig, config_from_dict, to_dict
 from most_jax.models import family as family_lib
 from most_jax.models.family import Family, LossContext
 from most_jax.train.loop import CHECKPOINT_DIR, run_training
@@ -157,6 +157,21 @@ def test_a_batch_off_the_family_spec_is_refused_by_key(tmp_path):
 
     with pytest.raises(ValueError, match=r"batch\['x'\] has shape \(8, 2\), expected \(8, 3\)"):
         run_training(_cfg(steps=2), tmp_path, Short(8), console=io.StringIO())
+
+
+def test_mesh_checks_and_hf_export_ask_the_family(tmp_path):
+    from most_jax import parallel, sharding
+    from most_jax.checkpoint.hf_export import export_hf
+    from most_jax.checkpoint.params_io import CheckpointError, save_params
+
+    with pytest.raises(sharding.MeshError, match=r"mesh.expert=2, but the model has no MoE layers"):
+        parallel.check_model_fits(ToyConfig(), sharding.make_mesh(MeshConfig(data=4, expert=2)))
+    parallel.check_model_fits(ToyConfig(), sharding.make_mesh(MeshConfig(data=8)))
+    cfg = _cfg()
+    params = jax.device_get(nnx.to_pure_dict(nnx.state(Toy(cfg.model, nnx.Rngs(0)), nnx.Param)))
+    save_params(tmp_path / "toy", cfg, params)
+    with pytest.raises(CheckpointError, match="a toy checkpoint; Hugging Face export is for MoST"):
+        export_hf(tmp_path / "toy", tmp_path / "hf")
 
 
 def test_model_section_is_chosen_by_family():

@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from most_jax import config as config_lib  # noqa: E402
 from most_jax.checkpoint import wenet  # noqa: E402
 from wenet_ref.asr_model import init_asr_model  # noqa: E402
 
@@ -203,3 +204,232 @@ def test_sinusoid_table_matches_wenets(d):
     from wenet_ref.modules import PositionalEncoding
 
     np.testing.assert_allclose(wenet.sinusoid_table(d), PositionalEncoding(d, 0.0).pe.numpy(), atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def convert(argv: list[str]) -> int:
+    """Runs `most u2pp import-wenet|export-wenet ...` as the u2pp group registers them."""
+    import argparse
+
+    from most_jax.commands import u2pp_convert
+
+    parser = argparse.ArgumentParser(prog="most u2pp")
+    sub = parser.add_subparsers(required=True)
+    u2pp_convert.register_import(sub)
+    u2pp_convert.register_export(sub)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+@pytest.fixture(autouse=True)
+def u2pp_family(request, monkeypatch):
+    """Parameter I/O reaches the model through the family seam; where most_jax.models.u2pp.family
+    is not wired yet, a Family that only builds U2pp (all that params_io uses) stands in."""
+    if "wenet_dir" not in request.fixturenames and "tmp_path" not in request.fixturenames:
+        return
+    from most_jax.models import family as family_lib
+
+    try:
+        family_lib.family_named("u2pp")
+    except config_lib.ConfigError:
+        from most_jax.models.u2pp.model import U2pp
+
+        def unused(*_args, **_kwargs):
+            raise AssertionError("parameter I/O needs only the model")
+
+        stand_in = family_lib.Family(name="u2pp", config_class=config_lib.U2ppConfig,
+                                     build=lambda cfg, rngs: U2pp(cfg, rngs=rngs), batch_spec=unused,
+                                     step_totals=unused, loss_fn=unused, summarise=unused, count_tokens=unused,
+                                     moe_layers=lambda cfg: ())
+        monkeypatch.setitem(family_lib._LOADED, "u2pp", stand_in)
+
+
+@pytest.fixture(scope="module")
+def wenet_dir(tmp_path_factory):
+    """A WeNet experiment directory: final.pt (MoE, with CMVN) and train.yaml, plus the model."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("wenet")
+    conf = train_yaml(cmvn_file=write_cmvn(root / "global_cmvn"))
+    ref = reference(conf, seed=3)
+    torch.save(ref.state_dict(), root / "final.pt")
+    (root / "train.yaml").write_text(yaml.safe_dump(conf))
+    return root, ref
+
+
+def test_import_then_export_is_byte_equal_and_wenet_loads_it(wenet_dir, tmp_path):
+    import yaml
+
+    root, ref = wenet_dir
+    assert convert(["import-wenet", str(root / "final.pt"), str(root / "train.yaml"), str(tmp_path / "ckpt")]) == 0
+    assert convert(["export-wenet", str(tmp_path / "ckpt"), str(tmp_path / "out")]) == 0
+    original = torch.load(root / "final.pt", weights_only=True)
+    exported = torch.load(tmp_path / "out" / "final.pt", weights_only=True)
+    assert list(exported) == list(original)
+    for key, value in original.items():
+        assert exported[key].dtype == value.dtype and exported[key].shape == value.shape, key
+        assert exported[key].numpy().tobytes() == value.numpy().tobytes(), key
+    again = init_asr_model(yaml.safe_load((tmp_path / "out" / "train.yaml").read_text()))
+    again.load_state_dict(exported, strict=True)
+
+
+def test_import_without_cmvn_round_trips(tmp_path):
+    import yaml
+
+    conf = train_yaml(mlp_type="position_wise_feed_forward", input_layer="conv2d6", bias=False)
+    ref = reference(conf, seed=4)
+    torch.save(ref.state_dict(), tmp_path / "final.pt")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(conf))
+    convert(["import-wenet", str(tmp_path / "final.pt"), str(tmp_path / "train.yaml"), str(tmp_path / "ckpt")])
+    convert(["export-wenet", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    exported = torch.load(tmp_path / "out" / "final.pt", weights_only=True)
+    assert not any(k.startswith("encoder.global_cmvn") for k in exported)
+    assert not (tmp_path / "out" / "global_cmvn").exists()
+    for key, value in ref.state_dict().items():
+        assert exported[key].numpy().tobytes() == value.numpy().tobytes(), key
+    init_asr_model(yaml.safe_load((tmp_path / "out" / "train.yaml").read_text())).load_state_dict(exported, strict=True)
+    # the checkpoint serves the other commands: restored, it computes WeNet's CTC posteriors
+    import jax.numpy as jnp
+
+    from most_jax.checkpoint.params_io import restore_model
+
+    _, model = restore_model(tmp_path / "ckpt")
+    feats = torch.randn(1, 40, FEAT)
+    out, _, _ = model.encode(jnp.asarray(feats.numpy()), jnp.asarray([40]))
+    with torch.no_grad():
+        ref_logp = ref.ctc.log_softmax(ref.encoder(feats, torch.tensor([40]), -1, -1)[0])
+    assert np.abs(np.asarray(model.ctc_log_probs(out)) - ref_logp.numpy()).max() < 1e-4
+
+
+def test_cmvn_from_the_yaml_file_when_the_state_dict_has_none(wenet_dir, tmp_path):
+    from most_jax.checkpoint.params_io import load_checkpoint
+
+    root, ref = wenet_dir
+    state = {k: v for k, v in ref.state_dict().items() if not k.startswith("encoder.global_cmvn")}
+    torch.save(state, tmp_path / "final.pt")
+    convert(["import-wenet", str(tmp_path / "final.pt"), str(root / "train.yaml"), str(tmp_path / "ckpt")])
+    _, params = load_checkpoint(tmp_path / "ckpt")
+    np.testing.assert_array_equal(np.asarray(params["encoder"]["global_cmvn"]["istd"]),
+                                  ref.state_dict()["encoder.global_cmvn.istd"].numpy())
+
+
+def test_command_errors_are_one_line_and_name_the_culprit(wenet_dir, tmp_path):
+    import yaml
+
+    root, ref = wenet_dir
+    state = dict(ref.state_dict())
+    state["decoder.left_decoder.decoders.0.src_attn.linear_k.weight"] = torch.zeros(12, 7)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(SystemExit, match=r"import-wenet: error: .*src_attn\.linear_k\.weight' has shape \[12, 7\]"):
+        convert(["import-wenet", str(tmp_path / "bad.pt"), str(root / "train.yaml"), str(tmp_path / "c1")])
+    conf = yaml.safe_load((root / "train.yaml").read_text())
+    conf["encoder"] = "branchformer"
+    (tmp_path / "branch.yaml").write_text(yaml.safe_dump(conf))
+    with pytest.raises(SystemExit, match=r"encoder: 'branchformer' is not supported"):
+        convert(["import-wenet", str(root / "final.pt"), str(tmp_path / "branch.yaml"), str(tmp_path / "c2")])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"junk\.pt: not a readable PyTorch state_dict"):
+        convert(["import-wenet", str(tmp_path / "junk.pt"), str(root / "train.yaml"), str(tmp_path / "c3")])
+    assert not any((tmp_path / c).exists() for c in ("c1", "c2", "c3"))
+
+
+def model_with(params: dict, cfg):
+    """U2pp(cfg) holding `params` (flat), built without random initialisation."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from most_jax.checkpoint.param_tree import unflatten
+    from most_jax.models.u2pp.model import U2pp
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: U2pp(cfg, rngs=nnx.Rngs(0))))
+    nnx.replace_by_pure_dict(state, unflatten({p: jnp.asarray(v) for p, v in params.items()}))
+    return nnx.merge(graphdef, state)
+
+
+def model_shapes(cfg) -> dict:
+    from flax import nnx
+
+    from most_jax.checkpoint.param_tree import flatten
+    from most_jax.models.u2pp.model import U2pp
+
+    model = nnx.eval_shape(lambda: U2pp(cfg, rngs=nnx.Rngs(0)))
+    return {p: tuple(v.shape) for p, v in flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))}
+
+
+@pytest.mark.parametrize("mlp_type,input_layer,bias", [("moe", "conv2d", True), ("moe", "conv2d8", False),
+                                                       ("position_wise_feed_forward", "conv2d6", True)])
+def test_table_gives_exactly_the_models_parameters(mlp_type, input_layer, bias):
+    cfg = wenet.config_from_wenet(train_yaml(mlp_type, input_layer, bias))
+    assert wenet.param_shapes(cfg) == model_shapes(cfg)
+
+
+@pytest.mark.parametrize("mlp_type,chunk,left", [("moe", -1, -1), ("moe", 4, 1),
+                                                 ("position_wise_feed_forward", -1, -1),
+                                                 ("position_wise_feed_forward", 1, 2)])
+def test_imported_model_computes_what_wenet_computes(tmp_path, mlp_type, chunk, left):
+    """Encoder output and CTC log-probs of the imported weights equal WeNet's within 1e-4
+    (CMVN, odd widths, padded batch, full and chunked attention)."""
+    import jax.numpy as jnp
+
+    conf = train_yaml(mlp_type, cmvn_file=write_cmvn(tmp_path / "global_cmvn"))
+    ref = reference(conf, seed=6)
+    cfg = wenet.config_from_wenet(copy.deepcopy(conf))
+    model = model_with(wenet.params_from_wenet(state_arrays(ref), cfg, model_shapes(cfg), np.float32), cfg)
+    torch.manual_seed(5)
+    feats = torch.randn(2, 61, FEAT) * 3.0 + 2.0
+    lens = torch.tensor([61, 44])
+    with torch.no_grad():
+        ref_out, ref_mask = ref.encoder(feats, lens, chunk, left)
+        ref_logp = ref.ctc.log_softmax(ref_out)
+    out, valid, _ = model.encode(jnp.asarray(feats.numpy()), jnp.asarray(lens.numpy()), chunk_size=chunk,
+                                 num_left_chunks=left)
+    valid = np.asarray(valid)
+    np.testing.assert_array_equal(valid, ref_mask[:, 0].numpy())
+    assert np.abs(np.asarray(out)[valid] - ref_out.numpy()[valid]).max() < 1e-4
+    assert np.abs(np.asarray(model.ctc_log_probs(out))[valid] - ref_logp.numpy()[valid]).max() < 1e-4
+
+
+def test_bfloat16_import_exports_the_rounded_weights(tmp_path):
+    import yaml
+
+    conf = train_yaml(mlp_type="position_wise_feed_forward")
+    ref = reference(conf, seed=7)
+    torch.save(ref.state_dict(), tmp_path / "final.pt")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(conf))
+    convert(["import-wenet", str(tmp_path / "final.pt"), str(tmp_path / "train.yaml"), str(tmp_path / "ckpt"),
+             "--dtype", "bfloat16"])
+    convert(["export-wenet", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    exported = torch.load(tmp_path / "out" / "final.pt", weights_only=True)
+    for key, value in ref.state_dict().items():
+        if key.endswith(".pe"):
+            assert torch.equal(exported[key], value), key  # regenerated in float32 as WeNet does
+        else:
+            assert exported[key].dtype == torch.bfloat16 and torch.equal(exported[key], value.bfloat16()), key
+    init_asr_model(yaml.safe_load((tmp_path / "out" / "train.yaml").read_text())).load_state_dict(exported, strict=True)
+
+
+def test_export_refuses_what_is_not_a_new_u2pp_export(tmp_path):
+    from most_jax.checkpoint.params_io import save_params
+    from most_jax.config import load_config as load_yaml_config
+
+    most_cfg = load_yaml_config("configs/most_tiny.yaml")
+    from most_jax.checkpoint.param_tree import abstract_params, unflatten
+
+    params = unflatten({p: np.zeros(s.shape, s.dtype) for p, s in abstract_params(most_cfg.model).items()})
+    save_params(tmp_path / "most", most_cfg, params)
+    with pytest.raises(SystemExit, match=r"a most checkpoint, not u2pp"):
+        convert(["export-wenet", str(tmp_path / "most"), str(tmp_path / "out")])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "final.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"full: exists and is not empty"):
+        convert(["export-wenet", str(tmp_path / "most"), str(tmp_path / "full")])
+
+
+def test_torch_missing_is_said(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(wenet.WenetError, match=r"import-wenet reads and writes PyTorch \.pt files and needs torch"):
+        wenet.read_pt(tmp_path / "final.pt")

@@ -88,6 +88,9 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, model_type: str | Non
     if max_shard_size <= 0:
         raise CheckpointError(f"--max-shard-size: must be positive, got {max_shard_size}")
     cfg = load_config(checkpoint).model
+    if cfg.family != "most":
+        raise CheckpointError(f"{checkpoint}: a {cfg.family} checkpoint; Hugging Face export is for MoST "
+                              "(deepseek_v2 / MoST) checkpoints only")
     dtype = dtype or cfg.param_dtype
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")

@@ -6,8 +6,8 @@ only reading and writing the `.pt` file imports torch (lazily, with a clear erro
 so only `most u2pp import-wenet` / `export-wenet` need it.
 
 The name table. Every WeNet tensor name matches exactly one `Rule` of RULES: a WeNet key pattern
-whose `{i}` is the layer index, `{e}` the expert index and `{side}`, `{ffn}`, `{attn}` name parts
-copied into the parameter path; the matched tensor goes, through the rule's `Layout`, to one slice
+whose `{i}` is the layer index, `{e}` the expert index and `{side}`, `{ffn}`, `{attn}`, `{c}` name
+parts copied into the parameter path; the matched tensor goes, through the rule's `Layout`, to one slice
 of the parameter (layers stacked on a leading axis, experts on the next). The table is composed of
 small per-module tables (attention, FFN, MoE, conv module, norms) placed under each module's prefix,
 so no layer or expert is spelled out. Transposes: PyTorch Linear weights [out, in] become kernels
@@ -81,7 +81,7 @@ DEPTHWISE = Layout("depthwise", axes=(1, 0), squeeze=1)  # [C, 1, K] -> [K, C]
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    wenet: str  # key pattern: {i} layer, {e} expert; {side}/{ffn}/{attn} copied into `path`
+    wenet: str  # key pattern: {i} layer, {e} expert; {side}/{ffn}/{attn}/{c} copied into `path`
     path: str  # parameter path, '/'-separated, with the same named parts
     layout: Layout
 
@@ -92,7 +92,9 @@ _PARTS = {
     "side": r"(?P<side>left|right)",
     "ffn": r"(?P<ffn>feed_forward|feed_forward_macaron)",
     "attn": r"(?P<attn>self_attn|src_attn)",
+    "c": r"(?P<c>\d+)",  # nn.Sequential index of a subsampling conv (0, 2, 4)
 }
+_COPIED = ("side", "ffn", "attn", "c")
 
 
 def _under(prefix: tuple[str, str], table: tuple[tuple[str, str, Layout], ...]) -> tuple[Rule, ...]:
@@ -154,7 +156,7 @@ _DERIVED = re.compile(r"^(encoder\.embed\.pos_enc\.pe|decoder\.(left|right)_deco
 
 def _compile(rule: Rule) -> re.Pattern:
     pattern = re.escape(rule.wenet)
-    for name, group in {**_PARTS, "c": r"(?P<c>\d+)"}.items():
+    for name, group in _PARTS.items():
         pattern = pattern.replace(re.escape("{" + name + "}"), group)
     return re.compile(f"^{pattern}$")
 
@@ -181,7 +183,7 @@ def place(key: str) -> Placement | None:
             continue
         parts = m.groupdict()
         path = rule.path
-        for name in ("side", "ffn", "attn", "c"):
+        for name in _COPIED:
             if parts.get(name) is not None:
                 path = path.replace("{" + name + "}", parts[name])
         index = tuple(int(parts[n]) for n in ("i", "e") if parts.get(n) is not None)
@@ -466,19 +468,11 @@ def config_from_wenet(train: dict) -> config_lib.U2ppConfig:
     data = {"family": "u2pp", "vocab_size": vocab, "input_dim": int(train["input_dim"]), "encoder": enc, "decoder": dec,
             **{k: model_conf[k] for k in _WENET_MODEL_DEFAULTS}}
     try:
-        cfg = config_lib.from_dict(config_lib.U2ppConfig, _plain(data))
+        cfg = config_lib.from_dict(config_lib.U2ppConfig, data)
         cfg.validate()
     except config_lib.ConfigError as e:
         raise WenetError(f"the training YAML gives an invalid U2++ config: {e}") from None
     return cfg
-
-
-def _plain(data):
-    if dataclasses.is_dataclass(data):
-        return config_lib.to_dict(data)
-    if isinstance(data, dict):
-        return {k: _plain(v) for k, v in data.items()}
-    return data
 
 
 def wenet_yaml(cfg: config_lib.U2ppConfig, cmvn_file: str | None) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from most_jax.speech import synth
+from most_jax.corpus import synth
 
 
 def register(subparsers) -> None:

@@ -16,9 +16,10 @@ the held-out utterances (whose sentences never occur in training) and prints the
 OUT/curves.png (loss per task) and OUT/summary.json (wall time per stage, WER, final per-task
 losses, sizes, machine load).
 
-Settings come from the config (default configs/demo.yaml): its model, data and train sections
-train the model, its demo section sizes the corpus, tokenizer, units and evaluation; override
-any field with --set, e.g. --set demo.utterances=4000 --set train.steps=800.
+Settings come from the config (default: the shipped demo.yaml, configs/demo.yaml in the source
+tree): its model, data and train sections train the model, its demo section sizes the corpus,
+tokenizer, units and evaluation and is not stored with the checkpoints; override any field with
+--set, e.g. --set demo.utterances=4000 --set train.steps=800.
 
 A re-run with the same OUT skips finished stages, rebuilds those whose settings changed (and the
 ones after them), and resumes an interrupted training run from its latest checkpoint. SIGTERM or
@@ -35,13 +36,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from most_jax.config import ConfigError
-    from most_jax.demo import Demo, DemoError, DemoInterrupted, load_demo_config
+    from most_jax.config import ConfigError, load_demo_config
+    from most_jax.demo import DEFAULT_CONFIG, Demo, DemoError, DemoInterrupted
 
+    config = args.config or DEFAULT_CONFIG
     try:
-        cfg = load_demo_config(args.config, args.overrides)
-        summary = Demo(cfg, args.out, config_name=args.config or "configs/demo.yaml",
-                       overrides=tuple(args.overrides)).run()
+        cfg, demo = load_demo_config(config, args.overrides)
+        summary = Demo(cfg, demo, args.out, config_name=config, overrides=tuple(args.overrides)).run()
     except DemoInterrupted as stop:
         print(f"most demo: {stop}", file=sys.stderr)
         return 128 + int(signal.Signals[stop.signal_name])

@@ -15,6 +15,8 @@ def register_group(subparsers, name: str, help_text: str, members: tuple[str, ..
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """--config FILE and repeated --set key.path=value, shared by every command that builds a Config."""
-    parser.add_argument("--config", default=None, help="YAML config file (overrides of the defaults)")
+    parser.add_argument("--config", default=None,
+                        help="YAML config (overrides of the defaults): a path, or the name of a config shipped with "
+                             "the package (most_tiny.yaml, demo.yaml, ...)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field, e.g. --set model.moe.top_k=4 (repeatable)")

@@ -1,7 +1,7 @@
 """The built-in speech corpus as a TFDS dataset, `most_speech`, so `tfds.data_source` serves it.
 
 Importing this module registers the builder. Preparing it synthesises the corpus with eSpeak
-(`most_jax.speech.synth`, sized and seeded by the builder config), or reads an existing corpus
+(`most_jax.corpus.synth`, sized and seeded by the builder config), or reads an existing corpus
 directory (the output of `most data synth`) given as TFDS's manual dir:
 
     import most_jax.data.tfds_builder
@@ -79,7 +79,7 @@ class MostSpeech(tfds.core.GeneratorBasedBuilder):
             manual = None
         if manual is not None and (manual / "train.jsonl").is_file():
             return manual
-        from most_jax.speech.synth import synthesize_corpus
+        from most_jax.corpus.synth import synthesize_corpus
 
         config = self.builder_config
         corpus = Path(dl_manager.download_dir) / f"most_speech-{config.num_utterances}-{config.corpus_seed}"

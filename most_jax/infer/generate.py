@@ -1,6 +1,6 @@
 """Batched autoregressive generation over the MLA latent cache.
 
-Prompts of different lengths are left-padded to one length P, so every row's next token is read
+Prompts of different lengths are left-padded to one length, so every row's next token is read
 at the same slot; padded slots are marked invalid and never attended to, and each row's positions
 count only its real tokens. The whole loop (prefill, then one token per step until every row has
 stopped or `max_new_tokens` is reached) runs inside one jitted `lax.while_loop`.
@@ -87,7 +87,7 @@ def choose(logits_BV: jax.Array, allowed_V: jax.Array, sampling: Sampling, key: 
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, width_multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens [B, P], valid [B, P]) with each prompt right-aligned; P is rounded up to a multiple
+    """(tokens [B, T], valid [B, T]) with each prompt right-aligned; T is rounded up to a multiple
     of `width_multiple` (fewer distinct shapes, fewer compilations)."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -101,42 +101,42 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, width_multiple: int 
 
 
 @nnx.jit(static_argnames=("sampling", "stop_ids"))
-def _generate(model: MoST, prompt_BP, prompt_valid_BP, allowed_V, key, *, sampling: Sampling,
+def _generate(model: MoST, prompt_BT, prompt_valid_BT, allowed_V, key, *, sampling: Sampling,
               stop_ids: tuple[int, ...]):
-    b, p = prompt_BP.shape
+    b, p = prompt_BT.shape
     n = sampling.max_new_tokens
     cache = model.init_cache(b, p + n)
-    slot_valid_BS = jnp.zeros((b, p + n), bool).at[:, :p].set(prompt_valid_BP)
-    positions_BP = jnp.maximum(jnp.cumsum(prompt_valid_BP, axis=1) - 1, 0).astype(jnp.int32)
-    logits_BPV, cache = model.decode(prompt_BP, cache, index=jnp.int32(0), slot_valid_BS=slot_valid_BS,
-                                     positions_BT=positions_BP)
+    slot_valid_BS = jnp.zeros((b, p + n), bool).at[:, :p].set(prompt_valid_BT)
+    prompt_positions_BT = jnp.maximum(jnp.cumsum(prompt_valid_BT, axis=1) - 1, 0).astype(jnp.int32)
+    logits_BTV, cache = model.decode(prompt_BT, cache, index=jnp.int32(0), slot_valid_BS=slot_valid_BS,
+                                     positions_BT=prompt_positions_BT)
     stops = jnp.asarray(stop_ids, jnp.int32)
     key, sub = jax.random.split(key)
-    first_B = choose(logits_BPV[:, -1], allowed_V, sampling, sub)
-    out_BN = jnp.zeros((b, n), jnp.int32).at[:, 0].set(first_B)
+    first_B = choose(logits_BTV[:, -1], allowed_V, sampling, sub)
+    out_BT = jnp.zeros((b, n), jnp.int32).at[:, 0].set(first_B)
     done_B = jnp.isin(first_B, stops)
-    next_pos_B = positions_BP[:, -1] + 1
+    next_pos_B = prompt_positions_BT[:, -1] + 1
 
     def cond(carry):
         i, _, _, done_B, _, _, _ = carry
         return (i < n) & ~jnp.all(done_B)
 
     def body(carry):
-        i, out_BN, cache, done_B, slot_valid_BS, pos_B, key = carry
-        token_B1 = out_BN[:, i - 1][:, None]
+        i, out_BT, cache, done_B, slot_valid_BS, pos_B, key = carry
+        token_B1 = out_BT[:, i - 1][:, None]
         slot_valid_BS = slot_valid_BS.at[:, p + i - 1].set(True)
         logits_B1V, cache = model.decode(token_B1, cache, index=p + i - 1, slot_valid_BS=slot_valid_BS,
                                          positions_BT=pos_B[:, None])
         key, sub = jax.random.split(key)
         next_B = choose(logits_B1V[:, 0], allowed_V, sampling, sub)
         # Rows that already stopped keep emitting their stop id, which the caller trims.
-        next_B = jnp.where(done_B, out_BN[:, i - 1], next_B)
-        out_BN = out_BN.at[:, i].set(next_B)
-        return i + 1, out_BN, cache, done_B | jnp.isin(next_B, stops), slot_valid_BS, pos_B + 1, key
+        next_B = jnp.where(done_B, out_BT[:, i - 1], next_B)
+        out_BT = out_BT.at[:, i].set(next_B)
+        return i + 1, out_BT, cache, done_B | jnp.isin(next_B, stops), slot_valid_BS, pos_B + 1, key
 
-    carry = (jnp.int32(1), out_BN, cache, done_B, slot_valid_BS, next_pos_B, key)
-    steps, out_BN, *_ = jax.lax.while_loop(cond, body, carry)
-    return out_BN, steps
+    carry = (jnp.int32(1), out_BT, cache, done_B, slot_valid_BS, next_pos_B, key)
+    steps, out_BT, *_ = jax.lax.while_loop(cond, body, carry)
+    return out_BT, steps
 
 
 def generate(model: MoST, prompts: Sequence[Sequence[int]], *, allowed: np.ndarray, stop_ids: Sequence[int],

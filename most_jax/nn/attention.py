@@ -2,8 +2,8 @@
 
 Keys and values come from a compressed latent: kv_a_proj maps D -> M (latent) + R (one rope key
 shared by all heads); the latent is RMS-normalised and kv_b_proj expands it to per-head
-k_nope (Qn) and v (Dv). Queries are [q_nope (Qn) | q_rope (R)] per head, from q_proj or the
-low-rank q_a_proj -> q_a_norm -> q_b_proj.
+k_nope (O) and v (Z). Queries are [q_nope (O) | q_rope (R)] = Q per head, from q_proj or the
+low-rank q_a_proj -> q_a_norm -> q_b_proj. Axis letters: most_jax/AXES.md.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class MLAttention(nnx.Module):
         self.o_proj = Linear(h * a.v_head_dim, d, ("heads", "embed"), **kw)
 
     def queries(self, x_BTD: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(q_nope [B,T,H,Qn], rotated q_rope [B,T,H,R])."""
+        """(q_nope [B,T,H,O], rotated q_rope [B,T,H,R])."""
         if hasattr(self, "q_proj"):
             q = self.q_proj(x_BTD)
         else:
@@ -70,24 +70,24 @@ class MLAttention(nnx.Module):
         return jax.nn.softmax(jnp.where(mask_BTS[:, None], scores_BHTS * self.scale, _MASKED), axis=-1)
 
     def _kv_b_heads(self) -> tuple[jax.Array, jax.Array]:
-        """kv_b_proj split per head: (W_uk [M, H, Qn], W_uv [M, H, Dv])."""
+        """kv_b_proj split per head: (W_uk [M, H, O], W_uv [M, H, Z])."""
         w = self.kv_b_proj.kernel[...].astype(self.kv_b_proj.dtype)
-        w_MHK = w.reshape(self.latent_dim, self.num_heads, self.nope_dim + self.v_dim)
-        return w_MHK[..., : self.nope_dim], w_MHK[..., self.nope_dim:]
+        w = w.reshape(self.latent_dim, self.num_heads, self.nope_dim + self.v_dim)  # [M, H, O + Z]
+        return w[..., : self.nope_dim], w[..., self.nope_dim:]
 
     def __call__(self, x_BTD: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array, mask_BTS: jax.Array) -> jax.Array:
-        q_nope_BTHN, q_rope_BTHR = self.queries(x_BTD, cos_BTR, sin_BTR)
+        q_nope_BTHO, q_rope_BTHR = self.queries(x_BTD, cos_BTR, sin_BTR)
         c_BSM, k_rope_BSR = self.latent(x_BTD, cos_BTR, sin_BTR)
         kv = self.kv_b_proj(c_BSM)
-        kv_BSHK = kv.reshape(kv.shape[:2] + (self.num_heads, self.nope_dim + self.v_dim))
-        k_nope_BSHN, v_BSHV = jnp.split(kv_BSHK, [self.nope_dim], axis=-1)
+        kv = kv.reshape(kv.shape[:2] + (self.num_heads, self.nope_dim + self.v_dim))  # [B, S, H, O + Z]
+        k_nope_BSHO, v_BSHZ = jnp.split(kv, [self.nope_dim], axis=-1)
         # Scores in float32: the rope part uses the single shared key for every head.
         f32 = jnp.float32
-        scores_BHTS = (jnp.einsum("BTHN,BSHN->BHTS", q_nope_BTHN, k_nope_BSHN, preferred_element_type=f32)
+        scores_BHTS = (jnp.einsum("BTHO,BSHO->BHTS", q_nope_BTHO, k_nope_BSHO, preferred_element_type=f32)
                        + jnp.einsum("BTHR,BSR->BHTS", q_rope_BTHR, k_rope_BSR, preferred_element_type=f32))
-        probs_BHTS = self._attend(scores_BHTS, mask_BTS).astype(v_BSHV.dtype)
-        out_BTHV = jnp.einsum("BHTS,BSHV->BTHV", probs_BHTS, v_BSHV)
-        return self.o_proj(out_BTHV.reshape(out_BTHV.shape[:2] + (-1,)))
+        probs_BHTS = self._attend(scores_BHTS, mask_BTS).astype(v_BSHZ.dtype)
+        out_BTHZ = jnp.einsum("BHTS,BSHZ->BTHZ", probs_BHTS, v_BSHZ)
+        return self.o_proj(out_BTHZ.reshape(out_BTHZ.shape[:2] + (-1,)))
 
     def decode(self, x_BTD: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array, mask_BTS: jax.Array,
                latent_BSM: jax.Array, rope_key_BSR: jax.Array, index: jax.Array):
@@ -95,21 +95,21 @@ class MLAttention(nnx.Module):
 
         The new tokens are written at cache slots index..index+T-1. kv_b_proj is absorbed into the
         query (W_uk) and output (W_uv) sides, so the cache keeps only M + R numbers per token instead
-        of H x (Qn + R + Dv): per head, q_nope . (c W_uk) == (q_nope W_uk^T) . c.
+        of H x (O + R + Z): per head, q_nope . (c W_uk) == (q_nope W_uk^T) . c.
         """
-        q_nope_BTHN, q_rope_BTHR = self.queries(x_BTD, cos_BTR, sin_BTR)
+        q_nope_BTHO, q_rope_BTHR = self.queries(x_BTD, cos_BTR, sin_BTR)
         c_BTM, k_rope_BTR = self.latent(x_BTD, cos_BTR, sin_BTR)
         latent_BSM = jax.lax.dynamic_update_slice_in_dim(latent_BSM, c_BTM.astype(latent_BSM.dtype), index, axis=1)
         rope_key_BSR = jax.lax.dynamic_update_slice_in_dim(rope_key_BSR, k_rope_BTR.astype(rope_key_BSR.dtype),
                                                            index, axis=1)
-        w_uk_MHN, w_uv_MHV = self._kv_b_heads()
+        w_uk_MHO, w_uv_MHZ = self._kv_b_heads()
         f32 = jnp.float32
-        q_latent_BTHM = jnp.einsum("BTHN,MHN->BTHM", q_nope_BTHN, w_uk_MHN)
+        q_latent_BTHM = jnp.einsum("BTHO,MHO->BTHM", q_nope_BTHO, w_uk_MHO)
         scores_BHTS = (jnp.einsum("BTHM,BSM->BHTS", q_latent_BTHM, latent_BSM.astype(q_latent_BTHM.dtype),
                                   preferred_element_type=f32)
                        + jnp.einsum("BTHR,BSR->BHTS", q_rope_BTHR, rope_key_BSR.astype(q_rope_BTHR.dtype),
                                     preferred_element_type=f32))
         probs_BHTS = self._attend(scores_BHTS, mask_BTS).astype(q_latent_BTHM.dtype)
         out_latent_BTHM = jnp.einsum("BHTS,BSM->BTHM", probs_BHTS, latent_BSM.astype(probs_BHTS.dtype))
-        out_BTHV = jnp.einsum("BTHM,MHV->BTHV", out_latent_BTHM, w_uv_MHV)
-        return self.o_proj(out_BTHV.reshape(out_BTHV.shape[:2] + (-1,))), latent_BSM, rope_key_BSR
+        out_BTHZ = jnp.einsum("BTHM,MHZ->BTHZ", out_latent_BTHM, w_uv_MHZ)
+        return self.o_proj(out_BTHZ.reshape(out_BTHZ.shape[:2] + (-1,))), latent_BSM, rope_key_BSR

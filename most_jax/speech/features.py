@@ -189,7 +189,7 @@ def mfcc(wave: np.ndarray, options: MfccOptions = MfccOptions()) -> np.ndarray:
 
 
 def deltas(features: np.ndarray, order: int = 2, window: int = 2) -> np.ndarray:
-    """[T, C] -> [T, C * (order + 1)]: features, then Kaldi's delta and delta-delta (edges repeat the
+    """[U, I] -> [U, I * (order + 1)] (frames, feature bins): features, then Kaldi's delta and delta-delta (edges repeat the
     first/last frame). Each order's filter is the previous one convolved with the delta window."""
     features = np.asarray(features)
     if features.ndim != 2:

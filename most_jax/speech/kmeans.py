@@ -5,7 +5,8 @@ all points it has been assigned so far (per-centroid learning rate 1 / count). C
 point during an epoch are re-seeded on random data points, so the codebook does not keep dead
 entries (except after the last epoch). Initialisation: greedy k-means++ (D^2 sampling) on a subsample, or k distinct random points.
 
-Array names: N points (frames), A feature dims, U codebook entries (centroids).
+Array names (most_jax/AXES.md): N points (frames), I feature dims, V codebook entries (centroids:
+the unit vocabulary).
 """
 
 from __future__ import annotations
@@ -42,108 +43,108 @@ class KMeansOptions:
                              "give it more audio or lower K")
 
 
-def _sq_distances(x_NA: jax.Array, c_UA: jax.Array) -> jax.Array:
-    """Squared Euclidean distances [N, U] (clamped at 0 against rounding)."""
-    cross_NU = x_NA @ c_UA.T
-    d2_NU = (x_NA * x_NA).sum(-1, keepdims=True) - 2.0 * cross_NU + (c_UA * c_UA).sum(-1)[None, :]
-    return jnp.maximum(d2_NU, 0.0)
+def _sq_distances(x_NI: jax.Array, c_VI: jax.Array) -> jax.Array:
+    """Squared Euclidean distances [N, V] (clamped at 0 against rounding)."""
+    cross_NV = x_NI @ c_VI.T
+    d2_NV = (x_NI * x_NI).sum(-1, keepdims=True) - 2.0 * cross_NV + (c_VI * c_VI).sum(-1)[None, :]
+    return jnp.maximum(d2_NV, 0.0)
 
 
 @jax.jit
-def assign(x_NA: jax.Array, c_UA: jax.Array) -> tuple[jax.Array, jax.Array]:
+def assign(x_NI: jax.Array, c_VI: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(nearest centroid id [N] int32, its squared distance [N])."""
-    d2_NU = _sq_distances(x_NA, c_UA)
-    ids_N = jnp.argmin(d2_NU, axis=-1).astype(jnp.int32)
-    return ids_N, jnp.take_along_axis(d2_NU, ids_N[:, None], axis=-1)[:, 0]
+    d2_NV = _sq_distances(x_NI, c_VI)
+    ids_N = jnp.argmin(d2_NV, axis=-1).astype(jnp.int32)
+    return ids_N, jnp.take_along_axis(d2_NV, ids_N[:, None], axis=-1)[:, 0]
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _kmeans_plus_plus(key: jax.Array, x_NA: jax.Array, num_clusters: int) -> jax.Array:
+def _kmeans_plus_plus(key: jax.Array, x_NI: jax.Array, num_clusters: int) -> jax.Array:
     """Greedy k-means++: each step draws 2 + ln(K) candidates by D^2 sampling and keeps the one that
     lowers the total squared distance most (plain k-means++ often seeds two centroids in one cluster)."""
     num_candidates = 2 + int(np.log(num_clusters))
     key, first = jax.random.split(key)
-    c0_A = x_NA[jax.random.randint(first, (), 0, x_NA.shape[0])]
-    c_UA = jnp.zeros((num_clusters, x_NA.shape[1]), x_NA.dtype).at[0].set(c0_A)
-    d2_N = ((x_NA - c0_A[None, :]) ** 2).sum(-1)
+    c0_I = x_NI[jax.random.randint(first, (), 0, x_NI.shape[0])]
+    c_VI = jnp.zeros((num_clusters, x_NI.shape[1]), x_NI.dtype).at[0].set(c0_I)
+    d2_N = ((x_NI - c0_I[None, :]) ** 2).sum(-1)
 
     def body(i, carry):
-        c_UA, d2_N, key = carry
+        c_VI, d2_N, key = carry
         key, sub = jax.random.split(key)
         # The tiny floor keeps the distribution valid when every point sits on a centroid.
-        picks = jax.random.choice(sub, x_NA.shape[0], (num_candidates,), p=(d2_N + 1e-12) / (d2_N + 1e-12).sum())
-        new_d2 = jnp.minimum(d2_N[None, :], _sq_distances(x_NA[picks], x_NA))  # [candidates, N]
+        picks = jax.random.choice(sub, x_NI.shape[0], (num_candidates,), p=(d2_N + 1e-12) / (d2_N + 1e-12).sum())
+        new_d2 = jnp.minimum(d2_N[None, :], _sq_distances(x_NI[picks], x_NI))  # [candidates, N]
         best = jnp.argmin(new_d2.sum(-1))
-        return c_UA.at[i].set(x_NA[picks[best]]), new_d2[best], key
+        return c_VI.at[i].set(x_NI[picks[best]]), new_d2[best], key
 
-    c_UA, _, _ = jax.lax.fori_loop(1, num_clusters, body, (c_UA, d2_N, key))
-    return c_UA
+    c_VI, _, _ = jax.lax.fori_loop(1, num_clusters, body, (c_VI, d2_N, key))
+    return c_VI
 
 
 @jax.jit
-def _epoch(c_UA, counts_U, batches, key, reseed):
+def _epoch(c_VI, counts_V, batches, key, reseed):
     """One pass over `batches` [num_batches, N, A]; returns centroids, counts, mean batch inertia and
     the number of re-seeded centroids."""
-    num_clusters = c_UA.shape[0]
+    num_clusters = c_VI.shape[0]
 
-    def step(carry, x_NA):
-        c_UA, counts_U, wins_U = carry
-        ids_N, d2_N = assign(x_NA, c_UA)
-        batch_counts_U = jnp.zeros(num_clusters, counts_U.dtype).at[ids_N].add(1.0)
-        sums_UA = jax.ops.segment_sum(x_NA, ids_N, num_segments=num_clusters)
-        counts_U = counts_U + batch_counts_U
-        c_UA = c_UA + (sums_UA - batch_counts_U[:, None] * c_UA) / jnp.maximum(counts_U, 1.0)[:, None]
-        return (c_UA, counts_U, wins_U + batch_counts_U), d2_N.mean()
+    def step(carry, x_NI):
+        c_VI, counts_V, wins_V = carry
+        ids_N, d2_N = assign(x_NI, c_VI)
+        batch_counts_V = jnp.zeros(num_clusters, counts_V.dtype).at[ids_N].add(1.0)
+        sums_VI = jax.ops.segment_sum(x_NI, ids_N, num_segments=num_clusters)
+        counts_V = counts_V + batch_counts_V
+        c_VI = c_VI + (sums_VI - batch_counts_V[:, None] * c_VI) / jnp.maximum(counts_V, 1.0)[:, None]
+        return (c_VI, counts_V, wins_V + batch_counts_V), d2_N.mean()
 
-    (c_UA, counts_U, wins_U), inertia = jax.lax.scan(step, (c_UA, counts_U, jnp.zeros_like(counts_U)), batches)
+    (c_VI, counts_V, wins_V), inertia = jax.lax.scan(step, (c_VI, counts_V, jnp.zeros_like(counts_V)), batches)
     # Re-seed centroids that won nothing this epoch on random points of the data.
-    flat_NA = batches.reshape(-1, batches.shape[-1])
-    picks_U = jax.random.randint(key, (num_clusters,), 0, flat_NA.shape[0])
-    dead_U = (wins_U == 0) & reseed
-    c_UA = jnp.where(dead_U[:, None], flat_NA[picks_U], c_UA)
-    counts_U = jnp.where(dead_U, 0.0, counts_U)
-    return c_UA, counts_U, inertia.mean(), dead_U.sum()
+    flat_NI = batches.reshape(-1, batches.shape[-1])
+    picks_V = jax.random.randint(key, (num_clusters,), 0, flat_NI.shape[0])
+    dead_V = (wins_V == 0) & reseed
+    c_VI = jnp.where(dead_V[:, None], flat_NI[picks_V], c_VI)
+    counts_V = jnp.where(dead_V, 0.0, counts_V)
+    return c_VI, counts_V, inertia.mean(), dead_V.sum()
 
 
-def initial_centroids(data_NA: np.ndarray, options: KMeansOptions) -> np.ndarray:
-    """The k-means++ or random initial codebook [U, A] (what `fit` starts from)."""
-    options.validate(len(data_NA))
+def initial_centroids(data_NI: np.ndarray, options: KMeansOptions) -> np.ndarray:
+    """The k-means++ or random initial codebook [V, I] (what `fit` starts from)."""
+    options.validate(len(data_NI))
     key = jax.random.key(options.seed)
     sample_key, init_key = jax.random.split(key)
-    x_NA = jnp.asarray(data_NA, jnp.float32)
+    x_NI = jnp.asarray(data_NI, jnp.float32)
     if options.init == "random":
-        picks = jax.random.choice(init_key, x_NA.shape[0], (options.num_clusters,), replace=False)
-        return np.array(x_NA[picks])
-    if x_NA.shape[0] > options.init_sample:
-        x_NA = x_NA[jax.random.choice(sample_key, x_NA.shape[0], (options.init_sample,), replace=False)]
-    return np.array(_kmeans_plus_plus(init_key, x_NA, options.num_clusters))
+        picks = jax.random.choice(init_key, x_NI.shape[0], (options.num_clusters,), replace=False)
+        return np.array(x_NI[picks])
+    if x_NI.shape[0] > options.init_sample:
+        x_NI = x_NI[jax.random.choice(sample_key, x_NI.shape[0], (options.init_sample,), replace=False)]
+    return np.array(_kmeans_plus_plus(init_key, x_NI, options.num_clusters))
 
 
-def fit(data_NA: np.ndarray, options: KMeansOptions = KMeansOptions(),
+def fit(data_NI: np.ndarray, options: KMeansOptions = KMeansOptions(),
         progress: Callable[[int, float, int], None] | None = None) -> np.ndarray:
-    """Fits a codebook [U, A] float32 to `data_NA`; `progress(epoch, mean batch inertia, reseeded)`."""
-    data_NA = np.asarray(data_NA, np.float32)
-    if data_NA.ndim != 2:
-        raise ValueError(f"k-means data must be [points, dims], got shape {data_NA.shape}")
-    c_UA = jnp.asarray(initial_centroids(data_NA, options))
-    counts_U = jnp.zeros(options.num_clusters, jnp.float32)
-    x_NA = jnp.asarray(data_NA)
-    batch = min(options.batch_size, x_NA.shape[0])
-    num_batches = x_NA.shape[0] // batch
+    """Fits a codebook [V, I] float32 to `data_NI`; `progress(epoch, mean batch inertia, reseeded)`."""
+    data_NI = np.asarray(data_NI, np.float32)
+    if data_NI.ndim != 2:
+        raise ValueError(f"k-means data must be [points, dims], got shape {data_NI.shape}")
+    c_VI = jnp.asarray(initial_centroids(data_NI, options))
+    counts_V = jnp.zeros(options.num_clusters, jnp.float32)
+    x_NI = jnp.asarray(data_NI)
+    batch = min(options.batch_size, x_NI.shape[0])
+    num_batches = x_NI.shape[0] // batch
     key = jax.random.fold_in(jax.random.key(options.seed), 1)
     for epoch in range(options.epochs):
         key, perm_key, reseed_key = jax.random.split(key, 3)
-        order = jax.random.permutation(perm_key, x_NA.shape[0])[:num_batches * batch]
-        batches = x_NA[order].reshape(num_batches, batch, -1)
+        order = jax.random.permutation(perm_key, x_NI.shape[0])[:num_batches * batch]
+        batches = x_NI[order].reshape(num_batches, batch, -1)
         # No re-seeding after the last epoch: a re-seeded centroid would go out unrefined.
         last = epoch == options.epochs - 1
-        c_UA, counts_U, inertia, reseeded = _epoch(c_UA, counts_U, batches, reseed_key, jnp.asarray(not last))
+        c_VI, counts_V, inertia, reseeded = _epoch(c_VI, counts_V, batches, reseed_key, jnp.asarray(not last))
         if progress is not None:
             progress(epoch, float(inertia), int(reseeded))
-    return np.array(c_UA)
+    return np.array(c_VI)
 
 
-def inertia(data_NA: np.ndarray, c_UA: np.ndarray) -> float:
+def inertia(data_NI: np.ndarray, c_VI: np.ndarray) -> float:
     """Mean squared distance from each point to its nearest centroid."""
-    _, d2_N = assign(jnp.asarray(data_NA, jnp.float32), jnp.asarray(c_UA, jnp.float32))
+    _, d2_N = assign(jnp.asarray(data_NI, jnp.float32), jnp.asarray(c_VI, jnp.float32))
     return float(d2_N.mean())

@@ -15,7 +15,8 @@ sentence gets far more similar unit sequences across speaking rates and voices t
 frames, and TTS on them is easier, though the demo's ASR did not learn faster (BENCHMARKS.md, "Main job").
 
 A fitted extractor is a directory: `units.json` (feature kind and options, unit rate, pooling, K,
-dedup, utterance_cmvn, min_run, normalisation mean/std) and `centroids.npy` [K, dims]; `save` writes it atomically.
+dedup, utterance_cmvn, min_run, normalisation mean/std) and `centroids.npy` [V, I] (the k units by feature
+dims); `save` writes it atomically.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def frames_per_unit(features: FrameFeatures, unit_rate: float) -> int:
 
 
 def group_frames(frames: np.ndarray, factor: int, pooling: str) -> np.ndarray:
-    """[T, F] -> [ceil(T / factor), F * factor] (stack) or [.., F] (mean); a partial last group is
+    """[U, I] -> [ceil(U / factor), I * factor] (stack) or [.., I] (mean); a partial last group is
     completed by repeating the last frame, so every frame of audio lands in some unit."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -159,7 +160,7 @@ def remove_short_runs(units: np.ndarray, min_run: int) -> np.ndarray:
 
 
 def normalise_utterance(frames: np.ndarray) -> np.ndarray:
-    """Per-dimension zero mean and unit variance over one utterance's frames [T, F]."""
+    """Per-dimension zero mean and unit variance over one utterance's frames [U, I]."""
     std = np.maximum(frames.std(axis=0), _STD_FLOOR)
     return ((frames - frames.mean(axis=0)) / std).astype(np.float32)
 
@@ -185,7 +186,7 @@ class UnitExtractor:
     dedup: bool
     mean: np.ndarray  # [dims]
     std: np.ndarray  # [dims]
-    centroids: np.ndarray  # [K, dims]
+    centroids: np.ndarray  # [V, I]: the k units by feature dims
     utterance_cmvn: bool = False
     min_run: int = 1
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from most_jax.atomic import atomic_file
 from most_jax.train.metrics import METRICS_FILE
 
 TASK_PREFIX = "loss_task/"
@@ -63,15 +62,8 @@ def plot_losses(records: list[dict], out_png: str | Path, title: str = "training
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out_png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_file(out_png) as tmp:  # same suffix, so savefig writes a PNG
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)

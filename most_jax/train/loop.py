@@ -235,6 +235,9 @@ def _check_resumable(stored: dict[str, Any], cfg: Config, where: Path, say: Call
     if param_tree.abstract_params(stored_cfg.model) != param_tree.abstract_params(cfg.model):
         raise CheckpointError(f"{where}: the checkpoint's model has different parameters than the configured one; "
                               "resume with the model config it was written with")
+    # Against the stored config as it loads (defaults filled in), so a field added since the
+    # checkpoint was written (e.g. model.family) is no difference.
+    stored = to_dict(stored_cfg)
     differing = [".".join(p) for p, v in flatten(to_dict(cfg)) if _lookup(stored, p) != v]
     if differing:
         say(f"config differs from the checkpoint's in: {', '.join(differing)}")

@@ -10,7 +10,6 @@ summed figures.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from most_jax.atomic import atomic_file
 from most_jax.config import Config
 from most_jax.models.family import get_family
 
@@ -185,6 +185,5 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
                 kept.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

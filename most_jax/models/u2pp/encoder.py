@@ -89,8 +89,8 @@ class DepthwiseConv1d(nnx.Module):
 
 
 class ConvolutionModule(nnx.Module):
-    """pointwise_conv1 (D -> 2D) -> GLU -> depthwise_conv (causal: the kernel-1 frames before, from
-    zeros or the cache; else symmetric zero padding) -> LayerNorm -> swish -> pointwise_conv2.
+    """pointwise_conv1 (D -> 2D) -> GLU -> depthwise_conv (causal: over the kernel-1 input frames
+    before, zeros or the cache; else symmetric zero padding) -> LayerNorm -> swish -> pointwise_conv2.
     Padded frames are zeroed before and after, as WeNet's mask_pad."""
 
     def __init__(self, channels: int, kernel_size: int, *, causal: bool, norm_eps: float, rngs: nnx.Rngs,
@@ -121,11 +121,15 @@ class ConvolutionModule(nnx.Module):
             x_BTD = jnp.concatenate([left_BXD, x_BTD], axis=1)
             new_cache_BDX = x_BTD[:, -self.lorder:].transpose(0, 2, 1)
         else:
-            pad = (self.kernel_size - 1) // 2
-            x_BTD = jnp.pad(x_BTD, ((0, 0), (pad, pad), (0, 0)))
             new_cache_BDX = jnp.zeros((b, d, 0), x_BTD.dtype)
         a_BTD, gate_BTD = jnp.split(self.pointwise_conv1(x_BTD), 2, axis=-1)
-        h_BTD = self.depthwise_conv(a_BTD * jax.nn.sigmoid(gate_BTD))
+        glu_BTD = a_BTD * jax.nn.sigmoid(gate_BTD)
+        if self.lorder == 0:
+            # WeNet's symmetric padding belongs to the depthwise conv: zeros after the GLU, whereas
+            # the causal left context (zeros or cache) enters before pointwise_conv1.
+            pad = (self.kernel_size - 1) // 2
+            glu_BTD = jnp.pad(glu_BTD, ((0, 0), (pad, pad), (0, 0)))
+        h_BTD = self.depthwise_conv(glu_BTD)
         y_BTD = self.pointwise_conv2(jax.nn.silu(self.norm(h_BTD)))
         if valid_BT is not None:
             y_BTD = jnp.where(valid_BT[..., None], y_BTD, 0.0).astype(y_BTD.dtype)

@@ -1,10 +1,31 @@
 """Sentence generator: determinism, disjoint de-duplicated splits, vocabulary size and coverage."""
 
+import hashlib
 import re
 
 import pytest
 
-from most_jax.speech import lexicon, sentences
+from most_jax.corpus import lexicon, sentences
+
+
+def _digest(lines) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def test_generated_corpus_is_pinned_for_seed_0():
+    """The corpus a seed names must not drift (a refactor, the word lists moving to data files):
+    pinned from the generator as it was before its word lists left the code."""
+    drawn = sentences.unique_sentences(0, 2000)
+    assert drawn[:3] == ["the farmers spent eleven weeks in england",
+                         "anthony will prefer to forget anthony's music tomorrow",
+                         "the textbooks seem extremely perfect"]
+    assert _digest(drawn) == "500e5289baaaee35fcdc597217b0754185bebb2b21020ea24a4df499e080dc09"
+    splits = sentences.make_splits(0, 300, 20, 20, 50, vocabulary_limit=800)
+    assert _digest(splits.train + splits.dev + splits.test + splits.text_lm) == \
+        "2af32d34c190299dade7ed5b90a96cfbebd2a7843e12e5e410e21e51b9ff0e53"
+    vocab = sentences.vocabulary()
+    assert len(vocab) == 3524
+    assert _digest(sorted(vocab)) == "1b81b5c4a923a1d742542e37ce91c20b1ee22fcc32553f4be30461d6867fa0b2"
 
 
 def test_same_seed_same_sentences_and_different_seed_differs():
@@ -64,6 +85,20 @@ def test_lexicon_is_well_formed_and_inflects():
     assert lexicon.article("apple") == "an" and lexicon.article("uniform") == "a"
     with pytest.raises(ValueError, match="verb spec"):
         lexicon.parse_verb("go/went")
+
+
+def test_lexicon_check_names_the_bad_section_of_the_data_file(monkeypatch):
+    monkeypatch.setitem(lexicon.NOUNS, "animal", lexicon.NOUNS["animal"] + ("dog",))
+    with pytest.raises(ValueError, match=r"lexicon.json section 'nouns.animal' repeats \['dog'\]"):
+        lexicon.check_lexicon()
+    monkeypatch.undo()
+    monkeypatch.setattr(lexicon, "CITIES", lexicon.CITIES + ("Paris",))
+    with pytest.raises(ValueError, match="section 'cities': word 'Paris'"):
+        lexicon.check_lexicon()
+    monkeypatch.undo()
+    monkeypatch.setattr(lexicon, "TENS", lexicon.TENS[:-1])
+    with pytest.raises(ValueError, match="'tens' needs 10 entries"):
+        lexicon.check_lexicon()
 
 
 @pytest.mark.parametrize("n,words", [(0, "zero"), (13, "thirteen"), (40, "forty"), (342, "three hundred and forty two"),

@@ -13,8 +13,9 @@ import collections
 import dataclasses
 import functools
 import random
+from importlib import resources
 
-from most_jax.speech import lexicon as lx
+from most_jax.corpus import lexicon as lx
 
 _TENSES = ("present", "past", "future", "progressive", "past_progressive", "perfect", "modal")
 _TENSE_WEIGHTS = (25, 30, 12, 10, 5, 10, 8)
@@ -562,28 +563,17 @@ def make_splits(seed: int, num_train: int, num_dev: int, num_test: int, num_text
 
 
 # Words the templates above spell out literally (everything else comes from the lexicon).
-_TEMPLATE_WORDS = """
-    i you he she we they me him her us them it my your his our their the a an this that these those some
-    many few several all both every another one no enough lot of little and but or because so while
-    although until then if when who what which where why how that to by from in at on near behind outside
-    inside next across beside front far around under is are was were am be been not do does did don't
-    doesn't didn't isn't aren't wasn't weren't haven't hasn't have has will won't can can't could couldn't
-    should shouldn't must mustn't might would wouldn't i'm you're we're they're he's she's it's i'll you'll
-    he'll she'll we'll they'll let's please never always there than much looks looked seems seemed felt
-    became look seem wants with spent days weeks months flew drove traveled moved walked sailed took train
-    live work study stay lives works studies stays lived worked studied stayed living working studying
-    staying costs cost leaves left arrives arrived leave years old born plus minus times dollars cents
-    phone number miles kilometers built o'clock half past quarter oh ago last week weekend tonight soon
-    later now right moment today recently twice times before every day night weekend again heavily think
-    said told know believe mother says nobody knew true sure heard need bought packed sold forgot saw
-    bring shop has list found remember ten twenty two three four five yesterday morning afternoon
-    evening this time tomorrow
-"""
+TEMPLATE_WORDS_FILE = "data/template_words.txt"
+
+
+def _template_words() -> frozenset[str]:
+    text = resources.files("most_jax.corpus").joinpath(TEMPLATE_WORDS_FILE).read_text(encoding="utf-8")
+    return frozenset(text.split())
 
 
 def vocabulary() -> frozenset[str]:
     """Every word the generator can produce."""
-    words = set(_TEMPLATE_WORDS.split())
+    words = set(_template_words())
     for groups in (lx.NOUNS, lx.MASS_NOUNS, lx.ADJECTIVES):
         for entries in groups.values():
             words.update(w for entry in entries for w in entry.split())

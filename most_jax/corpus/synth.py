@@ -31,7 +31,7 @@ import soundfile as sf
 import soxr
 
 from most_jax.atomic import atomic_directory
-from most_jax.speech import sentences
+from most_jax.corpus import sentences
 from most_jax.speech.manifest import write_manifest
 
 SAMPLE_RATE = 16000
@@ -60,7 +60,7 @@ class SpeakerSet:
     rate_wpm: tuple[int, int] = RATE_WPM
 
     def __post_init__(self):
-        from most_jax.speech.espeak import RATE_RANGE
+        from most_jax.corpus.espeak import RATE_RANGE
 
         if not self.voices or len(set(self.voices)) != len(self.voices):
             raise ValueError(f"voices must be a non-empty list without repeats, got {list(self.voices)}")
@@ -109,7 +109,7 @@ def plan_corpus(num: int, seed: int, dev_fraction: float = 0.05, test_fraction: 
 
 def render(utterance: Utterance, audio_dir: str) -> float:
     """Speaks one utterance into audio_dir/<id>.wav; returns its duration in seconds."""
-    from most_jax.speech import espeak  # imported here: each worker process loads its own engine
+    from most_jax.corpus import espeak  # imported here: each worker process loads its own engine
 
     wave, rate = espeak.synthesize(utterance.text, voice=utterance.speaker.voice, rate=utterance.rate,
                                    pitch=utterance.speaker.pitch, seed=utterance.seed)

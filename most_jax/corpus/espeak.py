@@ -1,7 +1,7 @@
 """eSpeak NG speech synthesis through ctypes, using the library and voice data of PyPI `espeakng-loader`.
 
 eSpeak keeps one global engine per process, so this module holds one lazily initialised engine
-behind a lock; parallel synthesis needs separate processes (see most_jax.speech.synth).
+behind a lock; parallel synthesis needs separate processes (see most_jax.corpus.synth).
 """
 
 from __future__ import annotations

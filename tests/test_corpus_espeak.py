@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from most_jax.speech import espeak
+from most_jax.corpus import espeak
 
 
 def test_synthesis_is_audible_speech_of_plausible_duration():
