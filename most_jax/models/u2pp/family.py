@@ -2,7 +2,7 @@
 
 A batch holds WeNet's keys, padded to fixed shapes: feats float32 [B, U, I] (U: the frames of
 `data.max_audio_seconds` of audio at the front end's 10 ms shift), feats_lengths int32 [B], target
-int32 [B, L] (L = data.seq_len tokens; ids 1..vocab_size-2, padding ignored) and target_lengths
+int32 [B, T] (T = data.seq_len tokens; ids 1..vocab_size-2, padding ignored) and target_lengths
 int32 [B]. WeNet divides its losses by the batch's utterances (or tokens), so every micro-batch
 divides by the whole step's counts and the shares add up. There is no U2++ data pipeline yet
 (`batches` is None): training reads batches that the caller provides.
