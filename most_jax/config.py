@@ -116,6 +116,8 @@ class MoEConfig:
         _check(self.expert in ("swiglu", "ffn"), f"{prefix}.expert", f"must be 'swiglu' or 'ffn', got {self.expert!r}")
         _check(self.activation in ("silu", "relu"), f"{prefix}.activation",
                f"must be 'silu' or 'relu', got {self.activation!r}")
+        _check(self.expert == "ffn" or self.activation == "silu", f"{prefix}.activation",
+               f"applies to 'ffn' experts; 'swiglu' experts gate with silu, got {self.activation!r}")
         if self.router == "topk_softmax":
             _check(not self.modality_groups, f"{prefix}.modality_groups", "router topk_softmax has no modality groups")
             _check(self.num_shared_experts == 0, f"{prefix}.num_shared_experts",

@@ -105,7 +105,6 @@ def run(shape: MoEBenchShape, paths: tuple[str, ...], warmup: int = 1, repeats: 
     cfg = shape.model_config(paths[0])
     b, t = shape.tokens // shape.seq_len, shape.seq_len
     x_BTD = jax.random.normal(jax.random.PRNGKey(1), (b, t, shape.dim), jnp.float32).astype(cfg.dtype)
-    modality_BT = jnp.zeros((b, t), jnp.int32)
     valid_BT = jnp.ones((b, t), bool)
 
     dense = SwiGLU(shape.dim, shape.dense_ffn, rngs=nnx.Rngs(0), std=cfg.init_std, param_dtype="float32",
@@ -115,9 +114,9 @@ def run(shape: MoEBenchShape, paths: tuple[str, ...], warmup: int = 1, repeats: 
     steps = {"dense": _grad_step(dense, lambda m, x: (m(x.reshape(-1, shape.dim)).reshape(x.shape), 0.0), x_BTD)}
     dropped = {}
     for path in paths:
-        moe = MoE(shape.model_config(path), rngs=nnx.Rngs(0))
-        steps[path] = _grad_step(moe, lambda m, x: _moe_apply(m, x, modality_BT, valid_BT), x_BTD)
-        _, stats = nnx.jit(lambda m, x: m(x, modality_BT, valid_BT))(moe, x_BTD)
+        moe = _moe_layer(shape.model_config(path))
+        steps[path] = _grad_step(moe, lambda m, x: _moe_apply(m, x, valid_BT), x_BTD)
+        _, stats = nnx.jit(lambda m, x: m(x, valid_BT))(moe, x_BTD)
         dropped[path] = float(jnp.sum(stats.dropped_G)) / (shape.tokens * shape.top_k)
     times = _time_interleaved(steps, warmup, repeats)
     wall = {name: statistics.median(t.wall) for name, t in times.items()}
@@ -141,8 +140,13 @@ def run(shape: MoEBenchShape, paths: tuple[str, ...], warmup: int = 1, repeats: 
     }
 
 
-def _moe_apply(moe: MoE, x_BTD, modality_BT, valid_BT):
-    y_BTD, stats = moe(x_BTD, modality_BT, valid_BT)
+def _moe_layer(cfg: ModelConfig) -> MoE:
+    return MoE(cfg.hidden_size, cfg.moe, init_std=cfg.init_std, param_dtype=cfg.param_dtype, dtype=cfg.dtype,
+               rngs=nnx.Rngs(0))
+
+
+def _moe_apply(moe: MoE, x_BTD, valid_BT):
+    y_BTD, stats = moe(x_BTD, valid_BT)
     return y_BTD, stats.aux_loss + stats.z_loss
 
 

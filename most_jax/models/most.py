@@ -33,7 +33,8 @@ class DecoderLayer(nnx.Module):
         self.attn = MLAttention(cfg, rngs=rngs)
         self.ffn_norm = RMSNorm(cfg.hidden_size, **norm)
         if use_moe:
-            self.moe = MoE(cfg, rngs=rngs)
+            self.moe = MoE(cfg.hidden_size, cfg.moe, init_std=cfg.init_std, param_dtype=cfg.param_dtype,
+                           dtype=cfg.dtype, rngs=rngs)
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.dense_ffn_dim, rngs=rngs, std=cfg.init_std,
                               param_dtype=cfg.param_dtype, dtype=cfg.dtype)
@@ -41,7 +42,7 @@ class DecoderLayer(nnx.Module):
     def _ffn(self, x_BTD, modality_BT, valid_BT):
         h_BTD = self.ffn_norm(x_BTD)
         if hasattr(self, "moe"):
-            y_BTD, stats = self.moe(h_BTD, modality_BT, valid_BT)
+            y_BTD, stats = self.moe(h_BTD, valid_BT, modality_BT)
         else:
             # Flat [N, D] rows: XLA:CPU runs the 2-D matmuls of forward+backward ~25% faster than 3-D.
             y_BTD, stats = self.mlp(h_BTD.reshape(-1, h_BTD.shape[-1])).reshape(h_BTD.shape), None

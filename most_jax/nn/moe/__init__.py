@@ -1,4 +1,4 @@
-"""Mixture-of-Experts FFN with modality-aware routing (MAMoE)."""
+"""Mixture-of-Experts FFN: MAMoE or WeNet top-k routing, SwiGLU or WeNet FFN experts."""
 
 from most_jax.nn.moe.layer import MoE, MoEStats
 

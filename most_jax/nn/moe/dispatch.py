@@ -1,8 +1,8 @@
-"""Dispatch/combine strategies: route token rows to experts, run the SwiGLU experts, weight and sum.
+"""Dispatch/combine strategies: route token rows to experts, run the experts, weight and sum.
 
 Every strategy has the signature `(x_ND, routing, experts, capacity_factor) -> (y_ND f32,
 dropped_NK bool)` and computes y[n] = sum_k weight[n,k] * Expert_{expert[n,k]}(x[n]) over the
-active, non-dropped assignments:
+active, non-dropped assignments, for either expert function (experts.py: swiglu or ffn):
 
 - `reference`: loop over experts, each applied to every token; obviously right, E times the work.
 - `capacity`: fixed buffers of C rows per expert (C from capacity_factor); assignments beyond an
@@ -12,7 +12,8 @@ active, non-dropped assignments:
 
 The fast paths move rows with gathers only. Their custom VJPs express each transpose as another
 gather through the inverse index map, because XLA:CPU scatter-adds of [N, D] rows are slow
-(they cost more than the expert matmuls at benchmark size).
+(they cost more than the expert matmuls at benchmark size). An ffn expert's output bias is added
+on the token side (experts.output_bias).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from most_jax.nn.moe.experts import ExpertWeights, on_buffer, on_groups, one_expert, output_bias
 from most_jax.nn.moe.router import Routing
 
 # Below this many rows a matmul is bound by reading the expert weights, so a larger buffer is free;
@@ -30,37 +32,32 @@ from most_jax.nn.moe.router import Routing
 MIN_CAPACITY = 16
 
 
-class ExpertWeights(NamedTuple):
-    w_gate_EDF: jax.Array
-    w_up_EDF: jax.Array
-    w_down_EFD: jax.Array
-
-
 class Layout(NamedTuple):
-    """Where assignments sit in a buffer of R rows; index N, N*K or R marks 'nothing'."""
+    """Where assignments sit in a buffer of P rows; index N, N*K or P marks 'nothing'."""
 
-    token_R: jax.Array  # int32 [R]: token copied into row r (N: an empty row)
-    assignment_R: jax.Array  # int32 [R]: flat assignment n*K+k held by row r (N*K: empty)
-    row_NK: jax.Array  # int32 [N, K]: buffer row of assignment (n, k) (R: inactive or dropped)
+    token_P: jax.Array  # int32 [P]: token copied into row p (N: an empty row)
+    assignment_P: jax.Array  # int32 [P]: flat assignment n*K+k held by row p (N*K: empty)
+    row_NK: jax.Array  # int32 [N, K]: buffer row of assignment (n, k) (P: inactive or dropped)
 
 
-def _append_zero_row(a_XD: jax.Array) -> jax.Array:
-    return jnp.concatenate([a_XD, jnp.zeros((1, a_XD.shape[1]), a_XD.dtype)], axis=0)
+def _append_zero_row(a: jax.Array) -> jax.Array:
+    """[rows, D] -> [rows + 1, D]: the extra zero row is what index 'nothing' reads."""
+    return jnp.concatenate([a, jnp.zeros((1, a.shape[1]), a.dtype)], axis=0)
 
 
 @jax.custom_vjp
 def gather_tokens(x_ND: jax.Array, layout: Layout) -> jax.Array:
-    """x_RD[r] = x_ND[token_R[r]] (zeros for empty rows)."""
-    return _append_zero_row(x_ND)[layout.token_R]
+    """x_PD[p] = x_ND[token_P[p]] (zeros for empty rows)."""
+    return _append_zero_row(x_ND)[layout.token_P]
 
 
 def _gather_tokens_fwd(x_ND, layout):
     return gather_tokens(x_ND, layout), layout
 
 
-def _gather_tokens_bwd(layout, g_RD):
+def _gather_tokens_bwd(layout, g_PD):
     # Token n was copied to rows row_NK[n, :]; its gradient is their sum (a gather, no scatter).
-    g_ND = jnp.sum(_append_zero_row(g_RD)[layout.row_NK], axis=1)
+    g_ND = jnp.sum(_append_zero_row(g_PD)[layout.row_NK], axis=1)
     return g_ND, None
 
 
@@ -68,23 +65,23 @@ gather_tokens.defvjp(_gather_tokens_fwd, _gather_tokens_bwd)
 
 
 @jax.custom_vjp
-def combine_rows(out_RD: jax.Array, weight_NK: jax.Array, layout: Layout) -> jax.Array:
-    """y_ND[n] = sum_k weight_NK[n,k] * out_RD[row_NK[n,k]], accumulated in float32."""
-    rows_NKD = _append_zero_row(out_RD)[layout.row_NK].astype(jnp.float32)
+def combine_rows(out_PD: jax.Array, weight_NK: jax.Array, layout: Layout) -> jax.Array:
+    """y_ND[n] = sum_k weight_NK[n,k] * out_PD[row_NK[n,k]], accumulated in float32."""
+    rows_NKD = _append_zero_row(out_PD)[layout.row_NK].astype(jnp.float32)
     return jnp.einsum("NKD,NK->ND", rows_NKD, weight_NK)
 
 
-def _combine_rows_fwd(out_RD, weight_NK, layout):
-    return combine_rows(out_RD, weight_NK, layout), (out_RD, weight_NK, layout)
+def _combine_rows_fwd(out_PD, weight_NK, layout):
+    return combine_rows(out_PD, weight_NK, layout), (out_PD, weight_NK, layout)
 
 
 def _combine_rows_bwd(res, g_ND):
-    out_RD, weight_NK, layout = res
-    weight_R = jnp.concatenate([weight_NK.reshape(-1), jnp.zeros((1,), weight_NK.dtype)])[layout.assignment_R]
-    g_out_RD = (_append_zero_row(g_ND)[layout.token_R] * weight_R[:, None]).astype(out_RD.dtype)
-    rows_NKD = _append_zero_row(out_RD)[layout.row_NK].astype(jnp.float32)
+    out_PD, weight_NK, layout = res
+    weight_P = jnp.concatenate([weight_NK.reshape(-1), jnp.zeros((1,), weight_NK.dtype)])[layout.assignment_P]
+    g_out_PD = (_append_zero_row(g_ND)[layout.token_P] * weight_P[:, None]).astype(out_PD.dtype)
+    rows_NKD = _append_zero_row(out_PD)[layout.row_NK].astype(jnp.float32)
     g_weight_NK = jnp.einsum("NKD,ND->NK", rows_NKD, g_ND)
-    return g_out_RD, g_weight_NK, None
+    return g_out_PD, g_weight_NK, None
 
 
 combine_rows.defvjp(_combine_rows_fwd, _combine_rows_bwd)
@@ -125,36 +122,38 @@ def capacity_layout(routing: Routing, num_experts: int, capacity: int) -> tuple[
     slot_EC = jnp.arange(capacity, dtype=jnp.int32)[None, :]
     filled_EC = slot_EC < counts_E[:, None]
     sorted_index_EC = jnp.minimum(starts_E[:, None] + slot_EC, n * k - 1)
-    assignment_R = jnp.where(filled_EC, order_A[sorted_index_EC], n * k).reshape(empty)
-    token_R = jnp.where(assignment_R < n * k, assignment_R // k, n)
+    assignment_P = jnp.where(filled_EC, order_A[sorted_index_EC], n * k).reshape(empty)
+    token_P = jnp.where(assignment_P < n * k, assignment_P // k, n)
     dropped_NK = (active_A & ~kept_A).reshape(n, k)
-    return Layout(token_R=token_R, assignment_R=assignment_R, row_NK=row_NK), dropped_NK
+    return Layout(token_P=token_P, assignment_P=assignment_P, row_NK=row_NK), dropped_NK
 
 
 def sorted_layout(routing: Routing, num_experts: int) -> tuple[Layout, jax.Array]:
-    """Row r holds the r-th assignment in expert order (inactive ones at the end); returns counts_E."""
+    """Row p holds the p-th assignment in expert order (inactive ones at the end); returns counts_E."""
     n, k = routing.expert_NK.shape
     key_A, order_A, counts_E, _ = _sort_by_expert(routing, num_experts)
-    active_sorted_R = key_A[order_A] < num_experts
-    assignment_R = jnp.where(active_sorted_R, order_A, n * k)
-    token_R = jnp.where(active_sorted_R, order_A // k, n)
+    active_sorted_P = key_A[order_A] < num_experts
+    assignment_P = jnp.where(active_sorted_P, order_A, n * k)
+    token_P = jnp.where(active_sorted_P, order_A // k, n)
     rank_A = _inverse_permutation(order_A)
     row_NK = jnp.where(key_A < num_experts, rank_A, n * k).reshape(n, k)
-    return Layout(token_R=token_R, assignment_R=assignment_R, row_NK=row_NK), counts_E
+    return Layout(token_P=token_P, assignment_P=assignment_P, row_NK=row_NK), counts_E
 
 
-def _swiglu(gate, up):
-    return jax.nn.silu(gate) * up
+def with_output_bias(y_ND: jax.Array, routing: Routing, experts: ExpertWeights, dropped_NK: jax.Array) -> jax.Array:
+    """Adds the ffn experts' output bias of the routed, non-dropped assignments (no-op without one)."""
+    if experts.b_out_ED is None:
+        return y_ND
+    kept_NK = jnp.where(dropped_NK, 0.0, routing.weight_NK)
+    return y_ND + output_bias(experts.b_out_ED, routing.expert_NK, kept_NK)
 
 
 def reference(x_ND: jax.Array, routing: Routing, experts: ExpertWeights,
               capacity_factor: float) -> tuple[jax.Array, jax.Array]:
     del capacity_factor  # never drops
-    num_experts = experts.w_gate_EDF.shape[0]
     y_ND = jnp.zeros(x_ND.shape, jnp.float32)
-    for e in range(num_experts):
-        h_NF = _swiglu(x_ND @ experts.w_gate_EDF[e], x_ND @ experts.w_up_EDF[e])
-        out_ND = (h_NF @ experts.w_down_EFD[e]).astype(jnp.float32)
+    for e in range(experts.num_experts):
+        out_ND = one_expert(x_ND, experts, e).astype(jnp.float32)
         chosen_NK = (routing.expert_NK == e) & routing.active_N[:, None]
         w_N = jnp.sum(jnp.where(chosen_NK, routing.weight_NK, 0.0), axis=1)
         y_ND = y_ND + w_N[:, None] * out_ND
@@ -163,28 +162,24 @@ def reference(x_ND: jax.Array, routing: Routing, experts: ExpertWeights,
 
 def capacity(x_ND: jax.Array, routing: Routing, experts: ExpertWeights,
              capacity_factor: float) -> tuple[jax.Array, jax.Array]:
-    num_experts, d, _ = experts.w_gate_EDF.shape
+    num_experts, d = experts.num_experts, x_ND.shape[1]
     n, k = routing.expert_NK.shape
     c = expert_capacity(n, k, num_experts, capacity_factor)
     layout, dropped_NK = capacity_layout(routing, num_experts, c)
     x_ECD = gather_tokens(x_ND, layout).reshape(num_experts, c, d)
-    h_ECF = _swiglu(jnp.einsum("ECD,EDF->ECF", x_ECD, experts.w_gate_EDF),
-                    jnp.einsum("ECD,EDF->ECF", x_ECD, experts.w_up_EDF))
-    out_ECD = jnp.einsum("ECF,EFD->ECD", h_ECF, experts.w_down_EFD)
-    return combine_rows(out_ECD.reshape(num_experts * c, d), routing.weight_NK, layout), dropped_NK
+    out_ECD = on_buffer(x_ECD, experts)
+    y_ND = combine_rows(out_ECD.reshape(num_experts * c, d), routing.weight_NK, layout)
+    return with_output_bias(y_ND, routing, experts, dropped_NK), dropped_NK
 
 
 def dropless(x_ND: jax.Array, routing: Routing, experts: ExpertWeights,
              capacity_factor: float) -> tuple[jax.Array, jax.Array]:
     del capacity_factor  # never drops
-    num_experts = experts.w_gate_EDF.shape[0]
-    layout, counts_E = sorted_layout(routing, num_experts)
-    x_RD = gather_tokens(x_ND, layout)
+    layout, counts_E = sorted_layout(routing, experts.num_experts)
     # Rows past sum(counts_E) (inactive assignments) belong to no group: ragged_dot gives zeros.
-    h_RF = _swiglu(jax.lax.ragged_dot(x_RD, experts.w_gate_EDF, counts_E),
-                   jax.lax.ragged_dot(x_RD, experts.w_up_EDF, counts_E))
-    out_RD = jax.lax.ragged_dot(h_RF, experts.w_down_EFD, counts_E)
-    return combine_rows(out_RD, routing.weight_NK, layout), jnp.zeros(routing.expert_NK.shape, bool)
+    out_PD = on_groups(gather_tokens(x_ND, layout), experts, counts_E)
+    dropped_NK = jnp.zeros(routing.expert_NK.shape, bool)
+    return with_output_bias(combine_rows(out_PD, routing.weight_NK, layout), routing, experts, dropped_NK), dropped_NK
 
 
 DispatchFn = Callable[[jax.Array, Routing, ExpertWeights, float], tuple[jax.Array, jax.Array]]

@@ -15,8 +15,11 @@ Exchanges (`moe.ep_exchange`):
   the receiver groups them by expert for `jax.lax.ragged_dot`. The receive buffer holds
   capacity_factor x (local tokens x K) rows; what would overflow it is dropped.
 
+Both expert functions (experts.py) run inside the region; an ffn expert's output bias is added
+outside it, on the token side, so that it crosses no exchange and is not summed over `tensor`.
+
 Placement (`moe.ep_placement`): the exchange addresses *slots*; rank p holds slots p*E_l..(p+1)*E_l-1
-(E_l = E/EP). `canonical` puts expert e in slot e, so with modality groups stored contiguously
+(E_l = E/EP; J indexes a rank's slots). `canonical` puts expert e in slot e, so with modality groups stored contiguously
 (MoST: text 0..31, audio 32..63) half the ranks hold only text experts and idle on an audio-heavy
 batch. `balanced` stores expert r*E_l + p*E_l/EP + i in slot p*E_l + r*E_l/EP + i: every rank gets
 an equal share of every contiguous group. Parameters stay in canonical order (checkpoints are
@@ -26,6 +29,7 @@ routing indices are mapped through the same permutation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -35,8 +39,9 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from most_jax.config import MoEConfig
-from most_jax.nn.moe.dispatch import (DISPATCH, DispatchFn, ExpertWeights, capacity_layout, combine_rows,
-                                      expert_capacity, gather_tokens, resolve_dispatch, sorted_layout)
+from most_jax.nn.moe.dispatch import (DISPATCH, DispatchFn, capacity_layout, combine_rows, expert_capacity,
+                                      gather_tokens, resolve_dispatch, sorted_layout, with_output_bias)
+from most_jax.nn.moe.experts import ExpertWeights, on_buffer, on_groups
 from most_jax.nn.moe.router import Routing
 from most_jax.sharding import BATCH_AXES, MeshError, logical_to_spec
 
@@ -80,15 +85,9 @@ def rank_load(expert_NK: np.ndarray, active_N: np.ndarray, ep: int, num_experts:
     return np.bincount(ranks.reshape(-1), minlength=ep)
 
 
-def _swiglu_experts(x_ECD: jax.Array, w: ExpertWeights) -> jax.Array:
-    h_ECF = (jax.nn.silu(jnp.einsum("ECD,EDF->ECF", x_ECD, w.w_gate_EDF))
-             * jnp.einsum("ECD,EDF->ECF", x_ECD, w.w_up_EDF))
-    return jnp.einsum("ECF,EFD->ECD", h_ECF, w.w_down_EFD)
-
-
 def _to_slot_order(w: ExpertWeights) -> ExpertWeights:
     # Each rank's canonical E_l experts split into EP pieces; piece p goes to rank p (see module doc).
-    return ExpertWeights(*(jax.lax.all_to_all(a, EXPERT_AXIS, 0, 0, tiled=True) for a in w))
+    return jax.tree.map(lambda a: jax.lax.all_to_all(a, EXPERT_AXIS, 0, 0, tiled=True), w)
 
 
 def _capacity_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: int, num_slots: int,
@@ -99,12 +98,13 @@ def _capacity_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: 
     c = expert_capacity(n, k, num_slots, capacity_factor)
     layout, dropped_NK = capacity_layout(routing, num_slots, c)
     # Rows are slot-major, so rank p's slots form the p-th contiguous block: tiled all_to_all sends it there.
-    x_RD = jax.lax.all_to_all(gather_tokens(x_ND, layout), EXPERT_AXIS, 0, 0, tiled=True)
-    x_ECD = x_RD.reshape(ep, per, c, d).transpose(1, 0, 2, 3).reshape(per, ep * c, d)
-    out_ECD = _swiglu_experts(x_ECD, w)
-    out_RD = out_ECD.reshape(per, ep, c, d).transpose(1, 0, 2, 3).reshape(ep * per * c, d)
-    out_RD = jax.lax.all_to_all(out_RD, EXPERT_AXIS, 0, 0, tiled=True)
-    return combine_rows(out_RD, routing.weight_NK, layout), dropped_NK
+    x_PD = jax.lax.all_to_all(gather_tokens(x_ND, layout), EXPERT_AXIS, 0, 0, tiled=True)
+    # Each local slot's buffer: the C rows from every source rank, ep * C in all.
+    x_JCD = x_PD.reshape(ep, per, c, d).transpose(1, 0, 2, 3).reshape(per, ep * c, d)
+    out_JCD = on_buffer(x_JCD, w)
+    out_PD = out_JCD.reshape(per, ep, c, d).transpose(1, 0, 2, 3).reshape(ep * per * c, d)
+    out_PD = jax.lax.all_to_all(out_PD, EXPERT_AXIS, 0, 0, tiled=True)
+    return combine_rows(out_PD, routing.weight_NK, layout), dropped_NK
 
 
 def _exclusive_cumsum(a: jax.Array, axis: int) -> jax.Array:
@@ -118,43 +118,41 @@ def _ragged_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: in
     per = num_slots // ep
     me = jax.lax.axis_index(EXPERT_AXIS)
     layout, counts_E = sorted_layout(routing, num_slots)
-    x_RD = gather_tokens(x_ND, layout)  # n*k rows in slot order, inactive ones last
+    x_PD = gather_tokens(x_ND, layout)  # n*k rows in slot order, inactive ones last
 
     # Every rank learns every rank's per-slot counts (EP x E integers), so all offsets follow locally.
-    counts_SE = jax.lax.all_gather(counts_E, EXPERT_AXIS)  # [source rank, slot]
-    sizes_SP = counts_SE.reshape(ep, ep, per).sum(axis=2)  # rows source s sends to rank p
+    # [source rank, destination rank] arrays are written _WW.
+    counts_WE = jax.lax.all_gather(counts_E, EXPERT_AXIS)  # [source rank, slot]
+    sizes_WW = counts_WE.reshape(ep, ep, per).sum(axis=2)  # rows source s sends to rank p
     recv_rows = max(math.ceil(capacity_factor * n * k), 1)
-    dest_off_SP = _exclusive_cumsum(sizes_SP, axis=0)  # where s's rows start in p's receive buffer
-    sent_SP = jnp.clip(recv_rows - dest_off_SP, 0, sizes_SP)  # the part that fits
-    src_off_SP = _exclusive_cumsum(sizes_SP, axis=1)  # where s's rows for p start in s's send buffer
+    dest_off_WW = _exclusive_cumsum(sizes_WW, axis=0)  # where s's rows start in p's receive buffer
+    sent_WW = jnp.clip(recv_rows - dest_off_WW, 0, sizes_WW)  # the part that fits
+    src_off_WW = _exclusive_cumsum(sizes_WW, axis=1)  # where s's rows for p start in s's send buffer
 
-    recv_RD = ragged_all_to_all(x_RD, jnp.zeros((recv_rows, d), x_RD.dtype), src_off_SP[me], sent_SP[me],
-                                dest_off_SP[me], sent_SP[:, me], axis_name=EXPERT_AXIS)
+    recv_PD = ragged_all_to_all(x_PD, jnp.zeros((recv_rows, d), x_PD.dtype), src_off_WW[me], sent_WW[me],
+                                dest_off_WW[me], sent_WW[:, me], axis_name=EXPERT_AXIS)
 
     # Received rows are packed source by source, each source's rows ordered by my local slots.
-    my_counts_SL = jax.lax.dynamic_slice_in_dim(counts_SE, me * per, per, axis=1)
-    starts = (dest_off_SP[:, me][:, None] + _exclusive_cumsum(my_counts_SL, axis=1)).reshape(ep * per)
-    row = jnp.arange(recv_rows)
-    slot_R = jnp.searchsorted(starts, row, side="right") - 1
-    local_R = jnp.where(row < sent_SP[:, me].sum(), slot_R % per, per)
-    order_R = jnp.argsort(local_R, stable=True)
-    group_sizes = jnp.bincount(local_R, length=per + 1)[:per].astype(jnp.int32)
-    xs_RD = recv_RD[order_R]
-    h_RF = (jax.nn.silu(jax.lax.ragged_dot(xs_RD, w.w_gate_EDF, group_sizes))
-            * jax.lax.ragged_dot(xs_RD, w.w_up_EDF, group_sizes))
-    out_sorted_RD = jax.lax.ragged_dot(h_RF, w.w_down_EFD, group_sizes)
-    out_recv_RD = jnp.zeros_like(out_sorted_RD).at[order_R].set(out_sorted_RD)
+    my_counts_WJ = jax.lax.dynamic_slice_in_dim(counts_WE, me * per, per, axis=1)
+    starts = (dest_off_WW[:, me][:, None] + _exclusive_cumsum(my_counts_WJ, axis=1)).reshape(ep * per)
+    row_P = jnp.arange(recv_rows)
+    slot_P = jnp.searchsorted(starts, row_P, side="right") - 1
+    local_P = jnp.where(row_P < sent_WW[:, me].sum(), slot_P % per, per)
+    order_P = jnp.argsort(local_P, stable=True)
+    group_sizes_J = jnp.bincount(local_P, length=per + 1)[:per].astype(jnp.int32)
+    out_sorted_PD = on_groups(recv_PD[order_P], w, group_sizes_J)
+    out_recv_PD = jnp.zeros_like(out_sorted_PD).at[order_P].set(out_sorted_PD)
 
-    back_RD = ragged_all_to_all(out_recv_RD, jnp.zeros((n * k, d), out_recv_RD.dtype), dest_off_SP[:, me],
-                                sent_SP[:, me], src_off_SP[:, me], sent_SP[me], axis_name=EXPERT_AXIS)
+    back_PD = ragged_all_to_all(out_recv_PD, jnp.zeros((n * k, d), out_recv_PD.dtype), dest_off_WW[:, me],
+                                sent_WW[:, me], src_off_WW[:, me], sent_WW[me], axis_name=EXPERT_AXIS)
 
-    # Sorted row r belongs to destination rank r // ...; it was dropped if it lies past what fit.
-    dest_R = jnp.searchsorted(src_off_SP[me], jnp.arange(n * k), side="right") - 1
-    kept_R = (jnp.arange(n * k) - src_off_SP[me][dest_R]) < sent_SP[me][dest_R]
-    active_R = layout.assignment_R < n * k
-    dropped_R = jnp.concatenate([active_R & ~kept_R, jnp.zeros((1,), bool)])
-    dropped_NK = dropped_R[layout.row_NK]
-    return combine_rows(back_RD, routing.weight_NK, layout), dropped_NK
+    # Sorted row p belongs to the destination rank whose block holds it; dropped if past what fit.
+    dest_P = jnp.searchsorted(src_off_WW[me], jnp.arange(n * k), side="right") - 1
+    kept_P = (jnp.arange(n * k) - src_off_WW[me][dest_P]) < sent_WW[me][dest_P]
+    active_P = layout.assignment_P < n * k
+    dropped_P = jnp.concatenate([active_P & ~kept_P, jnp.zeros((1,), bool)])
+    dropped_NK = dropped_P[layout.row_NK]
+    return combine_rows(back_PD, routing.weight_NK, layout), dropped_NK
 
 
 def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float, *,
@@ -168,7 +166,7 @@ def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, c
         raise MeshError("moe.dispatch=expert_parallel needs a mesh with an 'expert' axis; build one with "
                         "most_jax.parallel.make_mesh and enter it with jax.set_mesh")
     ep = mesh.shape[EXPERT_AXIS]
-    num_experts, d, f = experts.w_gate_EDF.shape
+    num_experts, d, f = experts.w_in_EDF.shape
     n = x_ND.shape[0]
     if num_experts % ep:
         raise MeshError(f"{num_experts} experts do not split over mesh.expert={ep}")
@@ -181,13 +179,17 @@ def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, c
     slot_NK = slot_E[routing.expert_NK]
 
     rows = PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.axis_names))
-    w_in = logical_to_spec(("expert", None, "mlp"), (num_experts, d, f), mesh, what="moe.w_gate/w_up")
-    w_out = logical_to_spec(("expert", "mlp", None), (num_experts, f, d), mesh, what="moe.w_down")
+    w_in = logical_to_spec(("expert", None, "mlp"), (num_experts, d, f), mesh, what="moe expert input weights")
+    w_out = logical_to_spec(("expert", "mlp", None), (num_experts, f, d), mesh, what="moe expert output weights")
+    b_in = logical_to_spec(("expert", "mlp"), (num_experts, f), mesh, what="moe expert hidden bias")
+    # The output bias stays outside the region (module doc).
+    inner = dataclasses.replace(experts, b_out_ED=None)
+    w_specs = ExpertWeights(w_in, None if inner.w_up_EDF is None else w_in, w_out,
+                            None if inner.b_in_EF is None else b_in, None, inner.activation)
     tensor_split = TENSOR_AXIS in jax.tree.leaves(tuple(w_in))
     reorder = placement == "balanced" and ep > 1
 
-    def local(x_ND, slot_NK, weight_NK, active_N, w_gate, w_up, w_down):
-        w = ExpertWeights(w_gate, w_up, w_down)
+    def local(x_ND, slot_NK, weight_NK, active_N, w):
         if reorder:
             w = _to_slot_order(w)
         if tensor_split:
@@ -203,8 +205,10 @@ def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, c
             y_ND = jax.lax.psum(y_ND, TENSOR_AXIS)  # each tensor rank summed over its slice of F
         return y_ND, dropped_NK
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, rows, w_in, w_in, w_out),
-                         out_specs=(rows, rows))(x_ND, slot_NK, routing.weight_NK, routing.active_N, *experts)
+    y_ND, dropped_NK = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, rows, w_specs),
+                                     out_specs=(rows, rows))(x_ND, slot_NK, routing.weight_NK, routing.active_N,
+                                                             inner)
+    return with_output_bias(y_ND, routing, experts, dropped_NK), dropped_NK
 
 
 def resolve_exchange(name: str) -> str:

@@ -1,4 +1,8 @@
-"""The MoST MoE FFN: MAMoE router, routed SwiGLU experts, always-on shared experts."""
+"""The MoE FFN layer: a router, routed experts (swiglu or ffn), optional always-on shared experts.
+
+Family-neutral: it takes its width and an MoEConfig. MoST uses the MAMoE router with SwiGLU experts
+and shared experts; U2++ (WeNet's MoEFFNLayer) the topk_softmax router with ffn experts.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from most_jax.config import ModelConfig
+from most_jax.config import MoEConfig
 from most_jax.nn.mlp import SwiGLU
-from most_jax.nn.moe.dispatch import ExpertWeights
+from most_jax.nn.moe.experts import ExpertWeights
 from most_jax.nn.moe.expert_parallel import select_dispatch
 from most_jax.nn.moe.router import num_groups, route
-from most_jax.nn.params import DTYPES, normal_param
+from most_jax.nn.params import DTYPES, normal_param, zeros_param
 
 
 class MoEStats(NamedTuple):
     """Per-layer routing losses and statistics (a pytree; the decoder stacks it over layers)."""
 
-    aux_loss: jax.Array  # f32 []: balance loss times aux_loss_alpha (seq-level if seq_aux)
-    z_loss: jax.Array  # f32 []: router z-loss times z_loss_alpha
+    aux_loss: jax.Array  # f32 []: balance loss times aux_loss_alpha (seq-level if seq_aux); 0 for topk_softmax
+    z_loss: jax.Array  # f32 []: router z-loss times z_loss_alpha; 0 for topk_softmax
     balance: jax.Array  # f32 []: batch-level balance sum_e f_e P_e (no alpha, no gradient), for logging
     load_GE: jax.Array  # f32 [G, E]: routed assignments of group-g tokens to expert e (before drops)
     tokens_G: jax.Array  # f32 [G]: routed tokens per modality group
@@ -28,33 +32,56 @@ class MoEStats(NamedTuple):
 
 
 class MoE(nnx.Module):
-    """y = sum_k w_k Expert_k(x) + SharedExperts(x), routed per SPEC section 1 (MAMoE gate).
+    """y = sum_k w_k Expert_{e_k}(x) + SharedExperts(x), routed by `cfg.router`.
 
-    Parameters are stored [in, out]: gate [D, E]; w_gate, w_up [E, D, F]; w_down [E, F, D];
-    `shared` is a SwiGLU of width num_shared_experts * F (None without shared experts).
+    Parameters are stored [in, out]; the router `gate` is [D, E] (WeNet's bias-free gate Linear).
+    swiglu experts: w_gate, w_up [E, D, F] and w_down [E, F, D] (MoST / DeepSeek-V2). ffn experts:
+    w_1 [E, D, F], w_2 [E, F, D] and, with expert_bias, b_1 [E, F] and b_2 [E, D] (WeNet's
+    experts.{e}.w_1 / w_2). `shared` is a SwiGLU of width num_shared_experts * F (None without).
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        moe = cfg.moe
-        d, e, f = cfg.hidden_size, moe.num_experts, moe.expert_ffn_dim
-        std, pdt = cfg.init_std, cfg.param_dtype
-        self.cfg = moe
-        self.dtype = DTYPES[cfg.dtype]
+    def __init__(self, d_model: int, cfg: MoEConfig, *, init_std: float, param_dtype: str, dtype: str,
+                 rngs: nnx.Rngs):
+        d, e, f = d_model, cfg.num_experts, cfg.expert_ffn_dim
+        std, pdt = init_std, param_dtype
+        if cfg.expert not in ("swiglu", "ffn"):
+            raise ValueError(f"moe.expert: unknown expert function {cfg.expert!r}; choose swiglu or ffn")
+        self.cfg = cfg
+        self.dtype = DTYPES[dtype]
         self.gate = normal_param(rngs, (d, e), ("embed", None), std, pdt)
-        self.w_gate = normal_param(rngs, (e, d, f), ("expert", "embed", "mlp"), std, pdt)
-        self.w_up = normal_param(rngs, (e, d, f), ("expert", "embed", "mlp"), std, pdt)
-        self.w_down = normal_param(rngs, (e, f, d), ("expert", "mlp", "embed"), std, pdt)
-        self.shared = (SwiGLU(d, moe.num_shared_experts * f, rngs=rngs, std=std, param_dtype=pdt, dtype=cfg.dtype)
-                       if moe.num_shared_experts > 0 else None)
+        if cfg.expert == "swiglu":
+            self.w_gate = normal_param(rngs, (e, d, f), ("expert", "embed", "mlp"), std, pdt)
+            self.w_up = normal_param(rngs, (e, d, f), ("expert", "embed", "mlp"), std, pdt)
+            self.w_down = normal_param(rngs, (e, f, d), ("expert", "mlp", "embed"), std, pdt)
+        else:
+            # Biases start at zero, like nn.mlp.Linear's.
+            self.w_1 = normal_param(rngs, (e, d, f), ("expert", "embed", "mlp"), std, pdt)
+            self.w_2 = normal_param(rngs, (e, f, d), ("expert", "mlp", "embed"), std, pdt)
+            if cfg.expert_bias:
+                self.b_1 = zeros_param((e, f), ("expert", "mlp"), pdt)
+                self.b_2 = zeros_param((e, d), ("expert", "embed"), pdt)
+        self.shared = (SwiGLU(d, cfg.num_shared_experts * f, rngs=rngs, std=std, param_dtype=pdt, dtype=dtype)
+                       if cfg.num_shared_experts > 0 else None)
 
-    def __call__(self, x_BTD: jax.Array, modality_BT: jax.Array, valid_BT: jax.Array) -> tuple[jax.Array, MoEStats]:
+    def experts(self) -> ExpertWeights:
+        """The routed experts' weights in the compute dtype."""
+        def cast(name):
+            return getattr(self, name)[...].astype(self.dtype) if hasattr(self, name) else None
+
+        if self.cfg.expert == "swiglu":
+            return ExpertWeights(cast("w_gate"), cast("w_up"), cast("w_down"))
+        return ExpertWeights(cast("w_1"), None, cast("w_2"), b_in_EF=cast("b_1"), b_out_ED=cast("b_2"),
+                             activation=self.cfg.activation)
+
+    def __call__(self, x_BTD: jax.Array, valid_BT: jax.Array,
+                 modality_BT: jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
+        """(y [B, T, D] in the compute dtype, stats). Padding (valid false) gets no routed expert;
+        modality_BT is needed only with modality groups (None: every valid token in one group)."""
         b, t, d = x_BTD.shape
         routing, rstats = route(x_BTD, modality_BT, valid_BT, self.gate[...], self.cfg)
         x_ND = x_BTD.reshape(b * t, d).astype(self.dtype)
-        experts = ExpertWeights(self.w_gate[...].astype(self.dtype), self.w_up[...].astype(self.dtype),
-                                self.w_down[...].astype(self.dtype))
         dispatch = select_dispatch(self.cfg, b * t)  # at trace time: depends on the context mesh
-        routed_ND, dropped_NK = dispatch(x_ND, routing, experts, self.cfg.capacity_factor)
+        routed_ND, dropped_NK = dispatch(x_ND, routing, self.experts(), self.cfg.capacity_factor)
         y_ND = routed_ND.astype(self.dtype)
         if self.shared is not None:
             y_ND = y_ND + self.shared(x_ND)

@@ -1,10 +1,21 @@
-"""MAMoE router: fp32 scores, the modality mask, top-k, routing weights, aux losses, statistics.
+"""Routers: fp32 logits, top-k experts per token, routing weights, aux losses, statistics.
 
-Pure functions on arrays. The math follows SPEC section 1 ("MAMoE gate"): softmax (or sigmoid)
-over ALL routed experts, out-of-group scores zeroed with no renormalisation, top-k over the masked
-scores, weights = the masked scores (divided by their sum only if norm_topk_prob) times
-routed_scaling_factor. Tokens that are padding or whose modality has no group are "inactive": they
-get no routed expert and are left out of every loss and statistic.
+Pure functions on arrays. Two modes (`MoEConfig.router`):
+
+- `mamoe` follows SPEC section 1 ("MAMoE gate"): softmax (or sigmoid) over ALL routed experts,
+  out-of-group scores zeroed with no renormalisation, top-k over the masked scores, weights = the
+  masked scores (divided by their sum only if norm_topk_prob) times routed_scaling_factor; balance
+  loss and z-loss.
+- `topk_softmax` is WeNet's MoEFFNLayer: top-k of the raw logits, weights = softmax over the k
+  chosen logits, no auxiliary loss and no z-loss (both zero). `scoring`, `topk_method`,
+  `norm_topk_prob` and `routed_scaling_factor` do not apply. Ties among equal logits go to the lower
+  expert index (jax.lax.top_k); torch.topk's choice among ties is an implementation detail (on CPU
+  it picks [1, 3] of [1, 2, 2, 2, 0]), so the two agree wherever the k-th and (k+1)-th logits differ.
+
+Tokens that are padding (or, for mamoe, whose modality has no group) are "inactive": they get no
+routed expert and are left out of every loss and statistic. The load statistics are the same in
+both modes; `balance` (logged, no gradient) uses the mode's scores: the masked scores for mamoe,
+the softmax over all E logits for topk_softmax.
 """
 
 from __future__ import annotations
@@ -53,11 +64,16 @@ def allowed_experts(cfg: MoEConfig) -> np.ndarray:
     return table
 
 
-def token_groups(modality_N: jax.Array, valid_N: jax.Array, cfg: MoEConfig) -> jax.Array:
-    """int32 [N]: each token's modality group in 0..G-1, or G for padding and ungrouped modalities."""
+def token_groups(modality_N: jax.Array | None, valid_N: jax.Array, cfg: MoEConfig) -> jax.Array:
+    """int32 [N]: each token's modality group in 0..G-1, or G for padding and ungrouped modalities.
+
+    Without modality groups every valid token is in group 0 and `modality_N` may be None."""
     none = num_groups(cfg)
     if not cfg.modality_groups:
         return jnp.where(valid_N, 0, none).astype(jnp.int32)
+    if modality_N is None:
+        raise ValueError("MoE: moe.modality_groups route by modality, but modality_BT is None; pass each token's "
+                         "modality id (or use no modality groups)")
     group_N = jnp.full(modality_N.shape, none, jnp.int32)
     for g, group in enumerate(cfg.modality_groups):
         group_N = jnp.where(modality_N == group.modality, g, group_N)
@@ -146,11 +162,29 @@ def z_loss(logits_NE: jax.Array, active_N: jax.Array) -> jax.Array:
     return jnp.sum(lse_N * lse_N * active_f_N) / jnp.maximum(jnp.sum(active_f_N), 1.0)
 
 
-def route(x_BTD: jax.Array, modality_BT: jax.Array, valid_BT: jax.Array, gate_DE: jax.Array,
+def _stats(group_N: jax.Array, counts_NE: jax.Array, aux: jax.Array, zl: jax.Array, balance: jax.Array,
+           cfg: MoEConfig) -> RouterStats:
+    member_NG = (group_N[:, None] == jnp.arange(num_groups(cfg))[None, :]).astype(jnp.float32)
+    return RouterStats(
+        aux_loss=aux,
+        z_loss=zl,
+        balance=jax.lax.stop_gradient(balance),
+        load_GE=jnp.einsum("NG,NE->GE", member_NG, counts_NE),
+        tokens_G=jnp.sum(member_NG, axis=0),
+        group_N=group_N,
+    )
+
+
+def route(x_BTD: jax.Array, modality_BT: jax.Array | None, valid_BT: jax.Array, gate_DE: jax.Array,
           cfg: MoEConfig) -> tuple[Routing, RouterStats]:
+    """The routing of cfg.router; modality_BT may be None when cfg has no modality groups."""
+    if cfg.router == "topk_softmax":
+        return _route_topk_softmax(x_BTD, valid_BT, gate_DE, cfg)
+    if cfg.router != "mamoe":
+        raise ValueError(f"moe.router: unknown router {cfg.router!r}; choose mamoe or topk_softmax")
     b, t, d = x_BTD.shape
     n, e, g = b * t, cfg.num_experts, num_groups(cfg)
-    group_N = token_groups(modality_BT.reshape(n), valid_BT.reshape(n), cfg)
+    group_N = token_groups(None if modality_BT is None else modality_BT.reshape(n), valid_BT.reshape(n), cfg)
     active_N = group_N < g
     allowed_NE = jnp.asarray(allowed_experts(cfg))[group_N]
 
@@ -170,14 +204,22 @@ def route(x_BTD: jax.Array, modality_BT: jax.Array, valid_BT: jax.Array, gate_DE
     else:
         aux = cfg.aux_loss_alpha * balance
     zl = cfg.z_loss_alpha * z_loss(logits_NE, active_N) if cfg.z_loss_alpha else jnp.zeros((), jnp.float32)
-
-    member_NG = (group_N[:, None] == jnp.arange(g)[None, :]).astype(jnp.float32)
-    stats = RouterStats(
-        aux_loss=aux,
-        z_loss=zl,
-        balance=jax.lax.stop_gradient(balance),
-        load_GE=jnp.einsum("NG,NE->GE", member_NG, counts_NE),
-        tokens_G=jnp.sum(member_NG, axis=0),
-        group_N=group_N,
-    )
+    stats = _stats(group_N, counts_NE, aux, zl, balance, cfg)
     return Routing(expert_NK=expert_NK, weight_NK=weight_NK, active_N=active_N), stats
+
+
+def _route_topk_softmax(x_BTD: jax.Array, valid_BT: jax.Array, gate_DE: jax.Array,
+                        cfg: MoEConfig) -> tuple[Routing, RouterStats]:
+    """WeNet's MoEFFNLayer gate: top-k of the raw f32 logits, softmax over the k (in f32)."""
+    b, t, d = x_BTD.shape
+    n = b * t
+    active_N = valid_BT.reshape(n)
+    logits_NE = router_logits(x_BTD.reshape(n, d), gate_DE)
+    top_NK, expert_NK = jax.lax.top_k(logits_NE, cfg.top_k)
+    weight_NK = jnp.where(active_N[:, None], jax.nn.softmax(top_NK, axis=-1), 0.0)
+    counts_NE = expert_counts(expert_NK, active_N, cfg.num_experts)
+    balance = batch_balance_loss(jax.nn.softmax(logits_NE, axis=-1), counts_NE, active_N, cfg.top_k)
+    zero = jnp.zeros((), jnp.float32)
+    stats = _stats(token_groups(None, active_N, cfg), counts_NE, zero, zero, balance, cfg)
+    routing = Routing(expert_NK=expert_NK.astype(jnp.int32), weight_NK=weight_NK, active_N=active_N)
+    return routing, stats
