@@ -264,10 +264,11 @@ def test_encoder_and_ctc_log_probs_match_wenet(chunk):
         np.testing.assert_allclose(got[b, :n], want[b, :n], atol=1e-4)
 
 
-@pytest.mark.parametrize("ctc_weight,reverse_weight,normalize", [(0.3, 0.3, False), (0.0, 0.5, True),
-                                                                 (1.0, 0.0, False)])
-def test_training_loss_matches_wenet(ctc_weight, reverse_weight, normalize):
-    cfg = dataclasses.replace(model_cfg(dynamic=False), ctc_weight=ctc_weight, reverse_weight=reverse_weight,
+@pytest.mark.parametrize("ctc_weight,reverse_weight,normalize,mlp_type", [
+    (0.3, 0.3, False, "position_wise_feed_forward"), (0.0, 0.5, True, "position_wise_feed_forward"),
+    (1.0, 0.0, False, "position_wise_feed_forward"), (0.3, 0.3, False, "moe")])
+def test_training_loss_matches_wenet(ctc_weight, reverse_weight, normalize, mlp_type):
+    cfg = dataclasses.replace(model_cfg(mlp_type, dynamic=False), ctc_weight=ctc_weight, reverse_weight=reverse_weight,
                               length_normalized_loss=normalize)
     ref, model = model_pair(cfg, seed=3)
     feats, lengths = _feats(cfg, 4)
@@ -292,9 +293,10 @@ WENET_METHOD = {"ctc_greedy": "ctc_greedy_search", "ctc_prefix_beam": "ctc_prefi
                 "attention": "attention", "attention_rescoring": "attention_rescoring"}
 
 
-@pytest.mark.parametrize("chunk", [-1, 3])
-def test_every_mode_matches_wenet(chunk):
-    cfg = model_cfg()
+@pytest.mark.parametrize("chunk,mlp_type", [(-1, "position_wise_feed_forward"), (3, "position_wise_feed_forward"),
+                                            (2, "moe")])
+def test_every_mode_matches_wenet(chunk, mlp_type):
+    cfg = model_cfg(mlp_type)
     ref, model = model_pair(cfg, seed=5)
     feats, lengths = _feats(cfg, 6)
     with torch.no_grad():
