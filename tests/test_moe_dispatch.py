@@ -1,4 +1,5 @@
-"""Every dispatch path against the per-expert reference: outputs, gradients, capacity drops."""
+"""Every dispatch path against the per-expert reference, for both expert functions (swiglu, ffn with
+and without biases) and both routers (mamoe, topk_softmax): outputs, gradients, capacity drops."""
 
 import functools
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from most_jax.config import ModalityGroup, ModelConfig, MoEConfig
+from most_jax.config import ModalityGroup, MoEConfig
 from most_jax.nn.moe import MoE
 from most_jax.nn.moe.dispatch import DISPATCH, ExpertWeights, expert_capacity, resolve_dispatch
 from most_jax.nn.moe.router import Routing, route
@@ -16,11 +17,41 @@ from most_jax.nn.moe.router import Routing, route
 D, E, F, K = 13, 5, 7, 2
 GROUPS = (ModalityGroup("text", 0, 0, 3), ModalityGroup("audio", 1, 3, 2))
 
+# (expert, activation, expert_bias, router, modality groups, shared experts)
+KINDS = {
+    "swiglu_mamoe_groups": ("swiglu", "silu", False, "mamoe", GROUPS, 1),
+    "swiglu_mamoe": ("swiglu", "silu", False, "mamoe", (), 1),
+    "swiglu_topk_softmax": ("swiglu", "silu", False, "topk_softmax", (), 0),
+    "ffn_relu_bias_topk_softmax": ("ffn", "relu", True, "topk_softmax", (), 0),
+    "ffn_silu_topk_softmax": ("ffn", "silu", False, "topk_softmax", (), 0),
+    "ffn_silu_bias_mamoe_groups": ("ffn", "silu", True, "mamoe", GROUPS, 0),
+}
 
-def _model_cfg(dispatch, capacity_factor=E / K, groups=GROUPS, shared=1, dtype="float32"):
-    moe = MoEConfig(num_experts=E, top_k=K, expert_ffn_dim=F, num_shared_experts=shared, modality_groups=groups,
-                    dispatch=dispatch, capacity_factor=capacity_factor, aux_loss_alpha=0.01, z_loss_alpha=0.001)
-    return ModelConfig(hidden_size=D, moe=moe, init_std=0.3, dtype=dtype)
+
+def _moe_cfg(dispatch, capacity_factor=E / K, kind="swiglu_mamoe_groups", shared=None):
+    expert, activation, bias, router, groups, default_shared = KINDS[kind]
+    cfg = MoEConfig(num_experts=E, top_k=K, expert_ffn_dim=F, modality_groups=groups,
+                    num_shared_experts=default_shared if shared is None else shared, dispatch=dispatch,
+                    capacity_factor=capacity_factor, aux_loss_alpha=0.01, z_loss_alpha=0.001, router=router,
+                    expert=expert, activation=activation, expert_bias=bias)
+    cfg.validate("moe")
+    return cfg
+
+
+def _layer(cfg, seed=0, dtype="float32"):
+    """An MoE layer; its biases (zero at init) drawn at random so that they count in every output."""
+    model = MoE(D, cfg, init_std=0.3, param_dtype="float32", dtype=dtype, rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed + 100)
+    for name in ("b_1", "b_2"):
+        if hasattr(model, name):
+            param = getattr(model, name)
+            param[...] = jnp.asarray(rng.normal(size=param.shape) * 0.5, jnp.float32)
+    return model
+
+
+def _modality(kind, modality):
+    """Without modality groups the layer is called with modality None."""
+    return modality if KINDS[kind][4] else None
 
 
 def _inputs(b, t, seed=0):
@@ -31,13 +62,14 @@ def _inputs(b, t, seed=0):
     return x, modality, valid
 
 
-def _loss_and_grads(dispatch, x, modality, valid, **kw):
-    model = MoE(_model_cfg(dispatch, **kw), rngs=nnx.Rngs(0))
+def _loss_and_grads(dispatch, x, modality, valid, kind):
+    model = _layer(_moe_cfg(dispatch, kind=kind))
     graphdef, params = nnx.split(model)
     cot = jnp.asarray(np.random.default_rng(9).normal(size=x.shape), jnp.float32)
+    modality = _modality(kind, modality)
 
     def loss(params, x):
-        y, stats = nnx.merge(graphdef, params)(x, modality, valid)
+        y, stats = nnx.merge(graphdef, params)(x, valid, modality)
         return jnp.sum(y * cot) + stats.aux_loss + stats.z_loss, (y, stats)
 
     (_, (y, stats)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
@@ -53,16 +85,16 @@ def _assert_trees_close(a, b, **tol):
 
 
 @functools.cache
-def _run(path, groups):
+def _run(path, kind):
     x, modality, valid = _inputs(3, 17)
-    return _loss_and_grads(path, x, modality, valid, groups=groups)
+    return _loss_and_grads(path, x, modality, valid, kind)
 
 
 @pytest.mark.parametrize("path", ["capacity", "dropless"])
-@pytest.mark.parametrize("groups", [GROUPS, ()], ids=["groups", "no_groups"])
-def test_path_equals_reference_outputs_and_gradients(path, groups):
-    y_ref, stats_ref, g_ref = _run("reference", groups)
-    y, stats, g = _run(path, groups)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_path_equals_reference_outputs_and_gradients(path, kind):
+    y_ref, stats_ref, g_ref = _run("reference", kind)
+    y, stats, g = _run(path, kind)
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
     _assert_trees_close(g, g_ref, rtol=1e-5, atol=1e-5)
     _assert_trees_close(stats, stats_ref, rtol=1e-6)
@@ -73,17 +105,21 @@ def test_path_equals_reference_outputs_and_gradients(path, groups):
         assert float(jnp.abs(leaf).max()) > 0
 
 
-def _routing(n, seed):
+def _routing(n, seed, kind="swiglu_mamoe_groups"):
     x, modality, valid = _inputs(1, n, seed)
-    cfg = _model_cfg("reference").moe
+    cfg = _moe_cfg("reference", kind=kind)
     gate = jnp.asarray(np.random.default_rng(seed + 1).normal(size=(D, E)), jnp.float32)
-    routing, stats = jax.jit(route, static_argnums=4)(x, modality, valid, gate, cfg)
+    routing, stats = jax.jit(route, static_argnums=4)(x, _modality(kind, modality), valid, gate, cfg)
     return x[0], routing, stats
 
 
-def _experts(seed, dtype=jnp.float32):
+def _experts(seed, kind="swiglu_mamoe_groups"):
+    expert, activation, bias, *_ = KINDS[kind]
     rng = np.random.default_rng(seed)
-    return ExpertWeights(*(jnp.asarray(rng.normal(size=s) * 0.3, dtype) for s in ((E, D, F), (E, D, F), (E, F, D))))
+    w = [jnp.asarray(rng.normal(size=s) * 0.3, jnp.float32) for s in ((E, D, F), (E, D, F), (E, F, D), (E, F), (E, D))]
+    if expert == "swiglu":
+        return ExpertWeights(w[0], w[1], w[2])
+    return ExpertWeights(w[0], None, w[2], w[3] if bias else None, w[4] if bias else None, activation)
 
 
 def _expected_drops(routing, capacity):
@@ -102,14 +138,15 @@ def _expected_drops(routing, capacity):
     return dropped
 
 
-def test_capacity_drops_counted_and_output_matches_reference_without_dropped():
+@pytest.mark.parametrize("kind", ["swiglu_mamoe_groups", "ffn_relu_bias_topk_softmax"])
+def test_capacity_drops_counted_and_output_matches_reference_without_dropped(kind):
     n = 97  # C = ceil(0.6 * 97 * 2 / 5) = 24 > MIN_CAPACITY, below the mean load of ~35
-    x_ND, routing, stats = _routing(n, seed=2)
+    x_ND, routing, stats = _routing(n, seed=2, kind=kind)
     capacity = expert_capacity(n, K, E, 0.6)
     assert capacity == 24
     expected = _expected_drops(routing, capacity)
     assert expected.sum() > 5, "the test needs real drops"
-    experts = _experts(3)
+    experts = _experts(3, kind)
 
     y, dropped = jax.jit(DISPATCH["capacity"], static_argnums=3)(x_ND, routing, experts, 0.6)
     np.testing.assert_array_equal(np.asarray(dropped), expected)
@@ -134,8 +171,8 @@ def test_capacity_drops_counted_and_output_matches_reference_without_dropped():
 def test_layer_reports_drops_per_modality_group():
     b, t = 2, 53
     x, modality, valid = _inputs(b, t, seed=4)
-    model = MoE(_model_cfg("capacity", capacity_factor=0.5), rngs=nnx.Rngs(0))
-    _, stats = nnx.jit(lambda m, *a: m(*a))(model, x, modality, valid)
+    model = _layer(_moe_cfg("capacity", capacity_factor=0.5))
+    _, stats = nnx.jit(lambda m, *a: m(*a))(model, x, valid, modality)
     routing, rstats = jax.jit(route, static_argnums=4)(x, modality, valid, model.gate[...], model.cfg)
     expected = _expected_drops(routing, expert_capacity(b * t, K, E, 0.5))
     assert expected.sum() > 0
@@ -148,8 +185,8 @@ def test_layer_reports_drops_per_modality_group():
 @pytest.mark.parametrize("shared", [1, 0])
 def test_shared_experts_always_applied(path, shared):
     x, modality, valid = _inputs(2, 9, seed=7)
-    model = MoE(_model_cfg(path, shared=shared), rngs=nnx.Rngs(1))
-    y, _ = nnx.jit(lambda m, *a: m(*a))(model, x, modality, valid)
+    model = _layer(_moe_cfg(path, shared=shared), seed=1)
+    y, _ = nnx.jit(lambda m, *a: m(*a))(model, x, valid, modality)
     routing, _ = jax.jit(route, static_argnums=4)(x, modality, valid, model.gate[...], model.cfg)
     inactive = ~np.asarray(routing.active_N)
     assert inactive.any() and not inactive.all()
@@ -160,20 +197,38 @@ def test_shared_experts_always_applied(path, shared):
     assert np.abs(y_ND[~inactive] - shared_ND[~inactive]).min(axis=1).max() > 0
 
 
-def test_bfloat16_compute_close_to_float32():
+@pytest.mark.parametrize("kind", ["swiglu_mamoe_groups", "ffn_relu_bias_topk_softmax"])
+def test_bfloat16_compute_close_to_float32(kind):
     x, modality, valid = _inputs(2, 9, seed=8)
+    modality = _modality(kind, modality)
     call = nnx.jit(lambda m, *a: m(*a))
-    y32, _ = call(MoE(_model_cfg("capacity"), rngs=nnx.Rngs(2)), x, modality, valid)
-    y16, _ = call(MoE(_model_cfg("capacity", dtype="bfloat16"), rngs=nnx.Rngs(2)), x.astype(jnp.bfloat16), modality,
-                  valid)
+    cfg = _moe_cfg("capacity", kind=kind)
+    y32, _ = call(_layer(cfg, seed=2), x, valid, modality)
+    y16, _ = call(_layer(cfg, seed=2, dtype="bfloat16"), x.astype(jnp.bfloat16), valid, modality)
     assert y16.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(y16, np.float32), np.asarray(y32), rtol=0.05, atol=0.05)
 
 
-def test_dispatch_resolution():
-    assert resolve_dispatch("auto") == "capacity"  # tests run on CPU (conftest)
-    assert resolve_dispatch("dropless") == "dropless"
-    with pytest.raises(ValueError, match="moe.dispatch"):
-        resolve_dispatch("alltoall")
-    assert expert_capacity(4, 6, 64, 1.25) == 4  # never more rows than tokens
-    assert expert_capacity(1000, 2, 5, 1.0) == 400
+def test_modality_groups_need_the_modality():
+    x, _, valid = _inputs(1, 4)
+    with pytest.raises(ValueError, match="modality_BT is None"):
+        _layer(_moe_cfg("capacity"))(x, valid)
+
+
+_LAYOUT = {"gate": ((D, E), ("embed", None)),
+           "w_gate": ((E, D, F), ("expert", "embed", "mlp")), "w_up": ((E, D, F), ("expert", "embed", "mlp")),
+           "w_down": ((E, F, D), ("expert", "mlp", "embed")),
+           "w_1": ((E, D, F), ("expert", "embed", "mlp")), "w_2": ((E, F, D), ("expert", "mlp", "embed")),
+           "b_1": ((E, F), ("expert", "mlp")), "b_2": ((E, D), ("expert", "embed"))}
+
+
+@pytest.mark.parametrize("kind, names", [("swiglu_mamoe_groups", ("gate", "w_gate", "w_up", "w_down")),
+                                         ("ffn_relu_bias_topk_softmax", ("gate", "w_1", "w_2", "b_1", "b_2")),
+                                         ("ffn_silu_topk_softmax", ("gate", "w_1", "w_2"))])
+def test_parameter_layout(kind, names):
+    """swiglu keeps MoST's layout (checkpoints, HF import/export); ffn has WeNet's experts, stacked."""
+    state = nnx.state(_layer(_moe_cfg("capacity", kind=kind, shared=0)), nnx.Param)
+    shapes = {k: v.shape for k, v in nnx.to_pure_dict(state).items()}
+    specs = {k: tuple(v) for k, v in nnx.to_pure_dict(nnx.get_partition_spec(state)).items()}
+    assert shapes == {n: _LAYOUT[n][0] for n in names}
+    assert specs == {n: _LAYOUT[n][1] for n in names}

@@ -1,4 +1,5 @@
-"""MAMoE router against a NumPy transcription of SPEC section 1 (float64, loops over tokens)."""
+"""Routers against NumPy transcriptions (float64, loops over tokens): MAMoE of SPEC section 1 and
+WeNet's MoEFFNLayer gate (topk_softmax)."""
 
 import dataclasses
 
@@ -116,7 +117,8 @@ def numpy_route(x, modality, valid, gate, cfg: MoEConfig):
 
 
 def _jax_route(x, modality, valid, gate, cfg):
-    routing, stats = jax.jit(route, static_argnums=4)(jnp.asarray(x), jnp.asarray(modality), jnp.asarray(valid),
+    modality = None if modality is None else jnp.asarray(modality)
+    routing, stats = jax.jit(route, static_argnums=4)(jnp.asarray(x), modality, jnp.asarray(valid),
                                                        jnp.asarray(gate), cfg)
     n_tok = B * T
     dense = np.zeros((n_tok, cfg.num_experts))
@@ -187,6 +189,7 @@ def test_without_groups_modality_is_ignored():
     routing, stats, dense = _jax_route(x, modality, valid, gate, cfg)
     _, stats2, dense2 = _jax_route(x, np.full_like(modality, -1), valid, gate, cfg)
     np.testing.assert_array_equal(dense, dense2)
+    np.testing.assert_array_equal(dense, _jax_route(x, None, valid, gate, cfg)[2])  # the MoE's modality_BT=None
     np.testing.assert_array_equal(np.asarray(routing.active_N), valid.reshape(-1))
     assert stats.load_GE.shape == (1, cfg.num_experts)
     np.testing.assert_array_equal(np.asarray(stats.load_GE), np.asarray(stats2.load_GE))
@@ -203,3 +206,59 @@ def test_aux_loss_gradient_reaches_gate_and_zero_alpha_gives_zero():
     assert float(jnp.abs(jax.grad(aux)(gate, cfg)).max()) > 0
     off = dataclasses.replace(cfg, aux_loss_alpha=0.0)
     assert float(aux(gate, off)) == 0.0
+
+
+# ----------------------------------------------------------------------------- topk_softmax (WeNet)
+
+def numpy_topk_softmax(x, valid, gate, top_k):
+    """WeNet's MoEFFNLayer gate, token by token in float64: top-k of the raw logits (lower index
+    first among equal logits), softmax over the k. Returns dense weights [N, E] and the logits."""
+    logits = x.reshape(-1, D).astype(np.float64) @ gate.astype(np.float64)
+    dense = np.zeros(logits.shape)
+    for n, ok in enumerate(valid.reshape(-1)):
+        if not ok:
+            continue
+        chosen = np.argsort(-logits[n], kind="stable")[:top_k]
+        w = np.exp(logits[n, chosen] - logits[n, chosen].max())
+        dense[n, chosen] = w / w.sum()
+    return dense, logits
+
+
+@pytest.mark.parametrize("num_experts, top_k", [(5, 2), (8, 3), (4, 1)])
+def test_topk_softmax_matches_numpy(num_experts, top_k):
+    cfg = MoEConfig(num_experts=num_experts, top_k=top_k, router="topk_softmax", num_shared_experts=0,
+                    aux_loss_alpha=0.01, z_loss_alpha=0.01)
+    x, _, valid = _inputs(seed=7)
+    gate = _gate(num_experts, seed=8)
+    dense_ref, logits = numpy_topk_softmax(x, valid, gate, top_k)
+    routing, stats, dense = _jax_route(x, None, valid, gate, cfg)
+
+    np.testing.assert_array_equal(np.asarray(routing.active_N), valid.reshape(-1))
+    np.testing.assert_allclose(dense, dense_ref, rtol=1e-5, atol=1e-7)
+    assert float(stats.aux_loss) == 0.0 and float(stats.z_loss) == 0.0  # WeNet has neither
+    slots = (dense_ref > 0).astype(np.float64)
+    active = valid.reshape(-1)
+    np.testing.assert_array_equal(np.asarray(stats.load_GE), slots[active].sum(0)[None])
+    np.testing.assert_array_equal(np.asarray(stats.tokens_G), [active.sum()])
+    # Logged balance: Switch-style sum_e f_e P_e with P the softmax over all E logits.
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    f = slots[active].sum(0) * num_experts / (active.sum() * top_k)
+    np.testing.assert_allclose(float(stats.balance), (f * probs[active].mean(0)).sum(), rtol=1e-5)
+
+
+def test_topk_softmax_ties_go_to_the_lower_expert_and_gradients_reach_the_gate():
+    cfg = MoEConfig(num_experts=6, top_k=2, router="topk_softmax", num_shared_experts=0)
+    x, _, valid = _inputs(seed=9)
+    x[0, :4] = 0.0  # all logits exactly 0: a six-way tie
+    valid[0, :4] = True
+    gate = _gate(6, seed=10)
+    routing, _, dense = _jax_route(x, None, valid, gate, cfg)
+    np.testing.assert_array_equal(np.asarray(routing.expert_NK)[:4], [[0, 1]] * 4)
+    np.testing.assert_allclose(dense[:4, :2], 0.5)
+
+    def weight_sum(gate_DE):
+        r, _ = route(jnp.asarray(x), None, jnp.asarray(valid), gate_DE, cfg)
+        return jnp.sum(r.weight_NK * jnp.arange(2.0)[None, :])
+
+    assert float(jnp.abs(jax.grad(weight_sum)(jnp.asarray(gate))).max()) > 0

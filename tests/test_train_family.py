@@ -155,8 +155,23 @@ def test_a_batch_off_the_family_spec_is_refused_by_key(tmp_path):
             batch = super().__next__()
             return {"x": batch["x"][:, :2], "y": batch["y"]}
 
+    class Labels(Regression):
+        def __next__(self):
+            return {**super().__next__(), "y": np.zeros(8, np.int64)}
+
     with pytest.raises(ValueError, match=r"batch\['x'\] has shape \(8, 2\), expected \(8, 3\)"):
-        run_training(_cfg(steps=2), tmp_path, Short(8), console=io.StringIO())
+        run_training(_cfg(steps=2), tmp_path / "short", Short(8), console=io.StringIO())
+    with pytest.raises(ValueError, match=r"batch\['y'\] holds int64, the model family's batch spec says float32"):
+        run_training(_cfg(steps=2), tmp_path / "labels", Labels(8), console=io.StringIO())
+
+    class Holes(Regression):  # right shapes, content the family's own check refuses
+        def __next__(self):
+            batch = super().__next__()
+            batch["x"][0, 0] = np.nan
+            return batch
+
+    with pytest.raises(ValueError, match=r"batch\['x'\] is not finite"):
+        run_training(_cfg(steps=2), tmp_path / "holes", Holes(8), console=io.StringIO())
 
 
 def test_mesh_checks_and_hf_export_ask_the_family(tmp_path):

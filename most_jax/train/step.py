@@ -139,11 +139,18 @@ def check_batch(batch: dict[str, np.ndarray], spec: dict[str, jax.ShapeDtypeStru
     if missing:
         raise ValueError(f"batch is missing {missing}; a batch holds {list(spec)}")
     for key, s in spec.items():
-        shape = tuple(np.shape(batch[key]))
+        value = np.asarray(batch[key])
         expected = (rows, *s.shape[1:])
-        if shape != expected:
-            raise ValueError(f"batch[{key!r}] has shape {shape}, expected {expected} (rows, then the model "
+        if value.shape != expected:
+            raise ValueError(f"batch[{key!r}] has shape {value.shape}, expected {expected} (rows, then the model "
                              "family's batch spec from the config, e.g. data.seq_len)")
+        # Same kind (integer, float, bool); the width is the device's business (int64 -> int32).
+        if _kind(value.dtype) != _kind(np.dtype(s.dtype)):
+            raise ValueError(f"batch[{key!r}] holds {value.dtype}, the model family's batch spec says {np.dtype(s.dtype)}")
+
+
+def _kind(dtype: np.dtype) -> str:
+    return "int" if np.issubdtype(dtype, np.integer) else dtype.kind
 
 
 def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
