@@ -1,6 +1,6 @@
 """Expert parallelism on 8 simulated devices: equal to one device (logits, gradients, a train step),
-every exchange and placement equal to the per-expert reference, drops accounted for, and the
-modality-balanced placement spreading a skewed batch."""
+every exchange and placement equal to the per-expert reference for swiglu and ffn experts, drops
+accounted for, and the modality-balanced placement spreading a skewed batch."""
 
 import dataclasses
 
@@ -126,19 +126,30 @@ def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, outpu
     return output
 
 
-def _moe_problem(num_tokens=64, num_experts=8, top_k=2, d=12, f=10, seed=0, audio_fraction=0.5):
-    moe = MoEConfig(num_experts=num_experts, top_k=top_k, expert_ffn_dim=f, num_shared_experts=0,
-                    modality_groups=(ModalityGroup("text", 0, 0, num_experts // 2),
-                                     ModalityGroup("audio", 1, num_experts // 2, num_experts // 2)))
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+def _moe_problem(num_tokens=64, num_experts=8, top_k=2, d=12, f=10, seed=0, audio_fraction=0.5, kind="swiglu"):
+    """MoST's MAMoE routing with swiglu experts, or (kind "ffn") WeNet's topk_softmax routing with
+    biased relu ffn experts."""
+    if kind == "swiglu":
+        moe = MoEConfig(num_experts=num_experts, top_k=top_k, expert_ffn_dim=f, num_shared_experts=0,
+                        modality_groups=(ModalityGroup("text", 0, 0, num_experts // 2),
+                                         ModalityGroup("audio", 1, num_experts // 2, num_experts // 2)))
+    else:
+        moe = MoEConfig(num_experts=num_experts, top_k=top_k, expert_ffn_dim=f, num_shared_experts=0,
+                        router="topk_softmax", expert="ffn", activation="relu", expert_bias=True)
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(seed), 4)
     x_ND = jax.random.normal(k1, (num_tokens, d))
     rng = np.random.default_rng(seed)
     modality = (rng.random(num_tokens) < audio_fraction).astype(np.int32)
     valid = rng.random(num_tokens) > 0.1  # some padding: inactive tokens
     gate = 0.5 * jax.random.normal(k2, (d, num_experts))
-    routing, _ = route(x_ND[None], jnp.asarray(modality)[None], jnp.asarray(valid)[None], gate, moe)
+    routing, _ = route(x_ND[None], jnp.asarray(modality)[None] if moe.modality_groups else None,
+                       jnp.asarray(valid)[None], gate, moe)
     w = jax.random.normal(k3, (3, num_experts, d, f)) / np.sqrt(d)
-    experts = ExpertWeights(w[0], w[1], jnp.swapaxes(w[2], 1, 2))
+    if kind == "swiglu":
+        experts = ExpertWeights(w[0], w[1], jnp.swapaxes(w[2], 1, 2))
+    else:
+        b = jax.random.normal(k4, (num_experts, f + d))
+        experts = ExpertWeights(w[0], None, jnp.swapaxes(w[2], 1, 2), b[:, :f], b[:, f:], "relu")
     return moe, x_ND, routing, experts
 
 
@@ -146,8 +157,9 @@ def _moe_problem(num_tokens=64, num_experts=8, top_k=2, d=12, f=10, seed=0, audi
 @pytest.mark.parametrize("placement", ["canonical", "balanced"])
 @pytest.mark.parametrize("mesh_cfg", [MeshConfig(data=4, expert=2), MeshConfig(data=1, fsdp=2, expert=2, tensor=2)],
                          ids=["data4_expert2", "fsdp2_expert2_tensor2"])
-def test_every_exchange_and_placement_equals_reference(exchange, placement, mesh_cfg):
-    moe, x_ND, routing, experts = _moe_problem()
+@pytest.mark.parametrize("kind", ["swiglu", "ffn"])
+def test_every_exchange_and_placement_equals_reference(exchange, placement, mesh_cfg, kind):
+    moe, x_ND, routing, experts = _moe_problem(kind=kind)
     want, _ = DISPATCH["reference"](x_ND, routing, experts, 1.0)
     mesh = sharding.make_mesh(mesh_cfg)
 
@@ -168,15 +180,18 @@ def test_every_exchange_and_placement_equals_reference(exchange, placement, mesh
     assert not np.asarray(dropped).any()
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
     want_grads = jax.grad(ref_objective, argnums=(0, 1, 2))(x_ND, routing.weight_NK, experts)
-    for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
-        np.testing.assert_allclose(np.asarray(g), np.asarray(h), atol=1e-5, rtol=0)
+    flat_want = jax.tree_util.tree_leaves_with_path(want_grads)
+    assert len(flat_want) == (6 if kind == "ffn" else 5)  # x, weight_NK and every expert tensor
+    for (path, h), g in zip(flat_want, jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(h), atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("exchange", ["capacity", "ragged"])
-def test_dropped_assignments_are_reported_and_left_out(exchange):
+@pytest.mark.parametrize("kind", ["swiglu", "ffn"])
+def test_dropped_assignments_are_reported_and_left_out(exchange, kind):
     """With a small buffer some assignments are dropped; the output must equal the reference with
-    exactly those assignments' weights set to zero."""
-    moe, x_ND, routing, experts = _moe_problem(num_tokens=512, audio_fraction=0.9)
+    exactly those assignments' weights set to zero (an ffn expert's output bias included)."""
+    moe, x_ND, routing, experts = _moe_problem(num_tokens=512, audio_fraction=0.9, kind=kind)
     mesh = sharding.make_mesh(MeshConfig(data=4, expert=2))
     with jax.set_mesh(mesh):
         got, dropped = jax.jit(lambda x, r, w: ep_lib.expert_parallel(

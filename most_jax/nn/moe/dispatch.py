@@ -144,7 +144,8 @@ def with_output_bias(y_ND: jax.Array, routing: Routing, experts: ExpertWeights, 
     """Adds the ffn experts' output bias of the routed, non-dropped assignments (no-op without one)."""
     if experts.b_out_ED is None:
         return y_ND
-    kept_NK = jnp.where(dropped_NK, 0.0, routing.weight_NK)
+    # Inactive tokens' weights are zero already; masking them too keeps their weight gradient zero.
+    kept_NK = jnp.where(dropped_NK | ~routing.active_N[:, None], 0.0, routing.weight_NK)
     return y_ND + output_bias(experts.b_out_ED, routing.expert_NK, kept_NK)
 
 
