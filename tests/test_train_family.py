@@ -262,3 +262,25 @@ def test_generic_modules_do_not_import_a_family():
              "             and m != 'most_jax.models.family'))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_family_names_may_not_shadow_the_trainers():
+    from most_jax.train.metrics import MetricsWindow
+    from most_jax.train.state import model_graphdef
+    from most_jax.train.step import accumulate_gradients
+
+    def loss(model, batch, rng, ctx):
+        obj, sums = _loss(model, batch, rng, ctx)
+        return obj, {**sums, "grad_norm": sums["sse"]}
+
+    family_lib.register(dataclasses.replace(TOY, name="shadow", loss_fn=loss,
+                                            summarise=lambda cfg, s, n: {"lr": 1.0}))
+    cfg = dataclasses.replace(_cfg(), model=ToyConfig(family="shadow"))
+    graphdef, params = model_graphdef(cfg.model)
+    batch = {k: jnp.zeros(s.shape, s.dtype) for k, s in TOY.batch_spec(cfg).items()}
+    with pytest.raises(ValueError, match=r"family 'shadow': loss sums \['grad_norm'\] clash with the step's"):
+        jax.eval_shape(lambda p: accumulate_gradients(graphdef, p, batch, cfg, jax.random.key(0)), params)
+    window = MetricsWindow(cfg)
+    window.add({"tokens": 1.0, "finite": True, "loss": 1.0, "grad_norm": 1.0, "lr": 0.1, "skipped": 0})
+    with pytest.raises(ValueError, match=r"family 'shadow': summary entries \['lr'\] clash with the trainer's"):
+        window.record(1, 1.0)

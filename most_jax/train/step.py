@@ -16,9 +16,9 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from most_jax import sharding
 from most_jax.config import Config
 from most_jax.models.family import LossContext, get_family
-from most_jax.sharding import batch_sharding
 from most_jax.train.state import TrainState
 
 # The step's own metrics; a family's sums must use other names.
@@ -129,7 +129,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: Config, optimizer: optax.Gradie
 
 def batch_sharding_for(mesh) -> NamedSharding:
     """Rows split over the mesh's data-like axes (sharding.RULES["batch"]), other dimensions whole."""
-    return batch_sharding(mesh)
+    return sharding.batch_sharding(mesh)
 
 
 def check_batch(batch: dict[str, np.ndarray], spec: dict[str, jax.ShapeDtypeStruct], *, rows: int) -> None:
