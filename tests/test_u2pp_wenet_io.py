@@ -11,7 +11,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from most_jax import config as config_lib  # noqa: E402
 from most_jax.checkpoint import wenet  # noqa: E402
 from wenet_ref.asr_model import init_asr_model  # noqa: E402
 
@@ -238,29 +237,6 @@ def convert(argv: list[str]) -> int:
     u2pp_convert.register_export(sub)
     args = parser.parse_args(argv)
     return args.handler(args)
-
-
-@pytest.fixture(autouse=True)
-def u2pp_family(request, monkeypatch):
-    """Parameter I/O reaches the model through the family seam; where most_jax.models.u2pp.family
-    is not wired yet, a Family that only builds U2pp (all that params_io uses) stands in."""
-    if "wenet_dir" not in request.fixturenames and "tmp_path" not in request.fixturenames:
-        return
-    from most_jax.models import family as family_lib
-
-    try:
-        family_lib.family_named("u2pp")
-    except config_lib.ConfigError:
-        from most_jax.models.u2pp.model import U2pp
-
-        def unused(*_args, **_kwargs):
-            raise AssertionError("parameter I/O needs only the model")
-
-        stand_in = family_lib.Family(name="u2pp", config_class=config_lib.U2ppConfig,
-                                     build=lambda cfg, rngs: U2pp(cfg, rngs=rngs), batch_spec=unused,
-                                     step_totals=unused, loss_fn=unused, summarise=unused, count_tokens=unused,
-                                     moe_layers=lambda cfg: ())
-        monkeypatch.setitem(family_lib._LOADED, "u2pp", stand_in)
 
 
 @pytest.fixture(scope="module")
