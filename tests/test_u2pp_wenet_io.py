@@ -268,15 +268,17 @@ def test_import_then_export_is_byte_equal_and_wenet_loads_it(wenet_dir, tmp_path
     again.load_state_dict(exported, strict=True)
 
 
-def test_import_without_cmvn_round_trips(tmp_path):
+def test_import_without_cmvn_round_trips(tmp_path, monkeypatch):
+    """Also with relative paths, as typed in a WeNet experiment directory."""
     import yaml
 
     conf = train_yaml(mlp_type="position_wise_feed_forward", input_layer="conv2d6", bias=False)
     ref = reference(conf, seed=4)
     torch.save(ref.state_dict(), tmp_path / "final.pt")
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(conf))
-    convert(["import-wenet", str(tmp_path / "final.pt"), str(tmp_path / "train.yaml"), str(tmp_path / "ckpt")])
-    convert(["export-wenet", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    monkeypatch.chdir(tmp_path)
+    convert(["import-wenet", "final.pt", "train.yaml", "ckpt"])
+    convert(["export-wenet", "ckpt", "out"])
     exported = torch.load(tmp_path / "out" / "final.pt", weights_only=True)
     assert not any(k.startswith("encoder.global_cmvn") for k in exported)
     assert not (tmp_path / "out" / "global_cmvn").exists()

@@ -688,7 +688,7 @@ def import_wenet(pt_path: str | Path, yaml_path: str | Path, out_dir: str | Path
     full = config_lib.Config(model=cfg)
     expected = {p: tuple(s.shape) for p, s in abstract_params(cfg).items()}
     params = params_from_wenet(state, cfg, expected, np.dtype(DTYPES[dtype]))
-    save_params(out_dir, full, unflatten(params))
+    save_params(Path(out_dir).absolute(), full, unflatten(params))  # Orbax writes absolute paths only
     return full
 
 
