@@ -264,10 +264,11 @@ def test_encoder_and_ctc_log_probs_match_wenet(chunk):
         np.testing.assert_allclose(got[b, :n], want[b, :n], atol=1e-4)
 
 
-@pytest.mark.parametrize("ctc_weight,reverse_weight,normalize", [(0.3, 0.3, False), (0.0, 0.5, True),
-                                                                 (1.0, 0.0, False)])
-def test_training_loss_matches_wenet(ctc_weight, reverse_weight, normalize):
-    cfg = dataclasses.replace(model_cfg(dynamic=False), ctc_weight=ctc_weight, reverse_weight=reverse_weight,
+@pytest.mark.parametrize("ctc_weight,reverse_weight,normalize,mlp_type", [
+    (0.3, 0.3, False, "position_wise_feed_forward"), (0.0, 0.5, True, "position_wise_feed_forward"),
+    (1.0, 0.0, False, "position_wise_feed_forward"), (0.3, 0.3, False, "moe")])
+def test_training_loss_matches_wenet(ctc_weight, reverse_weight, normalize, mlp_type):
+    cfg = dataclasses.replace(model_cfg(mlp_type, dynamic=False), ctc_weight=ctc_weight, reverse_weight=reverse_weight,
                               length_normalized_loss=normalize)
     ref, model = model_pair(cfg, seed=3)
     feats, lengths = _feats(cfg, 4)
@@ -292,9 +293,10 @@ WENET_METHOD = {"ctc_greedy": "ctc_greedy_search", "ctc_prefix_beam": "ctc_prefi
                 "attention": "attention", "attention_rescoring": "attention_rescoring"}
 
 
-@pytest.mark.parametrize("chunk", [-1, 3])
-def test_every_mode_matches_wenet(chunk):
-    cfg = model_cfg()
+@pytest.mark.parametrize("chunk,mlp_type", [(-1, "position_wise_feed_forward"), (3, "position_wise_feed_forward"),
+                                            (2, "moe")])
+def test_every_mode_matches_wenet(chunk, mlp_type):
+    cfg = model_cfg(mlp_type)
     ref, model = model_pair(cfg, seed=5)
     feats, lengths = _feats(cfg, 6)
     with torch.no_grad():
@@ -306,3 +308,18 @@ def test_every_mode_matches_wenet(chunk):
         assert [h.tokens for h in got] == [tuple(r.tokens) for r in want[method]], mode
         if mode in ("ctc_prefix_beam", "attention_rescoring"):
             np.testing.assert_allclose([h.score for h in got], [r.score for r in want[method]], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode,chunk,left", [("attention_rescoring", 3, -1), ("ctc_prefix_beam", 2, 1),
+                                             ("ctc_greedy", 1, 2), ("attention", 4, -1)])
+def test_streaming_equals_chunk_masked_decoding(mode, chunk, left):
+    cfg = model_cfg()
+    _, model = model_pair(cfg, seed=7)
+    feats, lengths = _feats(cfg, 8)
+    opts = decode.DecodeOptions(mode=mode, beam=3, reverse_weight=0.3, chunk=chunk, left_chunks=left)
+    for b in (0, 2):
+        utt = feats[b, : lengths[b]]
+        streamed = decode.transcribe_streaming(model, utt, opts)
+        whole = decode.decode(model, utt[None], lengths[b:b + 1], opts)[0]
+        assert streamed.tokens == whole.tokens
+        assert streamed.score == pytest.approx(whole.score, abs=1e-4)

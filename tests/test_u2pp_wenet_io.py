@@ -11,7 +11,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from most_jax import config as config_lib  # noqa: E402
 from most_jax.checkpoint import wenet  # noqa: E402
 from wenet_ref.asr_model import init_asr_model  # noqa: E402
 
@@ -197,6 +196,23 @@ def test_cmvn_stats_round_trip(tmp_path):
     np.testing.assert_array_equal(ref.state_dict()["encoder.global_cmvn.istd"].numpy(), istd)
 
 
+def test_kaldi_text_cmvn_reads_as_the_json_stats(tmp_path):
+    stats = json.loads(write_cmvn(tmp_path / "global_cmvn").read_text())
+    kaldi = tmp_path / "global_cmvn.kaldi"
+    kaldi.write_text(" [\n  " + " ".join(map(repr, stats["mean_stat"])) + f" {stats['frame_num']}\n  "
+                     + " ".join(map(repr, stats["var_stat"])) + " 0 ]\n")
+    for got, want in zip(wenet.read_cmvn_kaldi(kaldi), wenet.read_cmvn_json(tmp_path / "global_cmvn")):
+        np.testing.assert_array_equal(got, want)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\0BCM \x04\x02\xff")
+    with pytest.raises(wenet.WenetError, match="binary Kaldi CMVN stats"):
+        wenet.read_cmvn_kaldi(binary)
+    broken = tmp_path / "broken"
+    broken.write_text("[ 1 2 3 ]")
+    with pytest.raises(wenet.WenetError, match="not Kaldi text CMVN stats"):
+        wenet.read_cmvn_kaldi(broken)
+
+
 @pytest.mark.parametrize("d", [12, 256])
 def test_sinusoid_table_matches_wenets(d):
     """Close enough to tell WeNet's table from anything else (float32 sin of large arguments
@@ -221,29 +237,6 @@ def convert(argv: list[str]) -> int:
     u2pp_convert.register_export(sub)
     args = parser.parse_args(argv)
     return args.handler(args)
-
-
-@pytest.fixture(autouse=True)
-def u2pp_family(request, monkeypatch):
-    """Parameter I/O reaches the model through the family seam; where most_jax.models.u2pp.family
-    is not wired yet, a Family that only builds U2pp (all that params_io uses) stands in."""
-    if "wenet_dir" not in request.fixturenames and "tmp_path" not in request.fixturenames:
-        return
-    from most_jax.models import family as family_lib
-
-    try:
-        family_lib.family_named("u2pp")
-    except config_lib.ConfigError:
-        from most_jax.models.u2pp.model import U2pp
-
-        def unused(*_args, **_kwargs):
-            raise AssertionError("parameter I/O needs only the model")
-
-        stand_in = family_lib.Family(name="u2pp", config_class=config_lib.U2ppConfig,
-                                     build=lambda cfg, rngs: U2pp(cfg, rngs=rngs), batch_spec=unused,
-                                     step_totals=unused, loss_fn=unused, summarise=unused, count_tokens=unused,
-                                     moe_layers=lambda cfg: ())
-        monkeypatch.setitem(family_lib._LOADED, "u2pp", stand_in)
 
 
 @pytest.fixture(scope="module")
@@ -275,21 +268,34 @@ def test_import_then_export_is_byte_equal_and_wenet_loads_it(wenet_dir, tmp_path
     again.load_state_dict(exported, strict=True)
 
 
-def test_import_without_cmvn_round_trips(tmp_path):
+def test_import_without_cmvn_round_trips(tmp_path, monkeypatch):
+    """Also with relative paths, as typed in a WeNet experiment directory."""
     import yaml
 
     conf = train_yaml(mlp_type="position_wise_feed_forward", input_layer="conv2d6", bias=False)
     ref = reference(conf, seed=4)
     torch.save(ref.state_dict(), tmp_path / "final.pt")
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(conf))
-    convert(["import-wenet", str(tmp_path / "final.pt"), str(tmp_path / "train.yaml"), str(tmp_path / "ckpt")])
-    convert(["export-wenet", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    monkeypatch.chdir(tmp_path)
+    convert(["import-wenet", "final.pt", "train.yaml", "ckpt"])
+    convert(["export-wenet", "ckpt", "out"])
     exported = torch.load(tmp_path / "out" / "final.pt", weights_only=True)
     assert not any(k.startswith("encoder.global_cmvn") for k in exported)
     assert not (tmp_path / "out" / "global_cmvn").exists()
     for key, value in ref.state_dict().items():
         assert exported[key].numpy().tobytes() == value.numpy().tobytes(), key
     init_asr_model(yaml.safe_load((tmp_path / "out" / "train.yaml").read_text())).load_state_dict(exported, strict=True)
+    # the checkpoint serves the other commands: restored, it computes WeNet's CTC posteriors
+    import jax.numpy as jnp
+
+    from most_jax.checkpoint.params_io import restore_model
+
+    _, model = restore_model(tmp_path / "ckpt")
+    feats = torch.randn(1, 40, FEAT)
+    out, _, _ = model.encode(jnp.asarray(feats.numpy()), jnp.asarray([40]))
+    with torch.no_grad():
+        ref_logp = ref.ctc.log_softmax(ref.encoder(feats, torch.tensor([40]), -1, -1)[0])
+    assert np.abs(np.asarray(model.ctc_log_probs(out)) - ref_logp.numpy()).max() < 1e-4
 
 
 def test_cmvn_from_the_yaml_file_when_the_state_dict_has_none(wenet_dir, tmp_path):
@@ -378,3 +384,46 @@ def test_imported_model_computes_what_wenet_computes(tmp_path, mlp_type, chunk, 
     np.testing.assert_array_equal(valid, ref_mask[:, 0].numpy())
     assert np.abs(np.asarray(out)[valid] - ref_out.numpy()[valid]).max() < 1e-4
     assert np.abs(np.asarray(model.ctc_log_probs(out))[valid] - ref_logp.numpy()[valid]).max() < 1e-4
+
+
+def test_bfloat16_import_exports_the_rounded_weights(tmp_path):
+    import yaml
+
+    conf = train_yaml(mlp_type="position_wise_feed_forward")
+    ref = reference(conf, seed=7)
+    torch.save(ref.state_dict(), tmp_path / "final.pt")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(conf))
+    convert(["import-wenet", str(tmp_path / "final.pt"), str(tmp_path / "train.yaml"), str(tmp_path / "ckpt"),
+             "--dtype", "bfloat16"])
+    convert(["export-wenet", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    exported = torch.load(tmp_path / "out" / "final.pt", weights_only=True)
+    for key, value in ref.state_dict().items():
+        if key.endswith(".pe"):
+            assert torch.equal(exported[key], value), key  # regenerated in float32 as WeNet does
+        else:
+            assert exported[key].dtype == torch.bfloat16 and torch.equal(exported[key], value.bfloat16()), key
+    init_asr_model(yaml.safe_load((tmp_path / "out" / "train.yaml").read_text())).load_state_dict(exported, strict=True)
+
+
+def test_export_refuses_what_is_not_a_new_u2pp_export(tmp_path):
+    from most_jax.checkpoint.params_io import save_params
+    from most_jax.config import load_config as load_yaml_config
+
+    most_cfg = load_yaml_config("configs/most_tiny.yaml")
+    from most_jax.checkpoint.param_tree import abstract_params, unflatten
+
+    params = unflatten({p: np.zeros(s.shape, s.dtype) for p, s in abstract_params(most_cfg.model).items()})
+    save_params(tmp_path / "most", most_cfg, params)
+    with pytest.raises(SystemExit, match=r"a most checkpoint, not u2pp"):
+        convert(["export-wenet", str(tmp_path / "most"), str(tmp_path / "out")])
+    (tmp_path / "there").mkdir()
+    with pytest.raises(SystemExit, match=r"there: already exists"):
+        convert(["export-wenet", str(tmp_path / "most"), str(tmp_path / "there")])
+
+
+def test_torch_missing_is_said(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(wenet.WenetError, match=r"import-wenet reads and writes PyTorch \.pt files and needs torch"):
+        wenet.read_pt(tmp_path / "final.pt")

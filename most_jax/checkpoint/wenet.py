@@ -6,8 +6,8 @@ only reading and writing the `.pt` file imports torch (lazily, with a clear erro
 so only `most u2pp import-wenet` / `export-wenet` need it.
 
 The name table. Every WeNet tensor name matches exactly one `Rule` of RULES: a WeNet key pattern
-whose `{i}` is the layer index, `{e}` the expert index and `{side}`, `{ffn}`, `{attn}` name parts
-copied into the parameter path; the matched tensor goes, through the rule's `Layout`, to one slice
+whose `{i}` is the layer index, `{e}` the expert index and `{side}`, `{ffn}`, `{attn}`, `{c}` name
+parts copied into the parameter path; the matched tensor goes, through the rule's `Layout`, to one slice
 of the parameter (layers stacked on a leading axis, experts on the next). The table is composed of
 small per-module tables (attention, FFN, MoE, conv module, norms) placed under each module's prefix,
 so no layer or expert is spelled out. Transposes: PyTorch Linear weights [out, in] become kernels
@@ -15,10 +15,11 @@ so no layer or expert is spelled out. Transposes: PyTorch Linear weights [out, i
 depthwise [C, 1, K] become [K, C].
 
 Derived buffers: WeNet stores its sinusoidal tables (`...pos_enc.pe`, `...embed.1.pe`, shape
-[1, max_len, d]); they are checked (shape) on import and regenerated on export, not parameters.
-CMVN: `encoder.global_cmvn.mean/istd` of the state_dict, else the YAML's `cmvn_file` (WeNet's JSON
-stats, read as WeNet's load_cmvn does); without either, mean 0 and istd 1 (identity), which export
-writes back as "no CMVN" so that a model without CMVN round-trips.
+[1, max_len, d]); they are checked (shape, and that they hold the sinusoids) on import and regenerated
+on export, not parameters.
+CMVN: `encoder.global_cmvn.mean/istd` of the state_dict, else the YAML's `cmvn_file` (WeNet's
+JSON or Kaldi text stats, read as WeNet's load_cmvn does); without either, mean 0 and istd 1
+(identity), which export writes back as "no CMVN" so that a model without CMVN round-trips.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import re
 from pathlib import Path
 
@@ -81,7 +83,7 @@ DEPTHWISE = Layout("depthwise", axes=(1, 0), squeeze=1)  # [C, 1, K] -> [K, C]
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    wenet: str  # key pattern: {i} layer, {e} expert; {side}/{ffn}/{attn} copied into `path`
+    wenet: str  # key pattern: {i} layer, {e} expert; {side}/{ffn}/{attn}/{c} copied into `path`
     path: str  # parameter path, '/'-separated, with the same named parts
     layout: Layout
 
@@ -92,7 +94,9 @@ _PARTS = {
     "side": r"(?P<side>left|right)",
     "ffn": r"(?P<ffn>feed_forward|feed_forward_macaron)",
     "attn": r"(?P<attn>self_attn|src_attn)",
+    "c": r"(?P<c>\d+)",  # nn.Sequential index of a subsampling conv (0, 2, 4)
 }
+_COPIED = ("side", "ffn", "attn", "c")
 
 
 def _under(prefix: tuple[str, str], table: tuple[tuple[str, str, Layout], ...]) -> tuple[Rule, ...]:
@@ -154,7 +158,7 @@ _DERIVED = re.compile(r"^(encoder\.embed\.pos_enc\.pe|decoder\.(left|right)_deco
 
 def _compile(rule: Rule) -> re.Pattern:
     pattern = re.escape(rule.wenet)
-    for name, group in {**_PARTS, "c": r"(?P<c>\d+)"}.items():
+    for name, group in _PARTS.items():
         pattern = pattern.replace(re.escape("{" + name + "}"), group)
     return re.compile(f"^{pattern}$")
 
@@ -181,7 +185,7 @@ def place(key: str) -> Placement | None:
             continue
         parts = m.groupdict()
         path = rule.path
-        for name in ("side", "ffn", "attn", "c"):
+        for name in _COPIED:
             if parts.get(name) is not None:
                 path = path.replace("{" + name + "}", parts[name])
         index = tuple(int(parts[n]) for n in ("i", "e") if parts.get(n) is not None)
@@ -466,19 +470,11 @@ def config_from_wenet(train: dict) -> config_lib.U2ppConfig:
     data = {"family": "u2pp", "vocab_size": vocab, "input_dim": int(train["input_dim"]), "encoder": enc, "decoder": dec,
             **{k: model_conf[k] for k in _WENET_MODEL_DEFAULTS}}
     try:
-        cfg = config_lib.from_dict(config_lib.U2ppConfig, _plain(data))
+        cfg = config_lib.from_dict(config_lib.U2ppConfig, data)
         cfg.validate()
     except config_lib.ConfigError as e:
         raise WenetError(f"the training YAML gives an invalid U2++ config: {e}") from None
     return cfg
-
-
-def _plain(data):
-    if dataclasses.is_dataclass(data):
-        return config_lib.to_dict(data)
-    if isinstance(data, dict):
-        return {k: _plain(v) for k, v in data.items()}
-    return data
 
 
 def wenet_yaml(cfg: config_lib.U2ppConfig, cmvn_file: str | None) -> dict:
@@ -516,14 +512,44 @@ def wenet_yaml(cfg: config_lib.U2ppConfig, cmvn_file: str | None) -> dict:
 
 
 def read_cmvn_json(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, istd) float32 from WeNet's JSON stats (mean_stat, var_stat, frame_num), as WeNet's
-    load_cmvn computes them (float64, variance floored at 1e-20)."""
+    """(mean, istd) float32 from WeNet's JSON stats (mean_stat, var_stat, frame_num)."""
     try:
         stats = json.loads(Path(path).read_text())
-        mean = np.asarray(stats["mean_stat"], np.float64) / stats["frame_num"]
-        var = np.asarray(stats["var_stat"], np.float64) / stats["frame_num"] - mean * mean
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        return _mean_istd(stats["mean_stat"], stats["var_stat"], stats["frame_num"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise WenetError(f"{path}: not WeNet JSON CMVN stats (mean_stat, var_stat, frame_num): {e}") from None
+
+
+def read_cmvn_kaldi(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, istd) float32 from Kaldi text stats (`compute-cmvn-stats --binary=false`): one
+    `[ sums... count  squares... 0 ]` matrix, as WeNet's _load_kaldi_cmvn reads it."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise WenetError(f"{path}: not readable: {e}") from None
+    if raw.startswith(b"\0B"):
+        raise WenetError(f"{path}: binary Kaldi CMVN stats; recompute them with compute-cmvn-stats --binary=false")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as e:
+        raise WenetError(f"{path}: not Kaldi text CMVN stats: {e}") from None
+    arr = text.split()
+    if len(arr) < 6 or len(arr) % 2 or arr[0] != "[" or arr[-2] != "0" or arr[-1] != "]":
+        raise WenetError(f"{path}: not Kaldi text CMVN stats ('[ sums count squares 0 ]')")
+    dim = (len(arr) - 4) // 2
+    try:
+        return _mean_istd([float(x) for x in arr[1:dim + 1]], [float(x) for x in arr[dim + 2:2 * dim + 2]],
+                          float(arr[dim + 1]))
+    except ValueError as e:
+        raise WenetError(f"{path}: not Kaldi text CMVN stats: {e}") from None
+
+
+def _mean_istd(mean_stat, var_stat, count) -> tuple[np.ndarray, np.ndarray]:
+    """WeNet's load_cmvn arithmetic (float64, variance floored at 1e-20), cast to float32."""
+    mean = np.asarray(mean_stat, np.float64) / count
+    var = np.asarray(var_stat, np.float64) / count - mean * mean
+    if mean.ndim != 1 or var.shape != mean.shape:
+        raise ValueError(f"mean and variance statistics of shapes {mean.shape} and {var.shape}")
     istd = 1.0 / np.sqrt(np.maximum(var, 1.0e-20))
     return mean.astype(np.float32), istd.astype(np.float32)
 
@@ -554,8 +580,8 @@ def read_pt(path: str | Path) -> dict[str, np.ndarray]:
     torch = _torch("import-wenet")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as e:
-        raise WenetError(f"{path}: not a readable PyTorch state_dict: {e}") from None
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise WenetError(f"{path}: not a readable PyTorch state_dict: {str(e).splitlines()[0]}") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise WenetError(f"{path}: expected a state_dict (a mapping of tensor names to tensors), "
@@ -620,12 +646,11 @@ def _cmvn_from_yaml(train: dict, yaml_path: Path) -> tuple[np.ndarray, np.ndarra
     conf = train.get("cmvn_conf") or {}
     if "cmvn_file" not in conf:
         raise WenetError("cmvn_conf.cmvn_file: missing (cmvn is global_cmvn)")
-    if not conf.get("is_json_cmvn", True):
-        raise WenetError("cmvn_conf.is_json_cmvn: false (Kaldi text stats) is not supported; WeNet's JSON stats are")
+    read = read_cmvn_json if conf.get("is_json_cmvn", True) else read_cmvn_kaldi
     given = Path(conf["cmvn_file"])
     for candidate in (given, yaml_path.parent / given):
         if candidate.is_file():
-            return read_cmvn_json(candidate)
+            return read(candidate)
     raise WenetError(f"cmvn_conf.cmvn_file: {given} not found (looked in the working directory and next to "
                      f"{yaml_path}), and the state_dict holds no {CMVN_KEYS[0]!r}")
 
@@ -663,42 +688,41 @@ def import_wenet(pt_path: str | Path, yaml_path: str | Path, out_dir: str | Path
     full = config_lib.Config(model=cfg)
     expected = {p: tuple(s.shape) for p, s in abstract_params(cfg).items()}
     params = params_from_wenet(state, cfg, expected, np.dtype(DTYPES[dtype]))
-    save_params(out_dir, full, unflatten(params))
+    save_params(Path(out_dir).absolute(), full, unflatten(params))  # Orbax writes absolute paths only
     return full
 
 
 def export_wenet(ckpt: str | Path, out_dir: str | Path) -> list[Path]:
     """A most_jax U2++ checkpoint -> `out_dir`/final.pt (+ train.yaml, + global_cmvn when the model
-    normalises its input), which WeNet's init_model + load_state_dict(strict=True) accept."""
+    normalises its input), which WeNet's init_model + load_state_dict(strict=True) accept.
+    `out_dir` must not exist; it appears only once complete."""
     import yaml
 
+    from most_jax.atomic import atomic_directory
     from most_jax.checkpoint.param_tree import flatten
     from most_jax.checkpoint.params_io import load_checkpoint
 
     _torch("export-wenet")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise WenetError(f"{out_dir}: exists and is not empty; choose a new output directory")
+    if out_dir.exists():
+        raise WenetError(f"{out_dir}: already exists; choose a new output directory")
     full, tree = load_checkpoint(ckpt)
     cfg = full.model
-    if getattr(cfg, "family", "most") != "u2pp":
-        raise WenetError(f"{ckpt}: a {getattr(cfg, 'family', 'most')} checkpoint, not u2pp; only U2++ exports to WeNet")
-    params = {p: np.asarray(v) for p, v in flatten(tree)}
-    state = wenet_from_params(params, cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = [out_dir / "final.pt", out_dir / "train.yaml"]
-    cmvn_file = None
-    if CMVN_KEYS[0] in state:
-        cmvn_path = out_dir / "global_cmvn"
-        cmvn_path.write_text(json.dumps(cmvn_stats(state[CMVN_KEYS[0]], state[CMVN_KEYS[1]])))
-        cmvn_file = str(cmvn_path.absolute())
-        written.append(cmvn_path)
-    write_pt(state, cfg, written[0])
-    written[1].write_text(yaml.safe_dump(wenet_yaml(cfg, cmvn_file), sort_keys=False))
-    return written
+    if cfg.family != "u2pp":
+        raise WenetError(f"{ckpt}: a {cfg.family} checkpoint, not u2pp; only U2++ exports to WeNet")
+    state = wenet_from_params({p: np.asarray(v) for p, v in flatten(tree)}, cfg)
+    names = ["final.pt", "train.yaml"] + (["global_cmvn"] if CMVN_KEYS[0] in state else [])
+    # train.yaml names the CMVN file where it will finally be (WeNet reads the path as written)
+    cmvn_file = str(out_dir.absolute() / "global_cmvn") if len(names) == 3 else None
+    with atomic_directory(out_dir) as tmp:
+        if cmvn_file is not None:
+            (tmp / "global_cmvn").write_text(json.dumps(cmvn_stats(state[CMVN_KEYS[0]], state[CMVN_KEYS[1]])))
+        write_pt(state, cfg, tmp / "final.pt")
+        (tmp / "train.yaml").write_text(yaml.safe_dump(wenet_yaml(cfg, cmvn_file), sort_keys=False))
+    return [out_dir / n for n in names]
 
 
 __all__ = ["WenetError", "Layout", "Rule", "RULES", "Placement", "place", "wenet_shapes", "param_shapes",
            "params_from_wenet", "wenet_from_params", "sinusoid_table", "config_from_wenet", "wenet_yaml",
-           "read_cmvn_json", "cmvn_stats", "subsample_freq", "PE_MAX_LEN", "CMVN_KEYS", "read_pt", "write_pt",
+           "read_cmvn_json", "read_cmvn_kaldi", "cmvn_stats", "subsample_freq", "PE_MAX_LEN", "CMVN_KEYS", "read_pt", "write_pt",
            "read_yaml", "import_wenet", "export_wenet"]

@@ -20,7 +20,8 @@ EXPORT_DESCRIPTION = """\
 Writes OUT_DIR/final.pt (a WeNet state_dict, per-expert weights unstacked) and OUT_DIR/train.yaml
 (and OUT_DIR/global_cmvn, WeNet's JSON CMVN stats, when the model normalises its input) from the U2++
 checkpoint CKPT, such that WeNet's init_model(train.yaml) loads final.pt with strict key matching.
-A checkpoint imported with import-wenet exports byte-equal tensors. Needs torch.
+A checkpoint imported with import-wenet exports byte-equal tensors. OUT_DIR must not exist; it
+appears only once complete. Needs torch.
 """
 
 
@@ -39,17 +40,18 @@ def register_export(subparsers) -> None:
     parser = subparsers.add_parser("export-wenet", help="write a U2++ checkpoint as a WeNet .pt + train.yaml",
                                    description=EXPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", metavar="CKPT", help="U2++ checkpoint (step directory, manager root or run directory)")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (must be new or empty)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to create")
     parser.set_defaults(handler=run_export)
 
 
 def run_import(args: argparse.Namespace) -> int:
     from most_jax.checkpoint.params_io import CheckpointError
     from most_jax.checkpoint.wenet import WenetError, import_wenet
+    from most_jax.config import ConfigError
 
     try:
         cfg = import_wenet(args.wenet_pt, args.train_yaml, args.out, args.dtype).model
-    except (WenetError, CheckpointError) as e:
+    except (WenetError, CheckpointError, ConfigError) as e:
         raise SystemExit(f"most u2pp import-wenet: error: {e}") from None
     enc, dec = cfg.encoder, cfg.decoder
     ffn = (f"{enc.moe.num_experts} experts top-{enc.moe.top_k}" if enc.mlp_type == "moe" else "dense FFNs")
@@ -61,10 +63,11 @@ def run_import(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from most_jax.checkpoint.params_io import CheckpointError
     from most_jax.checkpoint.wenet import WenetError, export_wenet
+    from most_jax.config import ConfigError
 
     try:
         written = export_wenet(args.ckpt, args.out_dir)
-    except (WenetError, CheckpointError) as e:
+    except (WenetError, CheckpointError, ConfigError) as e:
         raise SystemExit(f"most u2pp export-wenet: error: {e}") from None
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

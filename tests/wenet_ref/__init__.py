@@ -9,6 +9,14 @@ subsampling, convolution module, Conformer block), encoder.py (ConformerEncoder 
 decoder.py (TransformerDecoder, BiTransformerDecoder), asr_model.py (CTC, label smoothing,
 ASRModel with WeNet's decoding, init_asr_model from a train YAML dict).
 
+Checked once against WeNet's own code at that commit (its package imported with stand-ins for the
+audio/language modules it imports but these classes do not use: librosa, torchaudio, langid,
+whisper), for conv2d/conv2d6/conv2d8, dense and MoE, with and without biases, special tokens
+sos = eos = 2: same state_dict keys in the same order and shapes; with the same weights, encoder
+output (full context, chunk 4, chunk 2 with 1 left chunk), forward_chunk_by_chunk, the training
+losses under the same dynamic-chunk draws, and the tokens and scores of all four decoding modes
+(full and simulated streaming) bit-identical (max difference 0.0).
+
 Left out on purpose (U2++ MoE does not use them): other encoders (Transformer, Squeezeformer,
 Branchformer, E-Branchformer, Efficient Conformer), other decoders and model types (transducer,
 Paraformer, CTL, k2), batch-norm and rms-norm variants, sdpa attention, GQA/MQA heads, rope and

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from most_jax.models.u2pp import ctc_search
+from most_jax.models.u2pp import ctc_search, streaming
 from most_jax.models.u2pp.decoder import BiTransformerDecoder, TransformerDecoder
 from most_jax.models.u2pp.loss import add_sos_eos, reverse_targets
 
@@ -81,8 +81,8 @@ def _beam_step(decoder: TransformerDecoder, cache, last_N, pos, mask_NS, scores_
     first_1K = (jnp.arange(k) == 0)[None, :]
     top_logp_NK = jnp.where(ended_N[:, None], jnp.where(first_1K, 0.0, -jnp.inf), top_logp_NK)
     top_tok_NK = jnp.where(ended_N[:, None], eos, top_tok_NK)
-    cand_BC = (scores_N[:, None] + top_logp_NK).reshape(n // k, k * k)
-    scores_BK, offset_BK = jax.lax.top_k(cand_BC, k)
+    cand_BKK = (scores_N[:, None] + top_logp_NK).reshape(n // k, k * k)  # [B, K*K]: every beam's k extensions
+    scores_BK, offset_BK = jax.lax.top_k(cand_BKK, k)
     parent_N = ((jnp.arange(n // k) * k)[:, None] + offset_BK // k).reshape(n)
     token_N = jnp.take_along_axis(top_tok_NK.reshape(n // k, k * k), offset_BK, axis=1).reshape(n)
     cache = cache._replace(self_k=cache.self_k[:, parent_N], self_v=cache.self_v[:, parent_N])
@@ -93,29 +93,30 @@ def rescoring_scores(decoder: BiTransformerDecoder, nbest: list[ctc_search.NBest
                      encoder_lens_B: np.ndarray, reverse_weight: float, sos: int, eos: int) -> list[np.ndarray]:
     """Per utterance, the attention score of each n-best hypothesis (float32):
     (1 - rw) x L2R + rw x R2L (rw = 0: L2R alone), each the summed log-probability of the tokens and
-    the closing eos, from one batched teacher-forced pass over all utterances' hypotheses."""
+    the closing eos, from one batched teacher-forced pass over all utterances' hypotheses
+    (N rows: every utterance's hypotheses, flattened)."""
     rows = [(b, hyp) for b, res in enumerate(nbest) for hyp in res.hyps]
     if not rows:
         return [np.zeros(0, np.float32) for _ in nbest]
     lmax = max(1, max(len(h) for _, h in rows))
-    ys_RL = np.zeros((len(rows), lmax), np.int32)
-    lens_R = np.array([len(h) for _, h in rows], np.int32)
-    for r, (_, hyp) in enumerate(rows):
-        ys_RL[r, : len(hyp)] = hyp
-    owner_R = np.array([b for b, _ in rows])
+    ys_NT = np.zeros((len(rows), lmax), np.int32)
+    lens_N = np.array([len(h) for _, h in rows], np.int32)
+    for i, (_, hyp) in enumerate(rows):
+        ys_NT[i, : len(hyp)] = hyp
+    owner_N = np.array([b for b, _ in rows])
     s = encoder_out_BSD.shape[1]
-    memory_RSD = jnp.asarray(encoder_out_BSD)[owner_R]
-    mask_RS = jnp.asarray(np.arange(s)[None, :] < np.asarray(encoder_lens_B)[owner_R][:, None])
-    ys, lens = jnp.asarray(ys_RL), jnp.asarray(lens_R)
+    memory_NSD = jnp.asarray(encoder_out_BSD)[owner_N]
+    mask_NS = jnp.asarray(np.arange(s)[None, :] < np.asarray(encoder_lens_B)[owner_N][:, None])
+    ys, lens = jnp.asarray(ys_NT), jnp.asarray(lens_N)
     ys_in, _, _ = add_sos_eos(ys, lens, sos, eos)
     r_ys_in = add_sos_eos(reverse_targets(ys, lens), lens, sos, eos)[0] if reverse_weight > 0 else None
-    left_RTV, right_RTV, _ = _rescoring_forward(decoder, memory_RSD, mask_RS, ys_in, lens + 1, r_ys_in)
-    score_R = _token_scores(np.asarray(jax.nn.log_softmax(left_RTV, axis=-1)), ys_RL, lens_R, eos, reverse=False)
+    left_NTV, right_NTV, _ = _rescoring_forward(decoder, memory_NSD, mask_NS, ys_in, lens + 1, r_ys_in)
+    score_N = _token_scores(np.asarray(jax.nn.log_softmax(left_NTV, axis=-1)), ys_NT, lens_N, eos, reverse=False)
     if reverse_weight > 0:
-        r_score_R = _token_scores(np.asarray(jax.nn.log_softmax(right_RTV, axis=-1)), ys_RL, lens_R, eos,
+        r_score_N = _token_scores(np.asarray(jax.nn.log_softmax(right_NTV, axis=-1)), ys_NT, lens_N, eos,
                                   reverse=True)
-        score_R = score_R * np.float32(1 - reverse_weight) + r_score_R * np.float32(reverse_weight)
-    return [score_R[owner_R == b] for b in range(len(nbest))]
+        score_N = score_N * np.float32(1 - reverse_weight) + r_score_N * np.float32(reverse_weight)
+    return [score_N[owner_N == b] for b in range(len(nbest))]
 
 
 @nnx.jit
@@ -123,13 +124,13 @@ def _rescoring_forward(decoder, memory, mask, ys_in, ys_in_lens, r_ys_in):
     return decoder(memory, mask, ys_in, ys_in_lens, r_ys_in)
 
 
-def _token_scores(logp_RTV: np.ndarray, ys_RL: np.ndarray, lens_R: np.ndarray, eos: int, reverse: bool) -> np.ndarray:
+def _token_scores(logp_NTV: np.ndarray, ys_NT: np.ndarray, lens_N: np.ndarray, eos: int, reverse: bool) -> np.ndarray:
     """sum_j logp[r, j, y_j] + logp[r, n, eos]; R2L reads token j at position n - 1 - j."""
-    out = np.zeros(len(lens_R), np.float32)
-    for r, n in enumerate(lens_R):
+    out = np.zeros(len(lens_N), np.float32)
+    for i, n in enumerate(lens_N):
         j = np.arange(n)
         pos = n - 1 - j if reverse else j
-        out[r] = np.float32(logp_RTV[r, pos, ys_RL[r, :n]].sum(dtype=np.float32) + logp_RTV[r, n, eos])
+        out[i] = np.float32(logp_NTV[i, pos, ys_NT[i, :n]].sum(dtype=np.float32) + logp_NTV[i, n, eos])
     return out
 
 
@@ -213,3 +214,45 @@ def decode(model, feats_BUI: np.ndarray, feats_lengths_B: np.ndarray, opts: Deco
     opts.validate(model)
     out, lengths, log_probs = encode(model, feats_BUI, feats_lengths_B, opts.chunk, opts.left_chunks)
     return finish(model, opts, out, lengths, log_probs)
+
+
+@nnx.jit(static_argnames=("required_cache_size",))
+def _stream_chunk(model, xs_BUI, offset, required_cache_size: int, att_cache, cnn_cache):
+    y_BTD, att_cache, cnn_cache = streaming.forward_chunk(model.encoder, xs_BUI, offset, required_cache_size,
+                                                          att_cache, cnn_cache)
+    return y_BTD, model.ctc_log_probs(y_BTD), att_cache, cnn_cache
+
+
+def transcribe_streaming(model, feats_UI: np.ndarray, opts: DecodeOptions) -> Hypothesis:
+    """One utterance decoded as WeNet's runtime streams it: the encoder chunk by chunk with its
+    caches (opts.chunk frames after subsampling, opts.left_chunks of history), the CTC prefix beam
+    advanced after every chunk, and the mode finished on the whole encoder output at the end.
+    Equals decode(..., chunk=opts.chunk) on the same utterance (the chunk-masked full forward)."""
+    opts.validate(model)
+    encoder, enc_cfg = model.encoder, model.cfg.encoder
+    if opts.chunk <= 0:
+        raise ValueError(f"streaming needs a positive chunk, got {opts.chunk}")
+    if not (enc_cfg.use_dynamic_chunk or enc_cfg.static_chunk_size > 0):
+        raise ValueError("streaming needs a model trained with chunks (encoder.use_dynamic_chunk or static_chunk_size)")
+    rate, context = encoder.embed.rate, encoder.embed.right_context + 1  # + 1: the current frame
+    stride, window = rate * opts.chunk, (opts.chunk - 1) * rate + context
+    frames = feats_UI.shape[0]
+    if frames < context:
+        raise ValueError(f"{frames} input frames are fewer than one output frame needs ({context})")
+    att_cache, cnn_cache = streaming.empty_caches(encoder, 1, jnp.float32)
+    search = ctc_search.PrefixBeam(opts.beam) if opts.mode in ("ctc_prefix_beam", "attention_rescoring") else None
+    outs, log_probs, offset = [], [], 0
+    xs_1UI = jnp.asarray(feats_UI, jnp.float32)[None]
+    for cur in range(0, frames - context + 1, stride):
+        y_1TD, lp_1TV, att_cache, cnn_cache = _stream_chunk(model, xs_1UI[:, cur:min(cur + window, frames)],
+                                                            jnp.asarray(offset, jnp.int32),
+                                                            opts.chunk * opts.left_chunks, att_cache, cnn_cache)
+        lp_TV = np.asarray(lp_1TV[0])
+        if search is not None:
+            search.advance(lp_TV)
+        outs.append(np.asarray(y_1TD[0]))
+        log_probs.append(lp_TV)
+        offset += lp_TV.shape[0]
+    encoder_out_1TD = np.concatenate(outs)[None]
+    nbest = None if search is None else [search.result()]
+    return finish(model, opts, encoder_out_1TD, np.array([offset]), np.concatenate(log_probs)[None], nbest)[0]
