@@ -9,12 +9,16 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
+from data_corpus import make_tokenizer
 from most_jax import config as config_lib
 from most_jax.checkpoint.params_io import save_params
 from most_jax.cli import main
+from most_jax.data.tokenizers import load_tokenizer
 from most_jax.models.most import MoST
 from most_jax.models.u2pp import decode
 from most_jax.models.u2pp.model import U2pp
+from most_jax.speech.audio import load_audio
+from most_jax.speech.features import fbank
 from test_u2pp_decode import model_cfg
 
 VOCAB = 322  # a 320-piece sentencepiece tokenizer + the CTC blank + sos/eos
@@ -67,10 +71,6 @@ def test_decode_writes_each_modes_tokens_and_scores(ckpt, feats_npz, tmp_path, m
 
 
 def test_transcribe_prints_one_line_per_file(ckpt, tmp_path, capsys):
-    from data_corpus import make_tokenizer
-
-    from most_jax.data.tokenizers import load_tokenizer
-
     path, model = ckpt
     tok_dir = make_tokenizer(tmp_path / "tok", vocab_size=VOCAB - 2)
     rng = np.random.default_rng(1)
@@ -84,9 +84,6 @@ def test_transcribe_prints_one_line_per_file(ckpt, tmp_path, capsys):
                  "--beam", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == wavs
-    from most_jax.speech.audio import load_audio
-    from most_jax.speech.features import fbank
-
     tok = load_tokenizer(tok_dir)
     feats = fbank(load_audio(wavs[0])[0]).astype(np.float32)
     want = decode.decode(model, feats[None], np.array([len(feats)], np.int32),

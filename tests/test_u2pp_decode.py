@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import math
+import types
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+from flax import nnx
 
-from most_jax.models.u2pp import ctc_search
+from most_jax.checkpoint import wenet
+from most_jax.models.u2pp import ctc_search, decode
+from most_jax.models.u2pp import loss as loss_lib
+from most_jax.models.u2pp.model import U2pp
+from test_u2pp_decoder import paired_decoders, tiny_cfg
+from wenet_ref import asr_model as ref_asr
 
 
 def _log_softmax(x):
@@ -99,15 +110,6 @@ def test_ctc_search_rejects_bad_input():
 
 
 # ----------------------------------------------------------------------------- against WeNet's reference
-
-import types  # noqa: E402
-
-import jax.numpy as jnp  # noqa: E402
-import torch  # noqa: E402
-
-from most_jax.models.u2pp import decode  # noqa: E402
-from test_u2pp_decoder import paired_decoders, tiny_cfg  # noqa: E402
-from wenet_ref import asr_model as ref_asr  # noqa: E402
 
 
 def _encoder_batch(cfg, seed, lengths=(6, 4, 2)):
@@ -203,15 +205,6 @@ def test_prefix_beam_fed_in_pieces_equals_one_pass():
 
 
 # ----------------------------------------------------------------------------- the whole model
-
-import copy  # noqa: E402
-import dataclasses  # noqa: E402
-
-from flax import nnx  # noqa: E402
-
-from most_jax.checkpoint import wenet  # noqa: E402
-from most_jax.models.u2pp import loss as loss_lib  # noqa: E402
-from most_jax.models.u2pp.model import U2pp  # noqa: E402
 
 
 def model_cfg(mlp_type="position_wise_feed_forward", bins=23, dynamic=True, **kw):

@@ -16,6 +16,7 @@ from most_jax.checkpoint import wenet
 from most_jax.config import U2ppConfig, U2ppDecoderConfig, U2ppEncoderConfig
 from most_jax.models.u2pp import loss as loss_lib
 from most_jax.models.u2pp.decoder import BiTransformerDecoder
+from wenet_ref import asr_model as ref_asr
 from wenet_ref.decoder import BiTransformerDecoder as RefBiDecoder
 
 
@@ -162,8 +163,6 @@ def test_dropout_is_explicit_and_gradients_are_finite():
 
 @pytest.mark.parametrize("reverse_weight,lsm,normalize", [(0.3, 0.1, False), (0.0, 0.0, True), (0.5, 0.2, True)])
 def test_attention_loss_matches_wenet(reverse_weight, lsm, normalize):
-    from wenet_ref import asr_model as ref_asr
-
     cfg = tiny_cfg()
     ref, ours = paired_decoders(cfg, seed=4)
     memory, mem_lens, ys, ys_lens = _batch(cfg, 5)
@@ -186,8 +185,6 @@ def test_attention_loss_matches_wenet(reverse_weight, lsm, normalize):
 
 
 def test_ctc_loss_matches_wenet():
-    from wenet_ref import asr_model as ref_asr
-
     rng = np.random.default_rng(6)
     b, t, d, v = 3, 8, 12, 7
     ctc = ref_asr.CTC(v, d)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from most_jax.commands import u2pp_convert
 
@@ -24,8 +23,8 @@ Decodes IN.npz with the U2++ checkpoint CKPT; IN.npz holds
 {FEATS_HELP}.
 Modes (WeNet's): ctc_greedy, ctc_prefix_beam, attention (left-to-right beam search) or
 attention_rescoring (the CTC prefix beam's n-best rescored by both decoders: (1 - R) x L2R + R x R2L
-+ W x CTC, R = --reverse-weight, W = --ctc-weight). Writes OUT.json: the mode, options and per utterance its token ids and score. Token
-ids: 0 is the CTC blank, vocab_size - 1 is sos/eos.
++ W x CTC, R = --reverse-weight, W = --ctc-weight). Writes OUT.json: the mode, options and per
+utterance its token ids and score. Token ids: 0 is the CTC blank, vocab_size - 1 is sos/eos.
 """
 
 TRANSCRIBE_DESCRIPTION = """\
@@ -234,7 +233,8 @@ def run_transcribe(args: argparse.Namespace) -> int:
             raise U2ppInputError(f"{args.tokenizer}: {tokenizer.text_size} text ids, but the model's vocab_size "
                                  f"{cfg.model.vocab_size} needs {cfg.model.vocab_size - 2} (+ blank and sos/eos)")
         if cfg.model.input_dim != 80:
-            raise U2ppInputError(f"the model reads {cfg.model.input_dim}-bin features; transcribe computes 80-bin fbank")
+            raise U2ppInputError(f"the model reads {cfg.model.input_dim}-bin features; transcribe computes "
+                                 "80-bin fbank")
         for path in args.audio:
             wave, _ = load_audio(path, 16000)
             feats = fbank(wave).astype(np.float32)

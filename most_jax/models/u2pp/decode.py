@@ -56,7 +56,8 @@ def attention_beam_search(decoder: TransformerDecoder, encoder_out_BSD: jax.Arra
         if ended_N.all():
             break
         cache, parent_N, token_N, scores = _beam_step(decoder, cache, jnp.asarray(hyps_NT[:, -1]), jnp.int32(i - 1),
-                                                      mask_NS, jnp.asarray(scores_N), jnp.asarray(ended_N), k=k, eos=eos)
+                                                      mask_NS, jnp.asarray(scores_N), jnp.asarray(ended_N),
+                                                      k=k, eos=eos)
         parent_N, token_N, scores_N = np.asarray(parent_N), np.asarray(token_N), np.asarray(scores)
         hyps_NT = np.concatenate([hyps_NT[parent_N], token_N[:, None]], axis=1)
         ended_N = hyps_NT[:, -1] == eos
