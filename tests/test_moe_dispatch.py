@@ -12,6 +12,7 @@ from flax import nnx
 from most_jax.config import ModalityGroup, MoEConfig
 from most_jax.nn.moe import MoE
 from most_jax.nn.moe.dispatch import DISPATCH, ExpertWeights, expert_capacity, resolve_dispatch
+from most_jax.nn.moe.experts import ExpertDropout
 from most_jax.nn.moe.router import Routing, route
 
 D, E, F, K = 13, 5, 7, 2
@@ -233,3 +234,63 @@ def test_parameter_layout(kind, names):
     specs = {k: tuple(v) for k, v in nnx.to_pure_dict(nnx.get_partition_spec(state)).items()}
     assert shapes == {n: _LAYOUT[n][0] for n in names}
     assert specs == {n: _LAYOUT[n][1] for n in names}
+
+
+@pytest.mark.parametrize("path", ["capacity", "dropless"])
+@pytest.mark.parametrize("kind", ["swiglu_mamoe_groups", "ffn_relu_bias_topk_softmax"])
+def test_expert_dropout_drops_the_same_units_on_every_path(path, kind):
+    """The mask is keyed by assignment, so a fast path under dropout equals the reference under the
+    same key, outputs and gradients (capacity large enough that nothing is dropped by capacity)."""
+    x_ND, routing, _ = _routing(61, seed=5, kind=kind)
+    experts, drop = _experts(6, kind), ExpertDropout(jax.random.key(3), 0.3)
+
+    def loss(fn, x, weight, ex):
+        y, dropped = fn(x, Routing(routing.expert_NK, weight, routing.active_N), ex, E / K, drop)
+        return jnp.sum(jnp.sin(y)), (y, dropped)
+
+    def run(fn):
+        return jax.jit(jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2), has_aux=True))(
+            x_ND, routing.weight_NK, experts)
+
+    g, (y, dropped) = run(DISPATCH[path])
+    g_ref, (y_ref, _) = run(DISPATCH["reference"])
+    assert not np.asarray(dropped).any()
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
+    _assert_trees_close(g, g_ref, rtol=1e-5, atol=1e-5)
+    y_eval, _ = DISPATCH["reference"](x_ND, routing, experts, E / K)
+    assert np.abs(np.asarray(y) - np.asarray(y_eval)).max() > 0.1  # dropout really acted
+
+
+def test_expert_dropout_keeps_units_at_the_rate_and_is_unbiased():
+    drop = ExpertDropout(jax.random.key(0), 0.25)
+    scale = np.asarray(drop.keep_scale(jnp.arange(4000, dtype=jnp.int32), 50))
+    np.testing.assert_allclose(np.unique(scale), [0.0, 1 / 0.75], rtol=1e-6)
+    assert abs((scale == 0).mean() - 0.25) < 0.01  # 200,000 draws: sd 0.001
+    again = np.asarray(drop.keep_scale(jnp.asarray([7, 3], jnp.int32), 50))
+    np.testing.assert_array_equal(again, scale[[7, 3]])  # a function of the assignment alone
+    # Averaged over keys, the layer's output tends to its evaluation output (inverted dropout).
+    kind = "ffn_relu_bias_topk_softmax"
+    x_ND, routing, _ = _routing(8, seed=1, kind=kind)
+    experts = _experts(2, kind)
+    keys = jax.random.split(jax.random.key(1), 2000)
+    ys = jax.jit(jax.vmap(lambda k: DISPATCH["capacity"](x_ND, routing, experts, E / K, ExpertDropout(k, 0.25))[0]))(keys)
+    want, _ = DISPATCH["reference"](x_ND, routing, experts, E / K)
+    spread = np.asarray(ys).std(axis=0) / np.sqrt(len(keys))
+    assert np.asarray(ys).std(axis=0).max() > 0.05
+    assert (np.abs(np.asarray(ys).mean(axis=0) - np.asarray(want)) <= 5 * spread + 1e-6).all()
+
+
+def test_layer_dropout_only_with_a_key():
+    x, _, valid = _inputs(2, 9, seed=3)
+    cfg = _moe_cfg("capacity", kind="ffn_silu_bias_mamoe_groups")
+    with_rate = MoE(D, cfg, init_std=0.3, param_dtype="float32", dtype="float32", rngs=nnx.Rngs(0), dropout_rate=0.5)
+    without = MoE(D, cfg, init_std=0.3, param_dtype="float32", dtype="float32", rngs=nnx.Rngs(0))
+    modality = jnp.zeros(x.shape[:2], jnp.int32)
+    y_eval, _ = with_rate(x, valid, modality)
+    np.testing.assert_array_equal(np.asarray(y_eval), np.asarray(without(x, valid, modality)[0]))
+    y_a, _ = with_rate(x, valid, modality, dropout_rng=jax.random.key(1))
+    y_b, _ = with_rate(x, valid, modality, dropout_rng=jax.random.key(2))
+    assert np.abs(np.asarray(y_a) - np.asarray(y_eval)).max() > 0.01
+    assert np.abs(np.asarray(y_a) - np.asarray(y_b)).max() > 0.01
+    with pytest.raises(ValueError, match="dropout_rate"):
+        MoE(D, cfg, init_std=0.3, param_dtype="float32", dtype="float32", rngs=nnx.Rngs(0), dropout_rate=1.0)

@@ -15,6 +15,7 @@ from most_jax.config import MeshConfig, MoEConfig, ModalityGroup, load_config
 from most_jax.models.most import MoST
 from most_jax.nn.moe import expert_parallel as ep_lib
 from most_jax.nn.moe.dispatch import DISPATCH, ExpertWeights
+from most_jax.nn.moe.experts import ExpertDropout
 from most_jax.nn.moe.router import Routing, route
 
 MESHES = {"data2_expert4": MeshConfig(data=2, expert=4),
@@ -184,6 +185,34 @@ def test_every_exchange_and_placement_equals_reference(exchange, placement, mesh
     assert len(flat_want) == (6 if kind == "ffn" else 5)  # x, weight_NK and every expert tensor
     for (path, h), g in zip(flat_want, jax.tree.leaves(grads)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(h), atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("exchange", ["capacity", "ragged"])
+@pytest.mark.parametrize("mesh_cfg", [MeshConfig(data=4, expert=2), MeshConfig(data=1, fsdp=2, expert=2, tensor=2)],
+                         ids=["data4_expert2", "fsdp2_expert2_tensor2"])
+def test_expert_dropout_across_ranks_equals_reference(exchange, mesh_cfg):
+    """Each row's assignment id travels with it, so the rank computing it drops the reference's
+    units (its tensor slice of them); outputs and input gradients equal the reference."""
+    moe, x_ND, routing, experts = _moe_problem(kind="ffn")
+    drop = ExpertDropout(jax.random.key(4), 0.4)
+
+    def objective(fn, x):
+        return jnp.sum(jnp.sin(fn(x)[0]))
+
+    def ep(x):
+        return ep_lib.expert_parallel(x, routing, experts, 8.0, drop, exchange=exchange,
+                                      placement="balanced" if mesh_cfg.tensor == 1 else "canonical",
+                                      ragged_all_to_all=emulated_ragged_all_to_all)
+
+    def ref(x):
+        return DISPATCH["reference"](x, routing, experts, 1.0, drop)
+
+    with jax.set_mesh(sharding.make_mesh(mesh_cfg)):
+        got = jax.jit(ep)(x_ND)[0]
+        g = jax.jit(jax.grad(lambda x: objective(ep, x)))(x_ND)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref(x_ND)[0]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(lambda x: objective(ref, x))(x_ND)), atol=1e-5,
+                               rtol=0)
 
 
 @pytest.mark.parametrize("exchange", ["capacity", "ragged"])

@@ -56,7 +56,8 @@ class DecoderLayer(nnx.Module):
         if cfg.mlp_type == "moe":
             # Every expert is WeNet's PositionwiseFeedForward of width linear_units.
             moe_cfg = dataclasses.replace(cfg.moe, expert_ffn_dim=cfg.linear_units)
-            self.feed_forward = MoE(d, moe_cfg, init_std=init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs)
+            self.feed_forward = MoE(d, moe_cfg, init_std=init_std, param_dtype=param_dtype, dtype=dtype, rngs=rngs,
+                                    dropout_rate=cfg.dropout_rate)
         else:
             self.feed_forward = FeedForward(d, cfg.linear_units, activation="relu", bias=cfg.moe.expert_bias,
                                             dropout_rate=cfg.dropout_rate, rngs=rngs, std=init_std,
@@ -70,7 +71,7 @@ class DecoderLayer(nnx.Module):
     def _ffn(self, x_BTD: jax.Array, valid_BT: jax.Array, rng: jax.Array | None):
         h_BTD = self.norm3(x_BTD)
         if self.is_moe:
-            return self.feed_forward(h_BTD, valid_BT)
+            return self.feed_forward(h_BTD, valid_BT, dropout_rng=rng)
         return self.feed_forward(h_BTD, dropout_rng=rng), None
 
     def __call__(self, x_BTD, self_mask_BTT, memory_BSD, memory_mask_BS, valid_BT, dropout_rng=None):

@@ -147,7 +147,7 @@ class ConformerEncoderLayer(nnx.Module):
             # Every expert is WeNet's PositionwiseFeedForward of width linear_units.
             moe_cfg = dataclasses.replace(enc.moe, expert_ffn_dim=enc.linear_units)
             make_ffn = lambda: MoE(d, moe_cfg, init_std=cfg.init_std, param_dtype=cfg.param_dtype,  # noqa: E731
-                                   dtype=cfg.dtype, rngs=rngs)
+                                   dtype=cfg.dtype, rngs=rngs, dropout_rate=enc.dropout_rate)
         else:
             make_ffn = lambda: FeedForward(d, enc.linear_units, activation="silu",  # noqa: E731
                                            bias=enc.moe.expert_bias, dropout_rate=enc.dropout_rate, **kw)
@@ -165,7 +165,7 @@ class ConformerEncoderLayer(nnx.Module):
 
     def _ffn(self, ffn, x_BTD: jax.Array, valid_BT: jax.Array, rng: jax.Array | None):
         if self.is_moe:
-            return ffn(x_BTD, valid_BT)
+            return ffn(x_BTD, valid_BT, dropout_rng=rng)
         return ffn(x_BTD, dropout_rng=rng), None
 
     def block(self, x_BTD, mask_BTS, pos_emb_SD, valid_BT, att_cache, cnn_cache_BDX, dropout_rng):

@@ -1,8 +1,9 @@
 """Dispatch/combine strategies: route token rows to experts, run the experts, weight and sum.
 
-Every strategy has the signature `(x_ND, routing, experts, capacity_factor) -> (y_ND f32,
-dropped_NK bool)` and computes y[n] = sum_k weight[n,k] * Expert_{expert[n,k]}(x[n]) over the
-active, non-dropped assignments, for either expert function (experts.py: swiglu or ffn):
+Every strategy has the signature `(x_ND, routing, experts, capacity_factor, dropout=None) ->
+(y_ND f32, dropped_NK bool)` and computes y[n] = sum_k weight[n,k] * Expert_{expert[n,k]}(x[n]) over the
+active, non-dropped assignments, for either expert function (experts.py: swiglu or ffn), with
+the same hidden-unit dropout mask per assignment (experts.ExpertDropout) on every path:
 
 - `reference`: loop over experts, each applied to every token; obviously right, E times the work.
 - `capacity`: fixed buffers of C rows per expert (C from capacity_factor); assignments beyond an
@@ -24,7 +25,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from most_jax.nn.moe.experts import ExpertWeights, on_buffer, on_groups, one_expert, output_bias
+from most_jax.nn.moe.experts import ExpertDropout, ExpertWeights, on_buffer, on_groups, one_expert, output_bias
 from most_jax.nn.moe.router import Routing
 
 # Below this many rows a matmul is bound by reading the expert weights, so a larger buffer is free;
@@ -149,41 +150,53 @@ def with_output_bias(y_ND: jax.Array, routing: Routing, experts: ExpertWeights, 
     return y_ND + output_bias(experts.b_out_ED, routing.expert_NK, kept_NK)
 
 
-def reference(x_ND: jax.Array, routing: Routing, experts: ExpertWeights,
-              capacity_factor: float) -> tuple[jax.Array, jax.Array]:
+def dropout_scale(dropout: ExpertDropout | None, assignment_P: jax.Array, experts: ExpertWeights) -> jax.Array | None:
+    """f32 [P, F] hidden-unit scales of the assignments held by P rows (None without dropout)."""
+    return None if dropout is None else dropout.keep_scale(assignment_P, experts.w_in_EDF.shape[2])
+
+
+def reference(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float,
+              dropout: ExpertDropout | None = None) -> tuple[jax.Array, jax.Array]:
     del capacity_factor  # never drops
+    n, k = routing.expert_NK.shape
+    scale_A = dropout_scale(dropout, jnp.arange(n * k, dtype=jnp.int32), experts)
     y_ND = jnp.zeros(x_ND.shape, jnp.float32)
     for e in range(experts.num_experts):
-        out_ND = one_expert(x_ND, experts, e).astype(jnp.float32)
         chosen_NK = (routing.expert_NK == e) & routing.active_N[:, None]
+        # A token's K experts are distinct: the scales of its one assignment to e (zeros if none).
+        scale_NF = None if scale_A is None else jnp.einsum(
+            "NK,NKF->NF", chosen_NK.astype(jnp.float32), scale_A.reshape(n, k, -1))
+        out_ND = one_expert(x_ND, experts, e, scale_NF).astype(jnp.float32)
         w_N = jnp.sum(jnp.where(chosen_NK, routing.weight_NK, 0.0), axis=1)
         y_ND = y_ND + w_N[:, None] * out_ND
     return y_ND, jnp.zeros(routing.expert_NK.shape, bool)
 
 
-def capacity(x_ND: jax.Array, routing: Routing, experts: ExpertWeights,
-             capacity_factor: float) -> tuple[jax.Array, jax.Array]:
+def capacity(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float,
+             dropout: ExpertDropout | None = None) -> tuple[jax.Array, jax.Array]:
     num_experts, d = experts.num_experts, x_ND.shape[1]
     n, k = routing.expert_NK.shape
     c = expert_capacity(n, k, num_experts, capacity_factor)
     layout, dropped_NK = capacity_layout(routing, num_experts, c)
     x_ECD = gather_tokens(x_ND, layout).reshape(num_experts, c, d)
-    out_ECD = on_buffer(x_ECD, experts)
+    scale_PF = dropout_scale(dropout, layout.assignment_P, experts)
+    out_ECD = on_buffer(x_ECD, experts, None if scale_PF is None else scale_PF.reshape(num_experts, c, -1))
     y_ND = combine_rows(out_ECD.reshape(num_experts * c, d), routing.weight_NK, layout)
     return with_output_bias(y_ND, routing, experts, dropped_NK), dropped_NK
 
 
-def dropless(x_ND: jax.Array, routing: Routing, experts: ExpertWeights,
-             capacity_factor: float) -> tuple[jax.Array, jax.Array]:
+def dropless(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float,
+             dropout: ExpertDropout | None = None) -> tuple[jax.Array, jax.Array]:
     del capacity_factor  # never drops
     layout, counts_E = sorted_layout(routing, experts.num_experts)
     # Rows past sum(counts_E) (inactive assignments) belong to no group: ragged_dot gives zeros.
-    out_PD = on_groups(gather_tokens(x_ND, layout), experts, counts_E)
+    out_PD = on_groups(gather_tokens(x_ND, layout), experts, counts_E,
+                       dropout_scale(dropout, layout.assignment_P, experts))
     dropped_NK = jnp.zeros(routing.expert_NK.shape, bool)
     return with_output_bias(combine_rows(out_PD, routing.weight_NK, layout), routing, experts, dropped_NK), dropped_NK
 
 
-DispatchFn = Callable[[jax.Array, Routing, ExpertWeights, float], tuple[jax.Array, jax.Array]]
+DispatchFn = Callable[..., tuple[jax.Array, jax.Array]]  # (x_ND, routing, experts, capacity_factor, dropout=None)
 
 DISPATCH: dict[str, DispatchFn] = {"reference": reference, "capacity": capacity, "dropless": dropless}
 

@@ -17,6 +17,8 @@ Exchanges (`moe.ep_exchange`):
 
 Both expert functions (experts.py) run inside the region; an ffn expert's output bias is added
 outside it, on the token side, so that it crosses no exchange and is not summed over `tensor`.
+With expert dropout, each row's global assignment id travels with it (one int32 per row), so the
+receiving rank draws the reference's mask (its `tensor` slice of the F units).
 
 Placement (`moe.ep_placement`): the exchange addresses *slots*; rank p holds slots p*E_l..(p+1)*E_l-1
 (E_l = E/EP; J indexes a rank's slots). `canonical` puts expert e in slot e, so with modality groups stored contiguously
@@ -41,7 +43,7 @@ from jax.sharding import PartitionSpec
 from most_jax.config import MoEConfig
 from most_jax.nn.moe.dispatch import (DISPATCH, DispatchFn, capacity_layout, combine_rows, expert_capacity,
                                       gather_tokens, resolve_dispatch, sorted_layout, with_output_bias)
-from most_jax.nn.moe.experts import ExpertWeights, on_buffer, on_groups
+from most_jax.nn.moe.experts import ExpertDropout, ExpertWeights, on_buffer, on_groups
 from most_jax.nn.moe.router import Routing
 from most_jax.sharding import BATCH_AXES, MeshError, logical_to_spec
 
@@ -90,8 +92,29 @@ def _to_slot_order(w: ExpertWeights) -> ExpertWeights:
     return jax.tree.map(lambda a: jax.lax.all_to_all(a, EXPERT_AXIS, 0, 0, tiled=True), w)
 
 
+class _RowDropout:
+    """Expert dropout inside the region: global assignment ids of local rows, and the scales of
+    this `tensor` rank's slice of the F hidden units for rows holding given ids."""
+
+    def __init__(self, dropout: ExpertDropout, shard: jax.Array, num_assignments: int, width: int,
+                 tensor_split: bool):
+        self.dropout, self.shard, self.num_assignments = dropout, shard, num_assignments
+        self.width, self.tensor_split = width, tensor_split
+
+    def global_ids(self, assignment_P: jax.Array) -> jax.Array:
+        # Token shards are contiguous blocks of the global rows, in the order of BATCH_AXES.
+        return self.shard * self.num_assignments + assignment_P
+
+    def scale(self, ids_P: jax.Array, w: ExpertWeights) -> jax.Array:
+        full_PF = self.dropout.keep_scale(ids_P, self.width)
+        if not self.tensor_split:
+            return full_PF
+        local = w.w_in_EDF.shape[2]
+        return jax.lax.dynamic_slice_in_dim(full_PF, jax.lax.axis_index(TENSOR_AXIS) * local, local, axis=1)
+
+
 def _capacity_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: int, num_slots: int,
-                       capacity_factor: float) -> tuple[jax.Array, jax.Array]:
+                       capacity_factor: float, row_dropout: _RowDropout | None) -> tuple[jax.Array, jax.Array]:
     n, k = routing.expert_NK.shape
     d = x_ND.shape[1]
     per = num_slots // ep
@@ -101,7 +124,12 @@ def _capacity_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: 
     x_PD = jax.lax.all_to_all(gather_tokens(x_ND, layout), EXPERT_AXIS, 0, 0, tiled=True)
     # Each local slot's buffer: the C rows from every source rank, ep * C in all.
     x_JCD = x_PD.reshape(ep, per, c, d).transpose(1, 0, 2, 3).reshape(per, ep * c, d)
-    out_JCD = on_buffer(x_JCD, w)
+    scale_JCF = None
+    if row_dropout is not None:
+        ids_P = jax.lax.all_to_all(row_dropout.global_ids(layout.assignment_P), EXPERT_AXIS, 0, 0, tiled=True)
+        ids_JC = ids_P.reshape(ep, per, c).transpose(1, 0, 2).reshape(per * ep * c)
+        scale_JCF = row_dropout.scale(ids_JC, w).reshape(per, ep * c, -1)
+    out_JCD = on_buffer(x_JCD, w, scale_JCF)
     out_PD = out_JCD.reshape(per, ep, c, d).transpose(1, 0, 2, 3).reshape(ep * per * c, d)
     out_PD = jax.lax.all_to_all(out_PD, EXPERT_AXIS, 0, 0, tiled=True)
     return combine_rows(out_PD, routing.weight_NK, layout), dropped_NK
@@ -112,7 +140,8 @@ def _exclusive_cumsum(a: jax.Array, axis: int) -> jax.Array:
 
 
 def _ragged_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: int, num_slots: int,
-                     capacity_factor: float, ragged_all_to_all: Callable) -> tuple[jax.Array, jax.Array]:
+                     capacity_factor: float, ragged_all_to_all: Callable,
+                     row_dropout: _RowDropout | None) -> tuple[jax.Array, jax.Array]:
     n, k = routing.expert_NK.shape
     d = x_ND.shape[1]
     per = num_slots // ep
@@ -129,8 +158,11 @@ def _ragged_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: in
     sent_WW = jnp.clip(recv_rows - dest_off_WW, 0, sizes_WW)  # the part that fits
     src_off_WW = _exclusive_cumsum(sizes_WW, axis=1)  # where s's rows for p start in s's send buffer
 
-    recv_PD = ragged_all_to_all(x_PD, jnp.zeros((recv_rows, d), x_PD.dtype), src_off_WW[me], sent_WW[me],
-                                dest_off_WW[me], sent_WW[:, me], axis_name=EXPERT_AXIS)
+    def send(rows_P, width, dtype):
+        return ragged_all_to_all(rows_P, jnp.zeros((recv_rows, width), dtype), src_off_WW[me], sent_WW[me],
+                                 dest_off_WW[me], sent_WW[:, me], axis_name=EXPERT_AXIS)
+
+    recv_PD = send(x_PD, d, x_PD.dtype)
 
     # Received rows are packed source by source, each source's rows ordered by my local slots.
     my_counts_WJ = jax.lax.dynamic_slice_in_dim(counts_WE, me * per, per, axis=1)
@@ -140,7 +172,11 @@ def _ragged_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: in
     local_P = jnp.where(row_P < sent_WW[:, me].sum(), slot_P % per, per)
     order_P = jnp.argsort(local_P, stable=True)
     group_sizes_J = jnp.bincount(local_P, length=per + 1)[:per].astype(jnp.int32)
-    out_sorted_PD = on_groups(recv_PD[order_P], w, group_sizes_J)
+    scale_PF = None
+    if row_dropout is not None:
+        ids_P1 = send(row_dropout.global_ids(layout.assignment_P)[:, None], 1, jnp.int32)
+        scale_PF = row_dropout.scale(ids_P1[order_P, 0], w)
+    out_sorted_PD = on_groups(recv_PD[order_P], w, group_sizes_J, scale_PF)
     out_recv_PD = jnp.zeros_like(out_sorted_PD).at[order_P].set(out_sorted_PD)
 
     back_PD = ragged_all_to_all(out_recv_PD, jnp.zeros((n * k, d), out_recv_PD.dtype), dest_off_WW[:, me],
@@ -155,8 +191,8 @@ def _ragged_exchange(x_ND: jax.Array, routing: Routing, w: ExpertWeights, ep: in
     return combine_rows(back_PD, routing.weight_NK, layout), dropped_NK
 
 
-def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float, *,
-                    exchange: str = "capacity", placement: str = "canonical", mesh=None,
+def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float,
+                    dropout: ExpertDropout | None = None, *, exchange: str = "capacity", placement: str = "canonical", mesh=None,
                     ragged_all_to_all: Callable = jax.lax.ragged_all_to_all) -> tuple[jax.Array, jax.Array]:
     """The dispatch contract of dispatch.py (y_ND f32, dropped_NK) on the context mesh (or `mesh`).
 
@@ -178,7 +214,8 @@ def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, c
     slot_E = jnp.asarray(slot_of_expert(num_experts, ep, placement), jnp.int32)
     slot_NK = slot_E[routing.expert_NK]
 
-    rows = PartitionSpec(tuple(a for a in BATCH_AXES if a in mesh.axis_names))
+    batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+    rows = PartitionSpec(batch_axes)
     w_in = logical_to_spec(("expert", None, "mlp"), (num_experts, d, f), mesh, what="moe expert input weights")
     w_out = logical_to_spec(("expert", "mlp", None), (num_experts, f, d), mesh, what="moe expert output weights")
     b_in = logical_to_spec(("expert", "mlp"), (num_experts, f), mesh, what="moe expert hidden bias")
@@ -189,7 +226,13 @@ def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, c
     tensor_split = TENSOR_AXIS in jax.tree.leaves(tuple(w_in))
     reorder = placement == "balanced" and ep > 1
 
-    def local(x_ND, slot_NK, weight_NK, active_N, w):
+    def local(x_ND, slot_NK, weight_NK, active_N, w, dropout=None):
+        row_dropout = None
+        if dropout is not None:
+            shard = 0
+            for axis in batch_axes:
+                shard = shard * mesh.shape[axis] + jax.lax.axis_index(axis)
+            row_dropout = _RowDropout(dropout, shard, slot_NK.size, f, tensor_split)
         if reorder:
             w = _to_slot_order(w)
         if tensor_split:
@@ -198,16 +241,18 @@ def expert_parallel(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, c
             weight_NK = jax.lax.pcast(weight_NK, TENSOR_AXIS, to="varying")
         r = Routing(expert_NK=slot_NK, weight_NK=weight_NK, active_N=active_N)
         if exchange == "capacity":
-            y_ND, dropped_NK = _capacity_exchange(x_ND, r, w, ep, num_experts, capacity_factor)
+            y_ND, dropped_NK = _capacity_exchange(x_ND, r, w, ep, num_experts, capacity_factor, row_dropout)
         else:
-            y_ND, dropped_NK = _ragged_exchange(x_ND, r, w, ep, num_experts, capacity_factor, ragged_all_to_all)
+            y_ND, dropped_NK = _ragged_exchange(x_ND, r, w, ep, num_experts, capacity_factor, ragged_all_to_all,
+                                                row_dropout)
         if tensor_split:
             y_ND = jax.lax.psum(y_ND, TENSOR_AXIS)  # each tensor rank summed over its slice of F
         return y_ND, dropped_NK
 
-    y_ND, dropped_NK = jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, rows, rows, w_specs),
-                                     out_specs=(rows, rows))(x_ND, slot_NK, routing.weight_NK, routing.active_N,
-                                                             inner)
+    args, specs = (x_ND, slot_NK, routing.weight_NK, routing.active_N, inner), (rows, rows, rows, rows, w_specs)
+    if dropout is not None:  # the key is replicated
+        args, specs = args + (dropout,), specs + (ExpertDropout(PartitionSpec(), dropout.rate),)
+    y_ND, dropped_NK = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(rows, rows))(*args)
     return with_output_bias(y_ND, routing, experts, dropped_NK), dropped_NK
 
 
@@ -221,8 +266,8 @@ def resolve_exchange(name: str) -> str:
 def make_dispatch(moe: MoEConfig) -> DispatchFn:
     """The expert-parallel dispatch configured by `moe` (exchange and placement)."""
 
-    def dispatch(x_ND, routing, experts, capacity_factor):
-        return expert_parallel(x_ND, routing, experts, capacity_factor, exchange=resolve_exchange(moe.ep_exchange),
+    def dispatch(x_ND, routing, experts, capacity_factor, dropout=None):
+        return expert_parallel(x_ND, routing, experts, capacity_factor, dropout, exchange=resolve_exchange(moe.ep_exchange),
                                placement=moe.ep_placement)
 
     return dispatch

@@ -14,7 +14,7 @@ from flax import nnx
 
 from most_jax.config import MoEConfig
 from most_jax.nn.mlp import SwiGLU
-from most_jax.nn.moe.experts import ExpertWeights
+from most_jax.nn.moe.experts import ExpertDropout, ExpertWeights
 from most_jax.nn.moe.expert_parallel import select_dispatch
 from most_jax.nn.moe.router import num_groups, route
 from most_jax.nn.params import DTYPES, normal_param, zeros_param
@@ -38,16 +38,20 @@ class MoE(nnx.Module):
     swiglu experts: w_gate, w_up [E, D, F] and w_down [E, F, D] (MoST / DeepSeek-V2). ffn experts:
     w_1 [E, D, F], w_2 [E, F, D] and, with expert_bias, b_1 [E, F] and b_2 [E, D] (WeNet's
     experts.{e}.w_1 / w_2). `shared` is a SwiGLU of width num_shared_experts * F (None without).
+    `dropout_rate` drops the routed experts' hidden units in training (WeNet's expert FFNs).
     """
 
     def __init__(self, d_model: int, cfg: MoEConfig, *, init_std: float, param_dtype: str, dtype: str,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, dropout_rate: float = 0.0):
         d, e, f = d_model, cfg.num_experts, cfg.expert_ffn_dim
         std, pdt = init_std, param_dtype
         if cfg.expert not in ("swiglu", "ffn"):
             raise ValueError(f"moe.expert: unknown expert function {cfg.expert!r}; choose swiglu or ffn")
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"MoE dropout_rate must be in [0, 1), got {dropout_rate}")
         self.cfg = cfg
         self.dtype = DTYPES[dtype]
+        self.dropout_rate = dropout_rate
         self.gate = normal_param(rngs, (d, e), ("embed", None), std, pdt)
         if cfg.expert == "swiglu":
             self.w_gate = normal_param(rngs, (e, d, f), ("expert", "embed", "mlp"), std, pdt)
@@ -73,15 +77,18 @@ class MoE(nnx.Module):
         return ExpertWeights(cast("w_1"), None, cast("w_2"), b_in_EF=cast("b_1"), b_out_ED=cast("b_2"),
                              activation=self.cfg.activation)
 
-    def __call__(self, x_BTD: jax.Array, valid_BT: jax.Array,
-                 modality_BT: jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
+    def __call__(self, x_BTD: jax.Array, valid_BT: jax.Array, modality_BT: jax.Array | None = None,
+                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, MoEStats]:
         """(y [B, T, D] in the compute dtype, stats). Padding (valid false) gets no routed expert;
-        modality_BT is needed only with modality groups (None: every valid token in one group)."""
+        modality_BT is needed only with modality groups (None: every valid token in one group);
+        dropout_rng None is evaluation."""
         b, t, d = x_BTD.shape
         routing, rstats = route(x_BTD, modality_BT, valid_BT, self.gate[...], self.cfg)
         x_ND = x_BTD.reshape(b * t, d).astype(self.dtype)
         dispatch = select_dispatch(self.cfg, b * t)  # at trace time: depends on the context mesh
-        routed_ND, dropped_NK = dispatch(x_ND, routing, self.experts(), self.cfg.capacity_factor)
+        drop = (ExpertDropout(dropout_rng, self.dropout_rate)
+                if dropout_rng is not None and self.dropout_rate > 0.0 else None)
+        routed_ND, dropped_NK = dispatch(x_ND, routing, self.experts(), self.cfg.capacity_factor, drop)
         y_ND = routed_ND.astype(self.dtype)
         if self.shared is not None:
             y_ND = y_ND + self.shared(x_ND)
