@@ -397,6 +397,16 @@ def _wenet_moe(activation: str) -> MoEConfig:
                      expert="ffn", activation=activation, expert_bias=True, aux_loss_alpha=0.0)
 
 
+def _check_u2pp_ffn(prefix: str, mlp_type: str, moe: MoEConfig) -> None:
+    """A U2++ stack's FFNs: dense, or WeNet's MoEFFNLayer (ffn experts, topk_softmax router)."""
+    _check(mlp_type in ("position_wise_feed_forward", "moe"), f"{prefix}.mlp_type",
+           f"must be position_wise_feed_forward or moe, got {mlp_type!r}")
+    if mlp_type == "moe":
+        moe.validate(f"{prefix}.moe")
+        _check(moe.expert == "ffn" and moe.router == "topk_softmax", f"{prefix}.moe",
+               "U2++ MoE layers use expert 'ffn' and router 'topk_softmax' (WeNet's MoEFFNLayer)")
+
+
 @dataclasses.dataclass(frozen=True)
 class U2ppEncoderConfig:
     """WeNet ConformerEncoder (rel-pos attention, macaron FFNs, causal conv module with LayerNorm)."""
@@ -429,12 +439,7 @@ class U2ppEncoderConfig:
         _check(self.static_chunk_size >= 0, f"{prefix}.static_chunk_size", "must be >= 0")
         for name in ("dropout_rate", "positional_dropout_rate", "attention_dropout_rate"):
             _check(0 <= getattr(self, name) < 1, f"{prefix}.{name}", "must be in [0, 1)")
-        _check(self.mlp_type in ("position_wise_feed_forward", "moe"), f"{prefix}.mlp_type",
-               f"must be position_wise_feed_forward or moe, got {self.mlp_type!r}")
-        if self.mlp_type == "moe":
-            self.moe.validate(f"{prefix}.moe")
-            _check(self.moe.expert == "ffn" and self.moe.router == "topk_softmax", f"{prefix}.moe",
-                   "U2++ MoE layers use expert 'ffn' and router 'topk_softmax' (WeNet's MoEFFNLayer)")
+        _check_u2pp_ffn(prefix, self.mlp_type, self.moe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,12 +467,7 @@ class U2ppDecoderConfig:
         for name in ("dropout_rate", "positional_dropout_rate", "self_attention_dropout_rate",
                      "src_attention_dropout_rate"):
             _check(0 <= getattr(self, name) < 1, f"{prefix}.{name}", "must be in [0, 1)")
-        _check(self.mlp_type in ("position_wise_feed_forward", "moe"), f"{prefix}.mlp_type",
-               f"must be position_wise_feed_forward or moe, got {self.mlp_type!r}")
-        if self.mlp_type == "moe":
-            self.moe.validate(f"{prefix}.moe")
-            _check(self.moe.expert == "ffn" and self.moe.router == "topk_softmax", f"{prefix}.moe",
-                   "U2++ MoE layers use expert 'ffn' and router 'topk_softmax' (WeNet's MoEFFNLayer)")
+        _check_u2pp_ffn(prefix, self.mlp_type, self.moe)
 
 
 @dataclasses.dataclass(frozen=True)
