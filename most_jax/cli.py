@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "compile",
     "u2pp",
     "config",
+    "scaling",
 )
 
 
