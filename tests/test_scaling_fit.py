@@ -75,7 +75,7 @@ def test_modalities_get_their_own_exponents():
     c = np.array([r["flops"] for r in records])
     for r, ci in zip(records, c):
         r["loss_text"] = float((1.5 + 30 * ci ** -0.10) * np.exp(rng.normal(0, 0.003)))
-        r["loss_audio"] = float((2.5 + 300 * ci ** -0.20) * np.exp(rng.normal(0, 0.003)))
+        r["loss_audio"] = float((2.0 + 3000 * ci ** -0.20) * np.exp(rng.normal(0, 0.003)))
     runs, rng = _runs(records), np.random.default_rng(3)
     text, audio = (fit_compute(runs, lambda r, m=m: r.modality_loss[m], bootstrap=100, rng=rng, delta=1e-3).constants()
                    for m in ("text", "audio"))
