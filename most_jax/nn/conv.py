@@ -79,7 +79,7 @@ class Conv1d(nnx.Module):
     def __call__(self, x_BTI: jax.Array) -> jax.Array:
         y = conv1d(x_BTI, self.weight(), stride=self.stride, dilation=self.dilation, padding=self.padding,
                    groups=self.groups)
-        return y + self.bias[...].astype(y.dtype)
+        return y + self.bias[...].astype(y.dtype).reshape(1, 1, -1)
 
 
 class ConvTranspose1d(nnx.Module):
@@ -96,4 +96,4 @@ class ConvTranspose1d(nnx.Module):
 
     def __call__(self, x_BTI: jax.Array) -> jax.Array:
         y = conv_transpose1d(x_BTI, self.weight(), stride=self.stride, padding=self.padding)
-        return y + self.bias[...].astype(y.dtype)
+        return y + self.bias[...].astype(y.dtype).reshape(1, 1, -1)

@@ -50,7 +50,7 @@ def log_mel(wave_BT: jax.Array, *, sample_rate: int, n_fft: int, hop: int, win: 
     window = np.zeros(n_fft, np.float32)
     offset = (n_fft - win) // 2  # torch.stft centres a shorter window in the frame
     window[offset:offset + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
-    spec = jnp.fft.rfft(x[:, idx] * window, axis=-1)
+    spec = jnp.fft.rfft(x[:, idx] * window[None, None, :], axis=-1)
     magnitude = jnp.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
     mel = jnp.einsum("BNF,FM->BNM", magnitude, mel_filters(sample_rate, n_fft, bins, fmin, fmax),
                      precision=jax.lax.Precision.HIGHEST)
