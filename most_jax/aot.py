@@ -123,7 +123,7 @@ def _shard_bytes(abstract: Any, shardings: Any) -> int:
 def compile_train_step(cfg: Config, topology: Topology, *, dump_hlo: Path | None = None,
                        say: Callable[[str], None] = lambda _: None) -> CompileReport:
     """Compiles the trainer's step (optimizer state included) for `topology` and reports per-chip memory."""
-    from most_jax.train.optimizer import learning_rate_schedule, make_optimizer
+    from most_jax.train.optimizer import learning_rate_schedule, make_family_optimizer
     from most_jax.train.state import abstract_state, model_graphdef, state_shardings
     from most_jax.train.step import make_train_step
 
@@ -133,7 +133,8 @@ def compile_train_step(cfg: Config, topology: Topology, *, dump_hlo: Path | None
     say(f"{topology.name}: {topology.chips} chips ({topology.libtpu_name}), mesh {sharding.describe(mesh)}")
 
     graphdef, params_shape = model_graphdef(cfg.model)
-    optimizer = make_optimizer(cfg.train, params_shape, frozen=frozen_mask(cfg.model, params_shape))
+    optimizer = make_family_optimizer(cfg.train, params_shape, frozen_mask(cfg.model, params_shape),
+                                      get_family(cfg.model).phases)
     abstract = abstract_state(params_shape, optimizer, cfg.train.seed)
     shardings = state_shardings(abstract, mesh, parallel.param_sharding_fn(cfg.model))
     batch_sharding = sharding.batch_sharding(mesh)

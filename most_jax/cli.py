@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "logits",
     "compile",
     "u2pp",
+    "vocoder",
     "config",
     "scaling",
 )

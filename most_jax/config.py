@@ -8,6 +8,7 @@ offending field, so a bad config fails at load, not deep inside a jit trace.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from importlib import resources
@@ -508,6 +509,92 @@ class U2ppConfig:
         self.decoder.validate(f"{prefix}.decoder", self.encoder.output_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class VocoderConfig:
+    """Unit HiFi-GAN vocoder (speech-resynthesis CodeGenerator / transformers SeamlessM4TCodeHifiGan):
+    unit (+ language, + speaker) embeddings -> duration predictor -> HiFi-GAN generator, trained
+    against multi-period and multi-scale discriminators. One unit frame becomes prod(upsample_rates)
+    samples (the hop): 640 for 25 Hz, 320 for 50 Hz, 1280 for 12.5 Hz units at 16 kHz.
+
+    Training segments are `data.seq_len` unit frames of `data.batch_size` rows (models/vocoder/family.py)."""
+
+    family: str = "vocoder"
+    num_units: int = 500  # unit vocabulary (k-means K)
+    unit_embed_dim: int = 128
+    num_speakers: int = 0  # 0: no speaker embedding
+    speaker_embed_dim: int = 0
+    num_langs: int = 0  # 0: no language embedding
+    lang_embed_dim: int = 0
+    duration_predictor: bool = True  # re-expands deduplicated units by predicted durations
+    dur_hidden_dim: int = 128
+    dur_kernel_size: int = 3
+    dur_dropout: float = 0.5
+    upsample_rates: tuple[int, ...] = (5, 4, 4, 2, 2)
+    upsample_kernel_sizes: tuple[int, ...] = (11, 8, 8, 4, 4)
+    upsample_initial_channel: int = 512
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    leaky_relu_slope: float = 0.1
+    sample_rate: int = 16000
+    # Discriminators (HiFi-GAN's sizes by default): periods and channels of the multi-period one (its
+    # convs stride 3, the last 1), channels and groups of the 7 convs of each scale of the
+    # multi-scale one (3 scales: raw, /2, /4 average-pooled).
+    mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    mpd_channels: tuple[int, ...] = (32, 128, 512, 1024, 1024)
+    msd_scales: int = 3
+    msd_channels: tuple[int, ...] = (128, 128, 256, 512, 1024, 1024, 1024)
+    msd_groups: tuple[int, ...] = (1, 4, 16, 16, 16, 16, 1)
+    # Losses: generator = lsgan + fm_weight x feature matching + mel_weight x mel-L1 + dur_weight x
+    # duration MSE (log(1 + d)); the log-mel of the mel-L1 (HiFi-GAN's: 1024/256/1024, 80 bins, 0-8 kHz).
+    mel_weight: float = 45.0
+    fm_weight: float = 2.0
+    dur_weight: float = 1.0
+    mel_n_fft: int = 1024
+    mel_hop: int = 256
+    mel_win: int = 1024
+    mel_bins: int = 80
+    mel_fmin: float = 0.0
+    mel_fmax: float = 8000.0
+
+    @property
+    def hop(self) -> int:
+        return math.prod(self.upsample_rates)
+
+    def validate(self, prefix: str = "model") -> None:
+        _check(self.family == "vocoder", f"{prefix}.family",
+               f"a vocoder section has family 'vocoder', got {self.family!r}")
+        _check(self.num_units > 0 and self.unit_embed_dim > 0, f"{prefix}.num_units",
+               "num_units and unit_embed_dim must be positive")
+        for kind in ("speaker", "lang"):
+            count, dim = getattr(self, f"num_{kind}s"), getattr(self, f"{kind}_embed_dim")
+            _check(count >= 0 and dim >= 0 and (count == 0) == (dim == 0), f"{prefix}.num_{kind}s",
+                   f"num_{kind}s={count} and {kind}_embed_dim={dim} must both be 0 (none) or both positive")
+        _check(self.dur_kernel_size % 2 == 1, f"{prefix}.dur_kernel_size", "must be odd (same-length convs)")
+        _check(0 <= self.dur_dropout < 1, f"{prefix}.dur_dropout", "must be in [0, 1)")
+        _check(len(self.upsample_rates) == len(self.upsample_kernel_sizes) > 0, f"{prefix}.upsample_kernel_sizes",
+               "needs one kernel per upsample rate")
+        for rate, kernel in zip(self.upsample_rates, self.upsample_kernel_sizes):
+            _check(rate > 0 and kernel >= rate and (kernel - rate) % 2 == 0, f"{prefix}.upsample_kernel_sizes",
+                   f"kernel {kernel} for rate {rate}: needs kernel >= rate and an even difference, so each "
+                   "upsampler multiplies the length by exactly its rate")
+        _check(self.upsample_initial_channel % 2 ** len(self.upsample_rates) == 0, f"{prefix}.upsample_initial_channel",
+               f"{self.upsample_initial_channel} must be divisible by 2^{len(self.upsample_rates)} (halved per upsampler)")
+        _check(len(self.resblock_kernel_sizes) == len(self.resblock_dilation_sizes) > 0,
+               f"{prefix}.resblock_dilation_sizes", "needs one dilation list per resblock kernel")
+        _check(all(k % 2 == 1 for k in self.resblock_kernel_sizes), f"{prefix}.resblock_kernel_sizes", "must be odd")
+        _check(len(self.mpd_channels) > 0 and all(p > 0 for p in self.mpd_periods), f"{prefix}.mpd_periods",
+               "needs positive periods and at least one channel count")
+        _check(self.msd_scales > 0 and len(self.msd_channels) == len(self.msd_groups) == 7, f"{prefix}.msd_groups",
+               "needs msd_scales > 0 and 7 channel and group counts (HiFi-GAN's 7 convs per scale)")
+        ins = (1, *self.msd_channels[:-1])
+        for i, (c_in, c_out, g) in enumerate(zip(ins, self.msd_channels, self.msd_groups)):
+            _check(c_in % g == 0 and c_out % g == 0, f"{prefix}.msd_groups[{i}]",
+                   f"{g} groups do not divide {c_in} -> {c_out} channels")
+        _check(self.mel_win <= self.mel_n_fft and self.mel_hop > 0, f"{prefix}.mel_win", "needs mel_win <= mel_n_fft")
+        _check(0 <= self.mel_fmin < self.mel_fmax <= self.sample_rate / 2, f"{prefix}.mel_fmax",
+               "needs 0 <= mel_fmin < mel_fmax <= sample_rate / 2")
+
+
 MESH_AXES = ("slice", "data", "fsdp", "expert", "tensor")
 
 
@@ -535,7 +622,7 @@ class Config:
     """The whole run (what a checkpoint stores). Later concerns (data, train, mesh) add their own
     sections; `most demo`'s corpus settings (DemoConfig) are not one of them."""
 
-    model: ModelConfig | U2ppConfig = ModelConfig()  # by its `family` key (MODEL_SECTIONS); default most
+    model: ModelConfig | U2ppConfig | VocoderConfig = ModelConfig()  # by its `family` key (MODEL_SECTIONS); default most
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
@@ -559,7 +646,7 @@ def _check(ok: bool, field: str, message: str) -> None:
 # Model section class per family name: the `family` key of a model section picks one (a section
 # without it is MoST, as checkpoints written before families existed). models/family.register
 # adds the sections of families defined elsewhere.
-MODEL_SECTIONS: dict[str, type] = {"most": ModelConfig, "u2pp": U2ppConfig}
+MODEL_SECTIONS: dict[str, type] = {"most": ModelConfig, "u2pp": U2ppConfig, "vocoder": VocoderConfig}
 
 
 def register_model_section(family: str, cls: type) -> None:

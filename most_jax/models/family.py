@@ -7,8 +7,10 @@ optimizer must leave alone and the MoE layers the mesh must fit. `get_family(mod
 family by `model_cfg.family`; each family's module is imported only when asked for, so importing
 the trainer imports no model.
 
-A family with two optimizers (a GAN vocoder) fits the same shape: its parameters split by path, as
-the frozen leaves do here, and one objective whose parts stop the gradient into the other half.
+A family with two optimizers (a GAN vocoder) fits the same shape: `phases` names top-level parts
+of its parameters (e.g. discriminators, generator) that the step updates one after another, each by
+its own optimizer on gradients taken after the parts before it moved; the loss reads the phase from
+its LossContext and stops the gradient into the other half.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class LossContext(NamedTuple):
 
     totals: Any  # family.step_totals(the whole step batch), e.g. its number of loss tokens
     micro_batches: int  # how many micro-batches the step's gradients are summed over
+    phase: str | None = None  # the part of the parameters being updated (Family.phases), None: all
 
 
 def _nothing_frozen(_path: Path_) -> bool:
@@ -61,6 +64,10 @@ class Family:
     moe_layers(model_cfg): ((config prefix, MoEConfig), ...) of the MoE layers, for mesh checks.
     train_flops(cfg): analytic FLOPs of one training step, or None when the family has no formula.
     batches(cfg): the training batch iterator of `most train` (None: the family has no pipeline).
+    phases: top-level parameter subtrees updated in this order within one step, each with its own
+        optimizer state and clipping, each phase's gradients taken with the earlier phases' updates
+        applied; the step reports the sum of the phases' objectives and of their `sums` (so a phase
+        returns zeros for the entries it does not compute). Empty: one update of everything.
     """
 
     name: str
@@ -76,12 +83,14 @@ class Family:
     frozen: Callable[[Path_], bool] = _nothing_frozen
     train_flops: Callable[[Config], float] | None = None
     batches: Callable[[Config], Iterator[dict[str, np.ndarray]]] | None = None
+    phases: tuple[str, ...] = ()
 
 
 # Built-in families: name -> the module defining FAMILY, imported on first use.
 _MODULES = {
     "most": "most_jax.models.most_family",
     "u2pp": "most_jax.models.u2pp.family",
+    "vocoder": "most_jax.models.vocoder.family",
 }
 _LOADED: dict[str, Family] = {}
 

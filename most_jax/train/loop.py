@@ -27,7 +27,7 @@ from most_jax.config import Config, ConfigError, config_from_dict, to_dict
 from most_jax.models.family import frozen_mask, get_family
 from most_jax.train.checkpoints import CheckpointError, TrainCheckpointManager
 from most_jax.train.metrics import MetricsLogger, MetricsWindow
-from most_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from most_jax.train.optimizer import learning_rate_schedule, make_family_optimizer
 from most_jax.train.state import (TrainState, abstract_state, init_state, model_graphdef, replicated_shardings,
                                   single_device_mesh, state_shardings)
 from most_jax.train.step import batch_sharding_for, check_batch, make_train_step, put_batch
@@ -112,7 +112,8 @@ def _start(cfg: Config, run_dir: Path, batches: BatchIterator, ckpt: TrainCheckp
            resume: bool, init_from, stop_after, mesh: Mesh, param_shardings, batch_sharding) -> RunResult:
     """Restores or initialises the state, then runs the loop."""
     graphdef, params_shape = model_graphdef(cfg.model)
-    optimizer = make_optimizer(cfg.train, params_shape, frozen=frozen_mask(cfg.model, params_shape))
+    optimizer = make_family_optimizer(cfg.train, params_shape, frozen_mask(cfg.model, params_shape),
+                                      get_family(cfg.model).phases)
     schedule = learning_rate_schedule(cfg.train)
     abstract = abstract_state(params_shape, optimizer, cfg.train.seed)
     shardings = state_shardings(abstract, mesh, param_shardings)

@@ -1,8 +1,9 @@
-"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask, built from TrainConfig."""
+"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask, built from TrainConfig;
+one per phase for a family that updates its parameters in phases (models/family.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -72,3 +73,25 @@ def make_optimizer(cfg: TrainConfig, params: Any, frozen: Any | None = None) -> 
     if not parts:
         return adamw
     return optax.chain(*parts, adamw)
+
+
+class PhasedOptimizer(NamedTuple):
+    """One optimizer per top-level parameter subtree of a phased family (Family.phases): each has
+    its own moments, clipping norm and update count; the step applies them one after another."""
+
+    parts: dict[str, optax.GradientTransformation]
+
+    def init(self, params: Any) -> dict[str, Any]:
+        return {name: part.init(params[name]) for name, part in self.parts.items()}
+
+
+def make_family_optimizer(cfg: TrainConfig, params: Any, frozen: Any | None,
+                          phases: tuple[str, ...]) -> optax.GradientTransformation | PhasedOptimizer:
+    """`make_optimizer` for the whole tree, or with `phases` one per named subtree of `params`."""
+    if not phases:
+        return make_optimizer(cfg, params, frozen)
+    missing = [name for name in phases if name not in params]
+    if missing or set(params) != set(phases):
+        raise ValueError(f"phases {list(phases)} must name exactly the top-level parameter subtrees {sorted(params)}")
+    return PhasedOptimizer({name: make_optimizer(cfg, params[name], None if frozen is None else frozen[name])
+                            for name in phases})

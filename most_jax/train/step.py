@@ -44,28 +44,31 @@ def step_key(rng_data: jax.Array, step: jax.Array) -> jax.Array:
 
 
 def accumulate_gradients(graphdef: nnx.GraphDef, params: Any, batch: dict[str, jax.Array], cfg: Config,
-                         key: jax.Array) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
+                         key: jax.Array, phase: str | None = None) -> tuple[Any, jax.Array, dict[str, jax.Array]]:
     """Gradients of the step objective summed over `cfg.train.micro_batches` micro-batches run one
     after another with lax.scan; micro-batch i gets fold_in(key, i). Returns (float32 grads,
-    objective, the family's sums); every returned value is a sum over micro-batches."""
+    objective, the family's sums); every returned value is a sum over micro-batches. With `phase`
+    (one of Family.phases) the gradients are those of params[phase] only, the rest held fixed."""
     family = get_family(cfg.model)
     count = cfg.train.micro_batches
-    ctx = LossContext(totals=family.step_totals(batch), micro_batches=count)
+    ctx = LossContext(totals=family.step_totals(batch), micro_batches=count, phase=phase)
 
     def objective(p, mb, i):
-        return family.loss_fn(nnx.merge(graphdef, p), mb, jax.random.fold_in(key, i), ctx)
+        full = p if phase is None else {**params, phase: p}
+        return family.loss_fn(nnx.merge(graphdef, full), mb, jax.random.fold_in(key, i), ctx)
 
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     micro = _micro_batches(batch, count)
+    wrt = params if phase is None else params[phase]
 
     def body(totals, xs):
         mb, i = xs
-        out = grad_fn(params, mb, i)
+        out = grad_fn(wrt, mb, i)
         return jax.tree.map(lambda acc, x: acc + x.astype(acc.dtype), totals, out), None
 
     first = jax.tree.map(lambda x: x[0], micro)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32 if jnp.issubdtype(s.dtype, jnp.floating)
-                                             else s.dtype), jax.eval_shape(grad_fn, params, first, 0))
+                                             else s.dtype), jax.eval_shape(grad_fn, wrt, first, 0))
     ((obj, sums), grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(count)))
     clash = sorted(set(sums) & set(STEP_METRICS))
     if clash:
@@ -84,18 +87,40 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: Config, optimizer: optax.Gradie
     abstract_mesh = batch_sharding.mesh.abstract_mesh
     family = get_family(cfg.model)
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    def update(params, opt_state, batch, key, phase=None):
+        """(params, opt_state, objective, sums, grad_norm) after one update of all params, or of
+        params[phase] by optimizer.parts[phase]."""
         # The mesh as trace-time context: MoE layers choose expert parallelism (shard_map) from it.
         with jax.sharding.use_abstract_mesh(abstract_mesh):
-            grads, obj, sums = accumulate_gradients(graphdef, state.params, batch, cfg,
-                                                    step_key(state.rng, state.step))
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(obj) & jnp.isfinite(grad_norm)
+            grads, obj, sums = accumulate_gradients(graphdef, params, batch, cfg, key, phase)
+        part = optimizer if phase is None else optimizer.parts[phase]
+        own = params if phase is None else params[phase]
         # Accumulated in float32; handed over in the params' dtype so the optimizer state keeps
         # its dtypes from step to step (the step is compiled once for them).
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, own)
+        state_in = opt_state if phase is None else opt_state[phase]
+        updates, state_out = part.update(grads, state_in, own)
+        own = optax.apply_updates(own, updates)
+        if phase is None:
+            return own, state_out, obj, sums, grad_norm
+        return {**params, phase: own}, {**opt_state, phase: state_out}, obj, sums, grad_norm
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        key = step_key(state.rng, state.step)
+        if not family.phases:
+            params, opt_state, obj, sums, grad_norm = update(state.params, state.opt_state, batch, key)
+        else:
+            # Phase by phase (e.g. discriminators, then the generator against them); one
+            # non-finite phase keeps the whole step's old state.
+            params, opt_state, obj, sums, squares = state.params, state.opt_state, 0.0, {}, 0.0
+            for phase in family.phases:
+                params, opt_state, phase_obj, phase_sums, norm = update(params, opt_state, batch, key, phase)
+                obj = obj + phase_obj
+                sums = {k: sums.get(k, 0.0) + phase_sums.get(k, 0.0) for k in {*sums, *phase_sums}}
+                squares = squares + norm ** 2
+            grad_norm = jnp.sqrt(squares)
+        finite = jnp.isfinite(obj) & jnp.isfinite(grad_norm)
 
         def keep_if_finite(new, old):
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)

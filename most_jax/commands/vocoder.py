@@ -1,0 +1,142 @@
+"""`most vocoder ...`: the unit vocoder (unit HiFi-GAN): import, synthesise, train."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from most_jax.commands.group import add_config_args
+
+OVERRIDE_HELP = ("override a field of the written model config, e.g. --set model.mpd_channels=[16,32] (sizes the "
+                 "freshly initialised discriminators; repeatable)")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("vocoder", help="unit vocoder: import-hf, import-unit-hifigan, synth, train",
+                                   description=__doc__.splitlines()[0].split(": ", 1)[1])
+    sub = parser.add_subparsers(dest="vocoder_command", required=True, metavar="COMMAND")
+
+    hf = sub.add_parser("import-hf", help="convert a saved transformers SeamlessM4TCodeHifiGan",
+                        description="Reads HF_DIR (SeamlessM4TCodeHifiGan.save_pretrained: config.json + "
+                                    "model.safetensors) and writes the vocoder checkpoint OUT (must not exist). "
+                                    "Discriminators are freshly initialised (the file has none).")
+    hf.add_argument("hf_dir", metavar="HF_DIR")
+    hf.add_argument("out", metavar="OUT")
+    hf.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    hf.set_defaults(handler=run_import_hf)
+
+    sr = sub.add_parser("import-unit-hifigan", help="convert a speech-resynthesis / SpiritLM CodeGenerator",
+                        description="Reads G.pt ({'generator': state_dict} as HiFi-GAN training saves it, or a bare "
+                                    "state_dict) and its JSON config (speech-resynthesis layout: units, optional "
+                                    "multispkr and duration predictor; F0 inputs are refused) and writes OUT. "
+                                    "Needs torch.")
+    sr.add_argument("generator_pt", metavar="G.pt")
+    sr.add_argument("config_json", metavar="CONFIG.json")
+    sr.add_argument("out", metavar="OUT")
+    sr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    sr.set_defaults(handler=run_import_unit_hifigan)
+
+    syn = sub.add_parser("synth", help="units.npy -> speech.wav / speech.npy",
+                         description="Synthesises one utterance: --units holds a 1-D integer array of unit ids, "
+                                     "deduplicated (re-expanded by the duration predictor) unless --frame-units. "
+                                     "--out NAME.wav writes 16-bit PCM, NAME.npy the raw float32 samples.")
+    syn.add_argument("checkpoint", metavar="CKPT", help="vocoder checkpoint (import output or training run)")
+    syn.add_argument("--units", required=True, metavar="UNITS.npy")
+    syn.add_argument("--speaker", type=int, default=None, metavar="N")
+    syn.add_argument("--lang", type=int, default=None, metavar="N")
+    syn.add_argument("--frame-units", action="store_true",
+                     help="the units are frame-level already (one per hop): skip the duration predictor")
+    syn.add_argument("--out", required=True, metavar="OUT.wav|OUT.npy")
+    syn.set_defaults(handler=run_synth)
+
+    tr = sub.add_parser("train", help="train the vocoder (GAN, through the common trainer)",
+                        description="Trains on the audio of --manifest with the frame-level units of the extractor "
+                                    "--units (from `most data train-units`): random segments of data.seq_len unit "
+                                    "frames, data.batch_size per step; each step updates the discriminators, then "
+                                    "the generator. Writes RUN_DIR/metrics.jsonl and RUN_DIR/checkpoints/; "
+                                    "--resume continues exactly.")
+    add_config_args(tr)
+    tr.add_argument("--units", required=True, metavar="DIR", help="unit extractor directory")
+    tr.add_argument("--manifest", required=True, metavar="FILE.jsonl")
+    tr.add_argument("--max-utterances", type=int, default=2000, metavar="N",
+                    help="read at most N utterances of the manifest into memory (default 2000)")
+    tr.add_argument("--run-dir", required=True)
+    tr.add_argument("--resume", action="store_true")
+    tr.add_argument("--init-from", default=None, metavar="CKPT", help="start from a vocoder checkpoint's parameters")
+    tr.add_argument("--stop-after", type=int, default=None, metavar="STEP")
+    tr.set_defaults(handler=run_train)
+
+
+def _fail(command: str, e: Exception) -> int:
+    print(f"most vocoder {command}: error: {e}", file=sys.stderr)
+    return 1
+
+
+def run_import_hf(args: argparse.Namespace) -> int:
+    from most_jax.checkpoint.params_io import CheckpointError
+    from most_jax.checkpoint.vocoder_import import VocoderImportError, import_hf
+
+    try:
+        cfg = import_hf(args.hf_dir, args.out, args.overrides)
+    except (VocoderImportError, CheckpointError) as e:
+        return _fail("import-hf", e)
+    print(f"wrote {args.out}: {cfg.model.num_units} units, hop {cfg.model.hop}")
+    return 0
+
+
+def run_import_unit_hifigan(args: argparse.Namespace) -> int:
+    from most_jax.checkpoint.params_io import CheckpointError
+    from most_jax.checkpoint.vocoder_import import VocoderImportError, import_unit_hifigan
+
+    try:
+        cfg = import_unit_hifigan(args.generator_pt, args.config_json, args.out, args.overrides)
+    except (VocoderImportError, CheckpointError) as e:
+        return _fail("import-unit-hifigan", e)
+    print(f"wrote {args.out}: {cfg.model.num_units} units, hop {cfg.model.hop}")
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from most_jax.checkpoint.params_io import CheckpointError, load_config, restore_model
+    from most_jax.infer.vocoder import SynthesisError, synthesize, write_waveform
+
+    try:
+        if load_config(args.checkpoint).model.family != "vocoder":
+            raise SynthesisError(f"{args.checkpoint}: not a vocoder checkpoint (model.family is not 'vocoder')")
+        try:
+            units = np.load(args.units, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SynthesisError(f"--units {args.units}: unreadable .npy ({e})") from None
+        cfg, model = restore_model(args.checkpoint)
+        wave = synthesize(model.generator, units, args.speaker, args.lang, use_durations=not args.frame_units)
+        write_waveform(args.out, wave, cfg.model.sample_rate)
+    except (SynthesisError, CheckpointError) as e:
+        return _fail("synth", e)
+    print(f"wrote {args.out}: {wave.size / cfg.model.sample_rate:.2f} s")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from most_jax.config import ConfigError, load_config
+    from most_jax.data.vocoder_batches import VocoderDataError, from_manifest
+    from most_jax.speech.manifest import ManifestError
+    from most_jax.speech.units import UnitExtractorError
+    from most_jax.train.checkpoints import CheckpointError
+    from most_jax.train.loop import NonFiniteError, run_training
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if cfg.model.family != "vocoder":
+            raise ConfigError(f"model.family: {cfg.model.family!r}; `most vocoder train` trains a vocoder section")
+        batches = from_manifest(cfg, args.units, args.manifest, args.max_utterances,
+                                log=lambda m: print(m, file=sys.stderr))
+        result = run_training(cfg, args.run_dir, batches, resume=args.resume, init_from=args.init_from,
+                              stop_after=args.stop_after)
+    except (ConfigError, VocoderDataError, ManifestError, UnitExtractorError, CheckpointError, NonFiniteError) as e:
+        return _fail("train", e)
+    rec = result.last_record or {}
+    if rec.get("mel_l1") is not None:
+        print(f"step {result.step}: mel L1 {rec['mel_l1']:.4f}, discriminator loss {rec['loss_disc']:.4f}")
+    return 0

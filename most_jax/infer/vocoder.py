@@ -1,0 +1,69 @@
+"""Units -> waveform with a vocoder checkpoint, and writing the result (.wav or .npy, atomically).
+
+Deduplicated units (what the unit extractor and MoST's TTS emit) are first re-expanded by the
+duration predictor: round(exp(log(1 + d)) - 1), at least 1 frame each, as transformers'
+SeamlessM4TCodeHifiGan does at batch size 1. Frame-level units skip that (`use_durations=False`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from most_jax.atomic import atomic_file
+from most_jax.models.vocoder.duration import durations_from_log
+from most_jax.models.vocoder.generator import UnitGenerator
+
+
+class SynthesisError(ValueError):
+    """Bad synthesis input (units, speaker or language id, output path); names the culprit."""
+
+
+def check_ids(gen: UnitGenerator, units: np.ndarray, speaker: int | None, lang: int | None, what: str) -> None:
+    cfg = gen.cfg
+    if units.ndim != 1 or units.size == 0 or not np.issubdtype(units.dtype, np.integer):
+        raise SynthesisError(f"{what}: expected a non-empty 1-D integer array of unit ids, got {units.dtype} "
+                             f"{list(units.shape)}")
+    if units.min() < 0 or units.max() >= cfg.num_units:
+        raise SynthesisError(f"{what}: unit ids span {units.min()}..{units.max()}, the vocoder has "
+                             f"{cfg.num_units} units (0..{cfg.num_units - 1})")
+    for name, value, count in (("--speaker", speaker, cfg.num_speakers), ("--lang", lang, cfg.num_langs)):
+        if value is not None and not 0 <= value < max(count, 1):
+            raise SynthesisError(f"{name} {value}: the vocoder has {count} {name[2:]} embeddings"
+                                 + ("" if count else " (none: leave it out)"))
+
+
+def expand_units(gen: UnitGenerator, units: np.ndarray) -> np.ndarray:
+    """Deduplicated units -> frame-level units, by the predicted durations."""
+    log_dur = jax.jit(lambda g, u: g.log_durations(u))(gen, jnp.asarray(units[None], jnp.int32))
+    return np.repeat(units, np.asarray(durations_from_log(log_dur))[0])
+
+
+def synthesize(gen: UnitGenerator, units: np.ndarray, speaker: int | None = None, lang: int | None = None,
+               use_durations: bool = True) -> np.ndarray:
+    """float32 waveform [T * hop] at gen.cfg.sample_rate of one utterance's units."""
+    units = np.asarray(units)
+    check_ids(gen, units, speaker, lang, "units")
+    if use_durations and gen.cfg.duration_predictor:
+        units = expand_units(gen, units)
+    ids = lambda v: jnp.asarray([0 if v is None else v], jnp.int32)  # noqa: E731
+    wave = jax.jit(lambda g, u, s, l: g(u, s, l))(gen, jnp.asarray(units[None], jnp.int32), ids(speaker), ids(lang))
+    return np.asarray(wave[0], np.float32)
+
+
+def write_waveform(path: str | Path, wave: np.ndarray, sample_rate: int) -> None:
+    """.npy: the raw float32 samples; .wav: 16-bit PCM (clipped to [-1, 1]). Written atomically."""
+    path = Path(path)
+    if path.suffix not in (".wav", ".npy"):
+        raise SynthesisError(f"--out {path}: the name must end in .wav or .npy")
+    with atomic_file(path) as tmp:
+        if path.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, wave.astype(np.float32))
+        else:
+            import soundfile as sf
+
+            sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")

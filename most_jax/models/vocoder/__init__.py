@@ -1,0 +1,1 @@
+"""Unit vocoder: discrete speech units -> 16 kHz waveform (unit HiFi-GAN), and its GAN training."""
