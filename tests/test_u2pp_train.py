@@ -39,7 +39,7 @@ TINY = ["model.vocab_size=12", "model.input_dim=8", "model.encoder.output_size=1
         "model.encoder.linear_units=12", "model.encoder.num_blocks=2", "model.encoder.cnn_module_kernel=3",
         "model.decoder.attention_heads=2", "model.decoder.linear_units=12", "model.decoder.num_blocks=1",
         "model.encoder.moe.capacity_factor=8.0", "model.decoder.moe.capacity_factor=8.0",
-        "data.batch_size=8", "data.seq_len=5", "data.max_audio_seconds=0.5", "train.warmup_steps=2",
+        "data.batch_size=8", "data.seq_len=16", "data.max_audio_seconds=0.5", "train.warmup_steps=2",
         "train.log_every=1", "train.async_checkpoint=false"]
 DETERMINISTIC = ["model.encoder.dropout_rate=0.0", "model.encoder.positional_dropout_rate=0.0",
                  "model.decoder.dropout_rate=0.0", "model.decoder.positional_dropout_rate=0.0",
@@ -172,7 +172,7 @@ def test_loss_gradients_match_wenet(mlp_type):
         return loss_lib.u2pp_loss(nnx.merge(graphdef, p), {**batch, "feats": x}, None)[0]
 
     loss, (grads, feats_grad) = jax.value_and_grad(objective, argnums=(0, 1))(params, batch["feats"])
-    assert float(loss) == pytest.approx(float(out["loss"]), rel=1e-5)
+    assert float(loss) == pytest.approx(float(out["loss"].detach()), rel=1e-5)
     np.testing.assert_allclose(np.asarray(feats_grad), feats_t.grad.numpy(), atol=1e-5, rtol=1e-4)
     flat = {tuple(str(k) for k in path): np.asarray(v[...]) for path, v in nnx.to_flat_state(grads)}
     mapped = wenet.params_from_wenet(want, cfg, {p: v.shape for p, v in flat.items()}, np.float32)
@@ -196,7 +196,7 @@ def _batch(cfg, seed=0):
     rng = np.random.default_rng(seed)
     feats_lengths = rng.integers(u // 2, u + 1, b).astype(np.int32)
     feats_lengths[0] = u
-    target_lengths = rng.integers(1, spec["target"].shape[1] + 1, b).astype(np.int32)
+    target_lengths = rng.integers(1, 6, b).astype(np.int32)  # CTC-feasible in the 11 encoder frames
     target = rng.integers(1, cfg.model.vocab_size - 1, spec["target"].shape).astype(np.int32)
     target = np.where(np.arange(target.shape[1])[None] < target_lengths[:, None], target, 0)
     return {"feats": rng.normal(size=(b, u, i)).astype(np.float32), "feats_lengths": feats_lengths,
