@@ -304,13 +304,17 @@ class TrainConfig:
     micro_batches: int = 1
     lr: float = 3e-4  # peak learning rate, reached after warmup
     warmup_steps: int = 100  # linear warmup from 0
-    # Decay after warmup: "cosine" or "linear" down to lr x min_lr_ratio at `steps`, or "constant".
+    # Decay after warmup: "cosine" or "linear" down to lr x min_lr_ratio at `steps`, or "constant";
+    # "warmuplr" is WeNet's WarmupLR: lr x warmup^0.5 x min(n^-0.5, n x warmup^-1.5) at update n.
     schedule: str = "cosine"
+    # "adamw": decoupled weight decay; "adam": torch.optim.Adam's L2 term (weight_decay x param
+    # added to the gradient before the moments), as WeNet's `optim: adam`.
+    optimizer: str = "adamw"
     min_lr_ratio: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
-    weight_decay: float = 0.1  # decoupled (AdamW); never applied to norm scales or biases
+    weight_decay: float = 0.1  # (see `optimizer`) never applied to norm scales or biases
     # Embedding rows of rare tokens (most audio units) get gradient seldom but would be decayed
     # every step, so the embedding table is left undecayed unless asked.
     decay_embeddings: bool = False
@@ -328,8 +332,12 @@ class TrainConfig:
             _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
         _check(self.lr > 0, f"{prefix}.lr", f"must be positive, got {self.lr}")
         _check(self.warmup_steps >= 0, f"{prefix}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _check(self.schedule in ("cosine", "linear", "constant"), f"{prefix}.schedule",
-               f"must be 'cosine', 'linear' or 'constant', got {self.schedule!r}")
+        _check(self.schedule in ("cosine", "linear", "constant", "warmuplr"), f"{prefix}.schedule",
+               f"must be 'cosine', 'linear', 'constant' or 'warmuplr', got {self.schedule!r}")
+        _check(self.schedule != "warmuplr" or self.warmup_steps > 0, f"{prefix}.warmup_steps",
+               "schedule 'warmuplr' needs warmup_steps > 0")
+        _check(self.optimizer in ("adamw", "adam"), f"{prefix}.optimizer",
+               f"must be 'adamw' or 'adam', got {self.optimizer!r}")
         _check(0 <= self.min_lr_ratio <= 1, f"{prefix}.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("b1", "b2"):
             value = getattr(self, name)
@@ -668,28 +676,33 @@ def _model_section(value, field: str):
     return from_dict(MODEL_SECTIONS[family], value, f"{field}.")
 
 
-def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = ""):
-    """Builds dataclass `cls` from a (possibly partial) nested dict; unknown keys are errors."""
+def from_dict(cls: type, data: dict[str, Any] | None, prefix: str = "", base: Any = None):
+    """Builds dataclass `cls` from a (possibly partial) nested dict; unknown keys are errors.
+
+    Keys left out keep `base`'s values (default: the field defaults), and a nested section starts
+    from its field's default instance, so e.g. a U2++ `encoder.moe` block changes only the keys it
+    names of the U2++ MoE defaults rather than falling back to MoEConfig's class defaults."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = _coerce(hints[f.name], data.pop(f.name), f"{prefix}{f.name}")
+            default = getattr(base, f.name) if base is not None else f.default
+            kwargs[f.name] = _coerce(hints[f.name], data.pop(f.name), f"{prefix}{f.name}", default)
     if data:
         names = ", ".join(f"{prefix}{k}" for k in sorted(data))
         raise ConfigError(f"{names}: unknown field(s) of {cls.__name__}")
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
-def _coerce(tp, value, field: str):
+def _coerce(tp, value, field: str, default: Any = None):
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{field}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, f"{field}.")
+        return from_dict(tp, value, f"{field}.", default if isinstance(default, tp) else None)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if all(dataclasses.is_dataclass(a) and "family" in {f.name for f in dataclasses.fields(a)} for a in args):

@@ -1,11 +1,12 @@
-"""AdamW with warmup + decay, global-norm clipping and a weight-decay mask, built from TrainConfig;
-one per phase for a family that updates its parameters in phases (models/family.py)."""
+"""AdamW (or torch-style Adam) with warmup + decay, global-norm clipping and a weight-decay mask, built from
+TrainConfig; one per phase for a family that updates its parameters in phases (models/family.py)."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from most_jax.config import TrainConfig
@@ -19,7 +20,9 @@ _EMBEDDING_LEAVES = frozenset({"embedding"})
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     """Linear warmup lr/warmup_steps, 2 lr/warmup_steps, ..., lr over the first `warmup_steps`
     updates (starting at 0 would waste the first update), then cosine/linear decay to
-    lr x min_lr_ratio at `steps` (or a constant lr)."""
+    lr x min_lr_ratio at `steps` (or a constant lr); or WeNet's WarmupLR (`warmuplr_schedule`)."""
+    if cfg.schedule == "warmuplr":
+        return warmuplr_schedule(cfg.lr, cfg.warmup_steps)
     warmup = optax.linear_schedule(cfg.lr / max(cfg.warmup_steps, 1), cfg.lr, max(cfg.warmup_steps - 1, 0))
     decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
     end = cfg.lr * cfg.min_lr_ratio
@@ -32,6 +35,18 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     if cfg.warmup_steps == 0:
         return decay
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def warmuplr_schedule(lr: float, warmup_steps: int) -> optax.Schedule:
+    """WeNet's WarmupLR: update n (1 for the first; optax counts from 0) uses
+    lr x warmup^0.5 x min(n^-0.5, n x warmup^-1.5): rising linearly to lr at n = warmup, then
+    decaying as n^-0.5, with no horizon."""
+
+    def schedule(count):
+        n = jnp.asarray(count, jnp.float32) + 1
+        return lr * warmup_steps ** 0.5 * jnp.minimum(n ** -0.5, n * warmup_steps ** -1.5)
+
+    return schedule
 
 
 def weight_decay_mask(params: Any, *, decay_embeddings: bool) -> Any:
@@ -56,7 +71,8 @@ def _leaf_name(path) -> str:
 
 
 def make_optimizer(cfg: TrainConfig, params: Any, frozen: Any | None = None) -> optax.GradientTransformation:
-    """Clip by global norm (if clip_norm > 0), then AdamW with the schedule and decay mask.
+    """Clip by global norm (if clip_norm > 0), then AdamW (or Adam, `cfg.optimizer`) with the
+    schedule and decay mask.
 
     `params` (arrays or shape structs) only fixes the decay mask's tree. `frozen` (same tree, True
     on leaves the model family freezes; models/family.frozen_mask) zeroes those gradients before
@@ -65,8 +81,13 @@ def make_optimizer(cfg: TrainConfig, params: Any, frozen: Any | None = None) -> 
     mask = weight_decay_mask(params, decay_embeddings=cfg.decay_embeddings)
     if frozen is not None:
         mask = jax.tree.map(lambda decays, is_frozen: decays and not is_frozen, mask, frozen)
-    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                        weight_decay=cfg.weight_decay, mask=mask)
+    if cfg.optimizer == "adam":  # torch.optim.Adam: the L2 term joins the gradient before the moments
+        adamw = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask),
+                            optax.scale_by_adam(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+                            optax.scale_by_learning_rate(learning_rate_schedule(cfg)))
+    else:
+        adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                            weight_decay=cfg.weight_decay, mask=mask)
     parts = [] if frozen is None else [optax.masked(optax.set_to_zero(), frozen)]
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
