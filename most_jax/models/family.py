@@ -61,6 +61,10 @@ class Family:
     moe_layers(model_cfg): ((config prefix, MoEConfig), ...) of the MoE layers, for mesh checks.
     train_flops(cfg): analytic FLOPs of one training step, or None when the family has no formula.
     batches(cfg): the training batch iterator of `most train` (None: the family has no pipeline).
+    batch_specs(cfg): every step batch shape the pipeline yields (length buckets), each a batch_spec;
+        the trainer compiles one step per shape met. None: batch_spec(cfg) alone.
+    data_params(cfg): {parameter path: array} a fresh run takes from the training data rather than
+        from the initialiser (U2++: the global CMVN statistics). None: nothing.
     """
 
     name: str
@@ -76,6 +80,8 @@ class Family:
     frozen: Callable[[Path_], bool] = _nothing_frozen
     train_flops: Callable[[Config], float] | None = None
     batches: Callable[[Config], Iterator[dict[str, np.ndarray]]] | None = None
+    batch_specs: Callable[[Config], tuple[dict[str, jax.ShapeDtypeStruct], ...]] | None = None
+    data_params: Callable[[Config], dict[Path_, np.ndarray]] | None = None
 
 
 # Built-in families: name -> the module defining FAMILY, imported on first use.
@@ -135,6 +141,36 @@ def build_model(model_cfg: Any, seed: int) -> nnx.Module:
 def abstract_model(model_cfg: Any, seed: int = 0) -> nnx.Module:
     """The model with ShapeDtypeStructs for arrays (eval_shape): allocates nothing."""
     return nnx.eval_shape(lambda: build_model(model_cfg, seed))
+
+
+def step_batch_specs(cfg: Config) -> tuple[dict[str, jax.ShapeDtypeStruct], ...]:
+    """The batch shapes a training step must accept (see Family.batch_specs)."""
+    family = get_family(cfg.model)
+    return family.batch_specs(cfg) if family.batch_specs is not None else (family.batch_spec(cfg),)
+
+
+def with_data_params(cfg: Config, params: Any) -> Any:
+    """`params` with the family's data-derived leaves (Family.data_params) put in, shapes checked."""
+    family = get_family(cfg.model)
+    values = {} if family.data_params is None else dict(family.data_params(cfg))
+    if not values:
+        return params
+    unused = set(values)
+
+    def put(path, leaf):
+        names = _path_names(path)
+        if names not in values:
+            return leaf
+        unused.discard(names)
+        value = np.asarray(values[names])
+        if value.shape != tuple(leaf.shape):
+            raise ValueError(f"{'.'.join(names)}: the data gives shape {value.shape}, the model has {tuple(leaf.shape)}")
+        return value.astype(leaf.dtype)
+
+    out = jax.tree_util.tree_map_with_path(put, params)
+    if unused:
+        raise ValueError(f"model family {family.name!r}: data parameters {sorted(unused)} are not in the model")
+    return out
 
 
 def frozen_mask(model_cfg: Any, params: Any) -> Any | None:
