@@ -207,7 +207,7 @@ class Worker:
         try:
             ids = self.tokenizer.encode(text.strip())
             if self.u2pp:
-                if not ids:
+                if len(ids) == 0:
                     raise ValueError("the transcript encodes to no tokens")
                 return np.asarray(ids, np.int32) + 1  # WeNet's ids: 0 is the CTC blank
             return self.formatter.text(ids)

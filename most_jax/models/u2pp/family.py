@@ -53,7 +53,8 @@ def step_totals(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 def loss_fn(model: U2pp, mb: dict[str, jax.Array], rng: jax.Array, ctx: LossContext) -> tuple[jax.Array, dict]:
     loss, metrics = u2pp_loss(model, mb, rng, rows=ctx.totals["rows"], tokens=ctx.totals["tokens"])
-    sums = {"loss": loss, "rows": jnp.float32(mb["target_lengths"].shape[0])}
+    # The step reports the summed objective itself as `loss` (train/step.py STEP_METRICS).
+    sums = {"rows": jnp.float32(mb["target_lengths"].shape[0])}
     for key in ("loss_ctc", "loss_att"):
         if key in metrics:
             sums[key] = metrics[key]
@@ -72,10 +73,9 @@ def loss_fn(model: U2pp, mb: dict[str, jax.Array], rng: jax.Array, ctx: LossCont
 
 
 def summarise(cfg: Config, s: dict[str, np.ndarray], n: int) -> dict[str, Any]:
-    """Window means of the losses (each step's loss is already a per-utterance mean), the L2R
-    token accuracy, and the routed tokens per expert of every MoE layer."""
-    rec: dict[str, Any] = {key: (float(s[key]) / n if n and key in s else None)
-                           for key in ("loss", "loss_ctc", "loss_att")}
+    """Window means of the branch losses (each step's is already a per-utterance mean; the trainer
+    reports the total `loss`), the L2R token accuracy, and the routed tokens per expert of every MoE layer."""
+    rec: dict[str, Any] = {key: (float(s[key]) / n if n and key in s else None) for key in ("loss_ctc", "loss_att")}
     rec["th_accuracy"] = float(s["att_hits"] / s["att_tokens"]) if n and s.get("att_tokens", 0) > 0 else None
     for key in sorted(k for k in s if k.startswith("load_")):
         per_layer = np.asarray(s[key]).reshape(-1, np.asarray(s[key]).shape[-1])
