@@ -272,6 +272,35 @@ class MixtureConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpeechDataConfig:
+    """The U2++ pipeline (data/speech_pipeline.py): length buckets and WeNet's train-time augmentation."""
+
+    # Padded fbank frames of each bucket, ascending; an utterance goes to the first bucket that
+    # holds it, longer ones are left out. Empty: one bucket of data.max_audio_seconds.
+    bucket_frames: tuple[int, ...] = ()
+    speed_perturb: bool = False  # speeds 0.9 / 1.0 / 1.1, drawn per utterance (WeNet's speed_perturb)
+    dither: float = 0.1  # Kaldi fbank dither in training (WeNet recipes: 0.1)
+    spec_aug: bool = True
+    num_t_mask: int = 2
+    num_f_mask: int = 2
+    max_t: int = 50
+    max_f: int = 10
+    spec_sub: bool = False
+    spec_sub_max_t: int = 20
+    num_t_sub: int = 3
+
+    def validate(self, prefix: str) -> None:
+        frames = list(self.bucket_frames)
+        _check(all(f > 0 for f in frames) and frames == sorted(set(frames)), f"{prefix}.bucket_frames",
+               f"must be positive and strictly ascending, got {frames}")
+        _check(self.dither >= 0, f"{prefix}.dither", f"must be >= 0, got {self.dither}")
+        for name in ("num_t_mask", "num_f_mask", "num_t_sub"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        for name in ("max_t", "max_f", "spec_sub_max_t"):
+            _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Training data: prepared records (`most data prepare`) -> task mixture -> packed batches."""
 
@@ -284,6 +313,7 @@ class DataConfig:
     packing_bins: int = 32
     num_workers: int = 0  # Grain worker processes per JAX process (0: in the main process)
     max_audio_seconds: float = 30.0  # longer utterances are skipped by `most data prepare`
+    speech: SpeechDataConfig = SpeechDataConfig()  # U2++ only
 
     def validate(self, prefix: str = "data") -> None:
         _check(self.seq_len >= 16, f"{prefix}.seq_len", f"must be >= 16, got {self.seq_len}")
@@ -293,6 +323,7 @@ class DataConfig:
         _check(self.max_audio_seconds > 0, f"{prefix}.max_audio_seconds", "must be positive")
         _check(bool(self.records), f"{prefix}.records", "must name a prepared records directory")
         self.mixture.validate(f"{prefix}.mixture")
+        self.speech.validate(f"{prefix}.speech")
 
 
 @dataclasses.dataclass(frozen=True)

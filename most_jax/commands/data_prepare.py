@@ -37,6 +37,10 @@ def register(subparsers) -> None:
                         help="formatted sequences longer than this are skipped (default 2048, the MoST length)")
     parser.add_argument("--num-shards", type=int, default=1, help="ArrayRecord shards per record kind (default 1)")
     parser.add_argument("--workers", type=int, default=2, help="processes for audio and tokenising (default 2)")
+    parser.add_argument("--family", choices=("most", "u2pp"), default="most",
+                        help="most (default): MoST records of unit ids; u2pp: U2++ utterance records (16-bit PCM + "
+                             "WeNet token ids, no --units) with the lengths index u2pp.json and the global CMVN "
+                             "statistics global_cmvn.json")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.set_defaults(handler=_run)
 
@@ -44,8 +48,10 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     if not (args.manifest or args.text or args.tfds):
         raise SystemExit("prepare: give at least one of --manifest, --text, --tfds")
+    if args.family == "u2pp" and (args.text or args.units):
+        raise SystemExit("prepare: --family u2pp takes speech only (--manifest, --tfds); drop --text and --units")
     options = PrepareOptions(args.tokenizer, args.units, args.max_audio_seconds, args.max_tokens, args.num_shards,
-                             args.workers)
+                             args.workers, family=args.family)
     try:
         items = [item for path in args.manifest for item in manifest_items(path)]
         items += [item for path in args.text for item in text_items(path)]

@@ -26,6 +26,16 @@ in report.json, skips under "skipped", repairs under "repaired":
   * audio that yields no units: skipped, "no_units"
   * a line that is not a JSON object of one of the shapes above: skipped, "bad_manifest_line"
 Output is written to a temporary sibling directory and renamed onto OUT only on success.
+
+U2++ mode (`family="u2pp"`, `most data prepare --family u2pp`): speech pairs become "utterance"
+records of 16-bit PCM (features are computed at training time, so dither and speed perturbation
+happen there) and WeNet token ids (tokenizer id + 1; 0 is the CTC blank, tokenizer size + 1 the
+sos/eos). Dialog lines and text files have no place in it: dialog lines are skipped as
+"not_an_utterance". The same bad-input policy applies, plus "clipped" (a sample beyond full scale,
+clipped to int16 and kept) among the repairs. Besides the shards it writes U2PP_FILE (the vocabulary
+size and the utterances' lengths in source order, which the length-bucketing pipeline plans with)
+and CMVN_FILE, WeNet's global CMVN statistics (JSON: mean_stat, var_stat, frame_num) of the 80-bin
+fbank (no dither) over every written utterance.
 """
 
 from __future__ import annotations
@@ -75,6 +85,7 @@ class PrepareOptions:
     max_tokens: int = 2048
     num_shards: int = 1
     workers: int = 1
+    family: str = "most"  # "most": MoST records (units); "u2pp": utterance records (PCM + WeNet ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +105,10 @@ class Outcome:
     repairs: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     units: int = 0
+    # U2++ mode: (samples, target tokens) of each utterance record, and the fbank's
+    # (sum [I], sum of squares [I], frames) for the global CMVN
+    lengths: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    cmvn: tuple[np.ndarray, np.ndarray, int] | None = None
 
 
 def load_layout(tokenizer, units_dir: str | None) -> tuple[VocabLayout, object | None]:
@@ -109,13 +124,19 @@ def load_layout(tokenizer, units_dir: str | None) -> tuple[VocabLayout, object |
     return layout, extractor
 
 
+FAMILIES = ("most", "u2pp")
+U2PP_FILE = "u2pp.json"
+CMVN_FILE = "global_cmvn.json"
+
+
 class Worker:
     """Turns items into records; one per process (holds the tokenizer and the unit extractor)."""
 
     def __init__(self, options: PrepareOptions):
         self.options = options
         self.tokenizer = load_tokenizer(options.tokenizer_dir)
-        self.layout, self.extractor = load_layout(self.tokenizer, options.units_dir)
+        self.u2pp = options.family == "u2pp"
+        self.layout, self.extractor = load_layout(self.tokenizer, None if self.u2pp else options.units_dir)
         self.formatter = Formatter(self.layout, self.tokenizer)
 
     def __call__(self, item: Item) -> Outcome:
@@ -145,11 +166,13 @@ class Worker:
             raise Skip("bad_manifest_line", f"line {item.index + 1} is not a JSON object")
         record_id = str(entry.get("id", f"line{item.index + 1}"))
         if "prompt" in entry or "response" in entry:
+            if self.u2pp:
+                raise Skip("not_an_utterance", f"line {item.index + 1} is a dialog")
             self._dialog(record_id, entry, item.manifest, out)
         elif "audio" in entry:
             text_ids = self._text(entry.get("text"))
-            units, seconds = self._audio(entry["audio"], item.manifest, out)
-            self._pair(record_id, text_ids, units, seconds, out)
+            wave = self._load_wave(entry["audio"], item.manifest, out)
+            self._speech_pair(record_id, text_ids, wave, out)
         else:
             raise Skip("bad_manifest_line", f"line {item.index + 1} has neither 'audio' nor 'prompt'/'response'")
 
@@ -171,8 +194,7 @@ class Worker:
             except UnicodeDecodeError:
                 raise Skip("non_utf8_transcript", record_id) from None
         text_ids = self._text(text)
-        units, seconds = self._wave_units(self._tfds_wave(wave, sample_rate, out), out)
-        self._pair(record_id, text_ids, units, seconds, out)
+        self._speech_pair(record_id, text_ids, self._tfds_wave(wave, sample_rate, out), out)
 
     # ----------------------------------------------------------------- pieces
     def _text(self, text) -> np.ndarray:
@@ -183,11 +205,19 @@ class Worker:
         except UnicodeEncodeError:
             raise Skip("non_utf8_transcript", repr(text)[:60]) from None
         try:
-            return self.formatter.text(self.tokenizer.encode(text.strip()))
+            ids = self.tokenizer.encode(text.strip())
+            if self.u2pp:
+                if len(ids) == 0:
+                    raise ValueError("the transcript encodes to no tokens")
+                return np.asarray(ids, np.int32) + 1  # WeNet's ids: 0 is the CTC blank
+            return self.formatter.text(ids)
         except (ValueError, TokenizerError) as err:
             raise Skip("bad_transcript", str(err)) from None
 
     def _audio(self, path, manifest: str, out: Outcome) -> tuple[np.ndarray, float]:
+        return self._wave_units(self._load_wave(path, manifest, out), out)
+
+    def _load_wave(self, path, manifest: str, out: Outcome) -> np.ndarray:
         from most_jax.speech.audio import AudioError, load_audio
         from most_jax.speech.manifest import resolve_audio_path
 
@@ -204,7 +234,7 @@ class Worker:
             out.repairs.append("resampled")
         if info.downmixed:
             out.repairs.append("downmixed")
-        return self._wave_units(wave, out)
+        return wave
 
     def _tfds_wave(self, wave: np.ndarray, sample_rate: int, out: Outcome) -> np.ndarray:
         import soxr
@@ -233,6 +263,32 @@ class Worker:
         if units.size == 0:
             raise Skip("no_units", f"{seconds:.2f} s of audio")
         return units, seconds
+
+    def _speech_pair(self, record_id: str, text_ids: np.ndarray, wave: np.ndarray, out: Outcome) -> None:
+        if not self.u2pp:
+            units, seconds = self._wave_units(wave, out)
+            self._pair(record_id, text_ids, units, seconds, out)
+            return
+        from most_jax.speech.features import fbank
+
+        seconds = len(wave) / SAMPLE_RATE
+        if seconds > self.options.max_audio_seconds:
+            raise Skip("over_length", f"{seconds:.1f} s of audio")
+        if len(text_ids) > self.options.max_tokens:
+            raise Skip("over_length", f"{len(text_ids)} tokens > {self.options.max_tokens}")
+        scaled = np.round(np.asarray(wave, np.float64) * 32768.0)
+        if np.abs(scaled).max(initial=0) > 32767:
+            out.repairs.append("clipped")
+        pcm = np.clip(scaled, -32768, 32767).astype(np.int16)
+        # CMVN and training read the stored samples, so the statistics are those of what training sees.
+        feats = fbank(pcm.astype(np.float32) / 32768.0).astype(np.float64)
+        if len(feats) == 0:
+            raise Skip("audio_too_short", f"{len(pcm)} samples make no 25 ms frame")
+        out.cmvn = (feats.sum(axis=0), (feats ** 2).sum(axis=0), len(feats))
+        record = rec.Record(record_id, "utterance", {"pcm": pcm, "target": text_ids}, seconds)
+        out.records.append(("utterance", rec.encode_record(record)))
+        out.lengths.append((len(pcm), len(text_ids)))
+        out.seconds += seconds
 
     def _check_length(self, *examples) -> None:
         longest = max(len(e) for e in examples)
@@ -412,6 +468,19 @@ class ShardWriter:
                 w.close()
 
 
+def _write_u2pp_meta(directory: Path, tokenizer, lengths: list[tuple[int, int]], num_shards: int,
+                     cmvn: tuple[np.ndarray, np.ndarray, int]) -> None:
+    """U2PP_FILE and CMVN_FILE. The writer deals records round-robin over the shards and the
+    readers chain the shards in order, so record n sits at source position (n % S, n // S)."""
+    order = [n for shard in range(num_shards) for n in range(shard, len(lengths), num_shards)]
+    meta = {"vocab_size": tokenizer.text_size + 2, "sample_rate": SAMPLE_RATE,
+            "samples": [lengths[n][0] for n in order], "target_lengths": [lengths[n][1] for n in order]}
+    (directory / U2PP_FILE).write_text(json.dumps(meta))
+    total, squares, frames = cmvn
+    (directory / CMVN_FILE).write_text(json.dumps({"mean_stat": np.asarray(total).tolist(),
+                                                    "var_stat": np.asarray(squares).tolist(), "frame_num": frames}))
+
+
 def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions, total: int | None = None,
             overwrite: bool = False, progress: TextIO | None | str = "stderr") -> dict:
     """Writes the prepared directory OUT_DIR (see most_jax/data/records.py) and returns its report.
@@ -424,15 +493,19 @@ def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions,
         raise PrepareError(f"{out_dir} already exists (use --overwrite to replace it)")
     if options.num_shards < 1:
         raise PrepareError(f"--num-shards must be >= 1, got {options.num_shards}")
+    if options.family not in FAMILIES:
+        raise PrepareError(f"--family must be one of {FAMILIES}, got {options.family!r}")
     tokenizer = load_tokenizer(options.tokenizer_dir)
     try:
-        layout, _ = load_layout(tokenizer, options.units_dir)
+        layout, _ = load_layout(tokenizer, None if options.family == "u2pp" else options.units_dir)
     except VocabError as err:
         raise PrepareError(f"vocabulary layout: {err}") from None
     start = last_print = time.monotonic()
     skipped, repaired = Counter(), Counter()
     seconds = units = 0.0
     done = 0
+    lengths: list[tuple[int, int]] = []
+    cmvn_sum, cmvn_squares, cmvn_frames = 0.0, 0.0, 0
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         writer = ShardWriter(tmp, options.num_shards)
         for outcome in _outcomes(items, options):
@@ -444,6 +517,10 @@ def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions,
             repaired.update(outcome.repairs)
             seconds += outcome.seconds
             units += outcome.units
+            lengths += outcome.lengths
+            if outcome.cmvn is not None:
+                cmvn_sum, cmvn_squares = cmvn_sum + outcome.cmvn[0], cmvn_squares + outcome.cmvn[1]
+                cmvn_frames += outcome.cmvn[2]
             now = time.monotonic()
             if progress is not None and now - last_print > 2.0:
                 last_print = now
@@ -463,9 +540,14 @@ def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions,
             "elapsed_seconds": time.monotonic() - start,
             "num_shards": options.num_shards,
         }
-        (tmp / rec.LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=2))
+        if options.family == "u2pp":
+            if not lengths:
+                raise PrepareError("no utterance was written (see the skipped counts above); nothing to train on")
+            _write_u2pp_meta(tmp, tokenizer, lengths, options.num_shards, (cmvn_sum, cmvn_squares, cmvn_frames))
+        else:
+            (tmp / rec.LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=2))
         copy_tokenizer(options.tokenizer_dir, tmp / rec.TOKENIZER_DIR)
-        if options.units_dir is not None:
+        if options.units_dir is not None and options.family == "most":
             # Generation and evaluation extract units from new audio with this same codebook.
             shutil.copytree(options.units_dir, tmp / rec.UNITS_DIR)
         (tmp / rec.REPORT_FILE).write_text(json.dumps(report, indent=2))

@@ -15,6 +15,9 @@ A record is a JSON header line followed by little-endian int32 arrays, so readin
 Header: {"id", "kind", "seconds", "arrays": {name: length}}. Array names: "text" and "units"
 (pair, text); "instruction" (optional), "prompt_text" | "prompt_units", "response_text" |
 "response_units" (dialog kinds). Text arrays hold text token ids, unit arrays hold unit ids 0..K-1 (not token ids).
+The U2++ kind "utterance" (`most data prepare --family u2pp`) holds "pcm", 16 kHz mono 16-bit samples,
+stored as little-endian int16 (the header's optional "dtypes" names arrays that are not int32), and
+"target", the transcript's token ids in WeNet's convention (tokenizer id + 1: 0 is the CTC blank).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("pair", "text", "spoken_qa_text", "spoken_qa_speech", "instruct")
+KINDS = ("pair", "text", "spoken_qa_text", "spoken_qa_speech", "instruct", "utterance")
 LAYOUT_FILE = "layout.json"
 TOKENIZER_DIR = "tokenizer"
 UNITS_DIR = "units"
@@ -50,9 +53,13 @@ class Record:
 def encode_record(record: Record) -> bytes:
     if record.kind not in KINDS:
         raise RecordError(f"record {record.id!r}: unknown kind {record.kind!r}")
-    arrays = {k: np.ascontiguousarray(v, "<i4") for k, v in record.arrays.items()}
+    arrays = {k: np.ascontiguousarray(v, "<i2" if np.asarray(v).dtype == np.int16 else "<i4")
+              for k, v in record.arrays.items()}
     header = {"id": record.id, "kind": record.kind, "seconds": record.seconds,
               "arrays": {k: int(v.shape[0]) for k, v in arrays.items()}}
+    narrow = {k: "<i2" for k, v in arrays.items() if v.dtype.itemsize == 2}
+    if narrow:
+        header["dtypes"] = narrow
     return json.dumps(header).encode() + b"\n" + b"".join(v.tobytes() for v in arrays.values())
 
 
@@ -61,9 +68,11 @@ def decode_record(data: bytes) -> Record:
     try:
         header = json.loads(data[:end])
         offset, arrays = end + 1, {}
+        dtypes = header.get("dtypes", {})
         for name, length in header["arrays"].items():
-            arrays[name] = np.frombuffer(data, "<i4", count=length, offset=offset).astype(np.int32)
-            offset += 4 * length
+            dtype = np.dtype(dtypes.get(name, "<i4"))
+            arrays[name] = np.frombuffer(data, dtype, count=length, offset=offset).astype(dtype.newbyteorder("="))
+            offset += dtype.itemsize * length
         if end < 0 or offset != len(data):
             raise ValueError(f"{len(data) - offset} bytes left over after the arrays")
         return Record(header["id"], header["kind"], arrays, float(header["seconds"]))

@@ -68,6 +68,11 @@ class Family:
         optimizer state and clipping, each phase's gradients taken with the earlier phases' updates
         applied; the step reports the sum of the phases' objectives and of their `sums` (so a phase
         returns zeros for the entries it does not compute). Empty: one update of everything.
+
+    batch_specs(cfg): every step batch shape the pipeline yields (length buckets), each a batch_spec;
+        the trainer compiles one step per shape met. None: batch_spec(cfg) alone.
+    data_params(cfg): {parameter path: array} a fresh run takes from the training data rather than
+        from the initialiser (U2++: the global CMVN statistics). None: nothing.
     """
 
     name: str
@@ -84,6 +89,9 @@ class Family:
     train_flops: Callable[[Config], float] | None = None
     batches: Callable[[Config], Iterator[dict[str, np.ndarray]]] | None = None
     phases: tuple[str, ...] = ()
+
+    batch_specs: Callable[[Config], tuple[dict[str, jax.ShapeDtypeStruct], ...]] | None = None
+    data_params: Callable[[Config], dict[Path_, np.ndarray]] | None = None
 
 
 # Built-in families: name -> the module defining FAMILY, imported on first use.
@@ -144,6 +152,36 @@ def build_model(model_cfg: Any, seed: int) -> nnx.Module:
 def abstract_model(model_cfg: Any, seed: int = 0) -> nnx.Module:
     """The model with ShapeDtypeStructs for arrays (eval_shape): allocates nothing."""
     return nnx.eval_shape(lambda: build_model(model_cfg, seed))
+
+
+def step_batch_specs(cfg: Config) -> tuple[dict[str, jax.ShapeDtypeStruct], ...]:
+    """The batch shapes a training step must accept (see Family.batch_specs)."""
+    family = get_family(cfg.model)
+    return family.batch_specs(cfg) if family.batch_specs is not None else (family.batch_spec(cfg),)
+
+
+def with_data_params(cfg: Config, params: Any) -> Any:
+    """`params` with the family's data-derived leaves (Family.data_params) put in, shapes checked."""
+    family = get_family(cfg.model)
+    values = {} if family.data_params is None else dict(family.data_params(cfg))
+    if not values:
+        return params
+    unused = set(values)
+
+    def put(path, leaf):
+        names = _path_names(path)
+        if names not in values:
+            return leaf
+        unused.discard(names)
+        value = np.asarray(values[names])
+        if value.shape != tuple(leaf.shape):
+            raise ValueError(f"{'.'.join(names)}: the data gives shape {value.shape}, the model has {tuple(leaf.shape)}")
+        return value.astype(leaf.dtype)
+
+    out = jax.tree_util.tree_map_with_path(put, params)
+    if unused:
+        raise ValueError(f"model family {family.name!r}: data parameters {sorted(unused)} are not in the model")
+    return out
 
 
 def frozen_mask(model_cfg: Any, params: Any) -> Any | None:

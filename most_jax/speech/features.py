@@ -5,7 +5,10 @@ frames of 25 ms every 10 ms with snip_edges (only whole frames, the first starti
 per frame: remove the DC offset, take the raw log-energy, pre-emphasise (x[0] -= 0.97 x[0]), apply the
 povey window (Hann ** 0.85), zero-pad to a power of two, power spectrum; triangular mel filters on
 the mel scale 1127 ln(1 + f / 700) between low_freq and high_freq (<= 0 means Nyquist + high_freq);
-log with a floor of float32 epsilon. No dither, so the features are deterministic.
+log with a floor of float32 epsilon. Dither (`FrameOptions.dither` > 0, training only) adds
+dither x N(0, 1) to every sample of every frame after the 32768 scaling and before the DC removal,
+fresh noise per frame as Kaldi's ExtractWindow does; it needs a NumPy Generator. Without dither the
+features are deterministic.
 
 Input waveforms are float in [-1, 1]; they are multiplied by `wave_scale` = 32768 first, as Kaldi
 reads 16-bit samples as integers, so absolute levels (and the log floor) match Kaldi recipes.
@@ -31,12 +34,15 @@ class FrameOptions:
     window: str = "povey"
     round_to_power_of_two: bool = True
     wave_scale: float = 32768.0
+    dither: float = 0.0  # Kaldi's default is 1.0; WeNet recipes train with 0.1 and decode with 0
 
     def __post_init__(self):
         if self.window not in WINDOWS:
             raise ValueError(f"FrameOptions.window must be one of {WINDOWS}, got {self.window!r}")
         if self.frame_shift_ms <= 0 or self.frame_length_ms <= 0:
             raise ValueError("FrameOptions.frame_length_ms and frame_shift_ms must be positive")
+        if self.dither < 0:
+            raise ValueError(f"FrameOptions.dither must be >= 0, got {self.dither}")
 
     @property
     def frame_length(self) -> int:
@@ -84,7 +90,7 @@ def num_frames(num_samples: int, frame: FrameOptions) -> int:
     return 1 + (num_samples - frame.frame_length) // frame.frame_shift
 
 
-def _frames(wave: np.ndarray, frame: FrameOptions) -> np.ndarray:
+def _frames(wave: np.ndarray, frame: FrameOptions, rng: np.random.Generator | None = None) -> np.ndarray:
     wave = np.asarray(wave)
     if wave.ndim != 1:
         raise ValueError(f"waveform must be 1-D (mono), got shape {wave.shape}")
@@ -94,7 +100,12 @@ def _frames(wave: np.ndarray, frame: FrameOptions) -> np.ndarray:
     if count == 0:
         return np.zeros((0, frame.frame_length), np.float64)
     starts = np.arange(count) * frame.frame_shift
-    return wave.astype(np.float64)[starts[:, None] + np.arange(frame.frame_length)] * frame.wave_scale
+    frames = wave.astype(np.float64)[starts[:, None] + np.arange(frame.frame_length)] * frame.wave_scale
+    if frame.dither > 0:
+        if rng is None:
+            raise ValueError(f"FrameOptions.dither={frame.dither} needs a random generator (rng=)")
+        frames = frames + frame.dither * rng.standard_normal(frames.shape)
+    return frames
 
 
 def window_function(kind: str, length: int) -> np.ndarray:
@@ -111,9 +122,10 @@ def window_function(kind: str, length: int) -> np.ndarray:
     raise ValueError(f"unknown window {kind!r}; choose one of {WINDOWS}")
 
 
-def _power_spectrum(wave: np.ndarray, frame: FrameOptions) -> tuple[np.ndarray, np.ndarray]:
+def _power_spectrum(wave: np.ndarray, frame: FrameOptions,
+                    rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(power spectrum [T, fft_size/2 + 1], raw log-energy per frame [T])."""
-    frames = _frames(wave, frame)
+    frames = _frames(wave, frame, rng)
     if frame.remove_dc_offset:
         frames = frames - frames.mean(axis=1, keepdims=True)
     log_energy = np.log(np.maximum((frames ** 2).sum(axis=1), _LOG_FLOOR))
@@ -157,9 +169,10 @@ def _log_mel(power: np.ndarray, banks: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(energies, _LOG_FLOOR))
 
 
-def fbank(wave: np.ndarray, options: FbankOptions = FbankOptions()) -> np.ndarray:
-    """Log-mel filterbank energies [num_frames, num_mel_bins], float32."""
-    power, _ = _power_spectrum(wave, options.frame)
+def fbank(wave: np.ndarray, options: FbankOptions = FbankOptions(),
+          rng: np.random.Generator | None = None) -> np.ndarray:
+    """Log-mel filterbank energies [num_frames, num_mel_bins], float32 (`rng`: the dither's noise)."""
+    power, _ = _power_spectrum(wave, options.frame, rng)
     banks = mel_banks(options.num_mel_bins, options.frame, options.low_freq, options.high_freq)
     return _log_mel(power, banks).astype(np.float32)
 

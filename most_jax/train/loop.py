@@ -24,7 +24,7 @@ from most_jax.checkpoint import param_tree
 from most_jax.checkpoint.param_tree import flatten
 from most_jax.checkpoint.params_io import load_checkpoint
 from most_jax.config import Config, ConfigError, config_from_dict, to_dict
-from most_jax.models.family import frozen_mask, get_family
+from most_jax.models.family import frozen_mask, get_family, step_batch_specs, with_data_params
 from most_jax.train.checkpoints import CheckpointError, TrainCheckpointManager
 from most_jax.train.metrics import MetricsLogger, MetricsWindow
 from most_jax.train.optimizer import learning_rate_schedule, make_family_optimizer
@@ -134,6 +134,10 @@ def _start(cfg: Config, run_dir: Path, batches: BatchIterator, ckpt: TrainCheckp
         state = init_state(cfg.model, optimizer, cfg.train.seed, shardings, params)
         if init_from is not None:
             say(f"parameters from {init_from}")
+        else:
+            # Leaves the data determines (U2++'s global CMVN) replace their initial values; the
+            # optimizer state (zeros) does not depend on them.
+            state = state._replace(params=jax.device_put(with_data_params(cfg, state.params), shardings.params))
     return _Loop(cfg, run_dir, batches, ckpt, say, console).run(
         state, make_train_step(graphdef, cfg, optimizer, schedule, state_shardings=shardings,
                                batch_sharding=batch_sharding),
@@ -153,13 +157,25 @@ class _Loop:
             self.say(f"nothing to do: the state is at step {step}, the run ends at step {end}")
             return RunResult(step, None, None)
         family = get_family(self.cfg.model)
-        spec = family.batch_spec(self.cfg)
-        local_rows = next(iter(spec.values())).shape[0] // jax.process_count()
-        batch_abstract = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding) for k, s in spec.items()}
-        started = time.perf_counter()
-        compiled = step_fn.lower(target, batch_abstract).compile()
-        self.say(f"compiled the train step in {time.perf_counter() - started:.1f} s; steps {step + 1}..{end} "
-                 f"of {cfg.steps}, run dir {self.run_dir}")
+        specs = step_batch_specs(self.cfg)
+        local_rows = next(iter(specs[0].values())).shape[0] // jax.process_count()
+        compiled: dict[int, Any] = {}
+
+        def step_for(batch) -> tuple[dict, Any]:
+            """The batch's spec and the step compiled for it (one per shape, on first use)."""
+            which = _matching_spec(batch, specs, local_rows)
+            if which not in compiled:
+                spec = specs[which]
+                abstract = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding) for k, s in spec.items()}
+                started = time.perf_counter()
+                compiled[which] = step_fn.lower(target, abstract).compile()
+                seconds = time.perf_counter() - started
+                self.window.start += seconds  # throughput counts steps, not compilation
+                shape = ", ".join(f"{k} {list(s.shape)}" for k, s in spec.items())
+                self.say(f"compiled the train step in {seconds:.1f} s for {shape}")
+            return specs[which], compiled[which]
+
+        self.say(f"steps {step + 1}..{end} of {cfg.steps}, run dir {self.run_dir}")
         self.logger = MetricsLogger(self.run_dir, total_steps=cfg.steps, start_step=step, stream=self.console)
         self.window = MetricsWindow(self.cfg)
         self.last_record = None
@@ -172,9 +188,9 @@ class _Loop:
                         stopped_by = signals.received
                         break
                     batch = _next_batch(self.batches, step)
-                    check_batch(batch, spec, rows=local_rows)
+                    spec, step_compiled = step_for(batch)
                     family.check_batch(batch, self.cfg.model)
-                    state, metrics = compiled(state, put_batch({k: batch[k] for k in spec}, batch_sharding))
+                    state, metrics = step_compiled(state, put_batch({k: batch[k] for k in spec}, batch_sharding))
                     step += 1
                     if pending is not None:
                         self._consume(*pending, end)
@@ -218,6 +234,18 @@ class _Loop:
         self.last_record = self.window.record(step, now)
         self.logger.write(self.last_record)
         self.window.reset(now)
+
+
+def _matching_spec(batch: dict[str, np.ndarray], specs: tuple[dict, ...], rows: int) -> int:
+    """Index of the spec whose shapes the batch has (rows: this process's share); a batch matching
+    none fails check_batch against the last (largest) spec, which names the offending key."""
+    for i, spec in enumerate(specs):
+        if all(k in batch and np.shape(batch[k]) == (rows, *s.shape[1:]) for k, s in spec.items()):
+            check_batch(batch, spec, rows=rows)
+            return i
+    check_batch(batch, specs[-1], rows=rows)
+    raise ValueError(f"batch shapes {({k: np.shape(v) for k, v in batch.items()})} match none of the "
+                     f"{len(specs)} step shapes of the model family")
 
 
 def _next_batch(batches: Iterator, step: int) -> dict[str, np.ndarray]:

@@ -1,11 +1,12 @@
 """The U2++ family for the generic machinery (models/family.py): build, batch, loss, metrics.
 
-A batch holds WeNet's keys, padded to fixed shapes: feats float32 [B, U, I] (U: the frames of
-`data.max_audio_seconds` of audio at the front end's 10 ms shift), feats_lengths int32 [B], target
-int32 [B, T] (T = data.seq_len tokens; ids 1..vocab_size-2, padding ignored) and target_lengths
-int32 [B]. WeNet divides its losses by the batch's utterances (or tokens), so every micro-batch
-divides by the whole step's counts and the shares add up. There is no U2++ data pipeline yet
-(`batches` is None): training reads batches that the caller provides.
+A batch holds WeNet's keys, padded to fixed shapes: feats float32 [B, U, I] (U: one of the length
+buckets' frames, data.speech.bucket_frames, by default the frames of `data.max_audio_seconds` of
+audio at the front end's 10 ms shift), feats_lengths int32 [B], target int32 [B, T] (T =
+data.seq_len tokens; ids 1..vocab_size-2, padding ignored) and target_lengths int32 [B]. WeNet
+divides its losses by the batch's utterances (or tokens), so every micro-batch divides by the whole
+step's counts and the shares add up. `batches` reads records of `most data prepare --family u2pp`
+(data/speech_pipeline.py); a fresh run takes the encoder's global CMVN from those records.
 """
 
 from __future__ import annotations
@@ -21,15 +22,23 @@ from most_jax.config import Config, MoEConfig, U2ppConfig
 from most_jax.models.family import Family, LossContext
 from most_jax.models.u2pp.loss import u2pp_loss
 from most_jax.models.u2pp.model import U2pp
-from most_jax.speech.features import FrameOptions, num_frames
+from most_jax.data.buckets import bucket_frames
 
 BATCH_KEYS = ("feats", "feats_lengths", "target", "target_lengths")
 
 
 def batch_spec(cfg: Config) -> dict[str, jax.ShapeDtypeStruct]:
-    frame = FrameOptions()
+    """The largest step batch (the longest bucket)."""
+    return _spec(cfg, bucket_frames(cfg.data)[-1])
+
+
+def batch_specs(cfg: Config) -> tuple[dict[str, jax.ShapeDtypeStruct], ...]:
+    """One step batch per length bucket, shortest first."""
+    return tuple(_spec(cfg, u) for u in bucket_frames(cfg.data))
+
+
+def _spec(cfg: Config, u: int) -> dict[str, jax.ShapeDtypeStruct]:
     b = cfg.data.batch_size
-    u = num_frames(int(round(cfg.data.max_audio_seconds * frame.sample_rate)), frame)
     return {"feats": jax.ShapeDtypeStruct((b, u, cfg.model.input_dim), np.float32),
             "feats_lengths": jax.ShapeDtypeStruct((b,), np.int32),
             "target": jax.ShapeDtypeStruct((b, cfg.data.seq_len), np.int32),
@@ -106,6 +115,21 @@ def frozen(path: tuple[str, ...]) -> bool:
     return path[:2] == ("encoder", "global_cmvn")
 
 
+def _batches(cfg: Config):
+    """Length-bucketed, augmented batches of the prepared utterances `data.records`."""
+    from most_jax.data.speech_pipeline import build_speech_dataset  # Grain: only where training reads data
+
+    return iter(build_speech_dataset(cfg))
+
+
+def data_params(cfg: Config) -> dict[tuple[str, ...], np.ndarray]:
+    """The encoder's global CMVN (mean, istd) from the training records' statistics."""
+    from most_jax.data.speech_pipeline import SpeechData
+
+    mean, istd = SpeechData(cfg.data.records).cmvn()
+    return {("encoder", "global_cmvn", "mean"): mean, ("encoder", "global_cmvn", "istd"): istd}
+
+
 def _build(model_cfg: U2ppConfig, rngs: nnx.Rngs) -> U2pp:
     return U2pp(model_cfg, rngs=rngs)
 
@@ -113,4 +137,4 @@ def _build(model_cfg: U2ppConfig, rngs: nnx.Rngs) -> U2pp:
 FAMILY = Family(
     name="u2pp", config_class=U2ppConfig, build=_build, batch_spec=batch_spec, step_totals=step_totals,
     loss_fn=loss_fn, summarise=summarise, count_tokens=count_tokens, moe_layers=moe_layers, check_batch=check_batch,
-    frozen=frozen)
+    frozen=frozen, batches=_batches, batch_specs=batch_specs, data_params=data_params)
