@@ -72,6 +72,9 @@ class ModalityGroup:
     num_experts: int = 1
 
 
+NORM_TOPK_READINGS = ("divide_then_scale", "divide_or_scale", "scale_only")
+
+
 @dataclasses.dataclass(frozen=True)
 class MoEConfig:
     num_experts: int = 64
@@ -86,6 +89,11 @@ class MoEConfig:
     topk_group: int = 1
     norm_topk_prob: bool = False
     routed_scaling_factor: float = 1.0
+    # How the top-k routing weights read norm_topk_prob (they agree when it is false):
+    # "divide_then_scale" (MoST, SPEC section 1): w / sum(w) if norm_topk_prob, then * routed_scaling_factor;
+    # "divide_or_scale" (DeepSeek-V2's remote code): w / sum(w) if norm_topk_prob, else * routed_scaling_factor;
+    # "scale_only" (transformers' deepseek_v2, which ignores the flag): w * routed_scaling_factor.
+    norm_topk_reading: str = "divide_then_scale"
     # Empty: every token may use every expert (plain DeepSeek-V2). Otherwise the MAMoE mask.
     modality_groups: tuple[ModalityGroup, ...] = ()
     # Sequence-level (seq_aux=True) or batch-level balance loss weight (DeepSeek `aux_loss_alpha`).
@@ -111,6 +119,13 @@ class MoEConfig:
     activation: str = "silu"  # the "ffn" expert's act: "silu" (WeNet's swish) or "relu"
     expert_bias: bool = True  # "ffn" experts only (WeNet's mlp_bias)
 
+    def topk_weight_rule(self) -> tuple[bool, float]:
+        """(divide by the sum of the k weights, then multiply by this factor): norm_topk_prob as read
+        by `norm_topk_reading`."""
+        divide = self.norm_topk_prob and self.norm_topk_reading != "scale_only"
+        keep_scale = not (divide and self.norm_topk_reading == "divide_or_scale")
+        return divide, self.routed_scaling_factor if keep_scale else 1.0
+
     def validate(self, prefix: str) -> None:
         _check(self.router in ("mamoe", "topk_softmax"), f"{prefix}.router",
                f"must be 'mamoe' or 'topk_softmax', got {self.router!r}")
@@ -129,6 +144,8 @@ class MoEConfig:
         _check(0 < self.top_k <= self.num_experts, f"{prefix}.top_k",
                f"must be in 1..num_experts={self.num_experts}, got {self.top_k}")
         _check(self.scoring in ("softmax", "sigmoid"), f"{prefix}.scoring", f"unknown scoring {self.scoring!r}")
+        _check(self.norm_topk_reading in NORM_TOPK_READINGS, f"{prefix}.norm_topk_reading",
+               f"must be one of {', '.join(map(repr, NORM_TOPK_READINGS))}, got {self.norm_topk_reading!r}")
         _check(self.topk_method in ("greedy", "group_limited_greedy"), f"{prefix}.topk_method",
                f"unknown method {self.topk_method!r}")
         _check(self.dispatch in ("auto", "dropless", "capacity", "reference", "expert_parallel"), f"{prefix}.dispatch",

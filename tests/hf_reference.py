@@ -54,10 +54,11 @@ def original_most_modality(tokens: np.ndarray) -> np.ndarray:
 
 
 def install_spec_gates(model: DeepseekV2ForCausalLM, groups: list[tuple[int, int, int]], norm_topk_prob: bool,
-                       modality: dict) -> None:
+                       modality: dict, divide_or_scale: bool = False) -> None:
     """Replaces every MoE router's forward by the SPEC MAMoE gate: softmax over all experts, scores
     outside the token's modality group zeroed (no renormalisation), group-limited selection over the
-    masked scores, top-k, weights divided by their sum if norm_topk_prob, times routed_scaling_factor.
+    masked scores, top-k, weights divided by their sum if norm_topk_prob, times routed_scaling_factor
+    (with `divide_or_scale`, DeepSeek-V2's remote code: times routed_scaling_factor only if not divided).
     `groups` holds (modality, first_expert, num_experts); empty means every expert for every token.
     `modality["ids"]` ([B, T]) is read at each forward."""
 
@@ -79,7 +80,9 @@ def install_spec_gates(model: DeepseekV2ForCausalLM, groups: list[tuple[int, int
         weight_NK, expert_NK = scores_NE.topk(gate.top_k, dim=-1)
         if norm_topk_prob:
             weight_NK = weight_NK / (weight_NK.sum(dim=-1, keepdim=True) + 1e-20)
-        return logits_NE, weight_NK * gate.routed_scaling_factor, expert_NK
+        if not (norm_topk_prob and divide_or_scale):
+            weight_NK = weight_NK * gate.routed_scaling_factor
+        return logits_NE, weight_NK, expert_NK
 
     for layer in model.model.layers:
         if hasattr(layer.mlp, "gate"):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,7 @@ def yarn(factor=4.0, **extra):
 
 
 # name -> (transformers config overrides, reference gate: "hf" (transformers' own) or "spec").
-# transformers' router ignores norm_topk_prob, so those variants are checked against the SPEC gate.
+# transformers' router ignores norm_topk_prob; saved by transformers (no auto_map), so must the import.
 VARIANTS = {
     "mha_yarn_equal_mscale": (dict(rope_parameters=yarn(mscale=0.707, mscale_all_dim=0.707)), "hf"),
     "q_lora_scaled_no_dense": (dict(q_lora_rank=7, first_k_dense_replace=0, routed_scaling_factor=2.5), "hf"),
@@ -28,11 +30,11 @@ VARIANTS = {
              first_k_dense_replace=2, routed_scaling_factor=1.5,
              rope_parameters=yarn(factor=5.0, mscale=0.9, mscale_all_dim=0.6)), "hf"),
     "norm_topk_yarn_mscale_only": (
-        dict(norm_topk_prob=True, routed_scaling_factor=1.7, rope_parameters=yarn(mscale=1.3)), "spec"),
+        dict(norm_topk_prob=True, routed_scaling_factor=1.7, rope_parameters=yarn(mscale=1.3)), "hf"),
     "tied_q_lora_group_limited_norm_topk": (
         dict(tie_word_embeddings=True, q_lora_rank=5, first_k_dense_replace=0, n_shared_experts=2,
              topk_method="group_limited_greedy", n_group=2, topk_group=1, norm_topk_prob=True,
-             rope_parameters=yarn(mscale_all_dim=0.8)), "spec"),
+             rope_parameters=yarn(mscale_all_dim=0.8)), "hf"),
 }
 
 
@@ -44,8 +46,6 @@ def tokens_for(vocab: int, seed: int = 1) -> np.ndarray:
 def test_deepseek_v2_parity(name, tmp_path):
     overrides, gate = VARIANTS[name]
     model = tiny_model(**overrides)
-    if gate == "spec":
-        install_spec_gates(model, [], model.config.norm_topk_prob, {})
     model.save_pretrained(tmp_path / "hf")
     tokens = tokens_for(model.config.vocab_size)
     ref = hf_logits(model, tokens)
@@ -53,6 +53,31 @@ def test_deepseek_v2_parity(name, tmp_path):
     assert ours.shape == ref.shape and ours.dtype == np.float32
     assert np.abs(ours - ref).max() <= TOL, np.abs(ours - ref).max()
     assert np.abs(ref).max() > 1.0  # the weights are large enough for the comparison to mean something
+
+
+# DeepSeek-V2's remote code (modeling_deepseek.py, named by the release config's auto_map).
+REMOTE_CODE_AUTO_MAP = {"AutoConfig": "configuration_deepseek.DeepseekV2Config",
+                        "AutoModelForCausalLM": "modeling_deepseek.DeepseekV2ForCausalLM"}
+
+
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+def test_remote_code_reading(norm_topk_prob, tmp_path, capsys):
+    """A config with DeepSeek's auto_map is read as its remote code reads norm_topk_prob (divide or
+    scale), and the import says so; transformers' reading (scale only) would differ by far more."""
+    model = tiny_model(seed=9, norm_topk_prob=norm_topk_prob, routed_scaling_factor=1.7)
+    hf_dir = write_checkpoint(tmp_path / "hf", release_tensors(model, fused=False),
+                              release_config(model, auto_map=REMOTE_CODE_AUTO_MAP))
+    tokens = tokens_for(model.config.vocab_size, seed=10)
+    transformers_reading = hf_logits(model, tokens)
+    install_spec_gates(model, [], norm_topk_prob, {}, divide_or_scale=True)
+    ref = hf_logits(model, tokens)
+    ours = cli_logits(hf_dir, tmp_path, tokens)
+    assert "norm_topk_reading divide_or_scale" in capsys.readouterr().out
+    assert np.abs(ours - ref).max() <= TOL, np.abs(ours - ref).max()
+    if norm_topk_prob:
+        assert np.abs(transformers_reading - ref).max() > 0.1
+    else:
+        assert np.abs(transformers_reading - ref).max() <= TOL
 
 
 @pytest.mark.parametrize("layout", ["release_per_expert", "fused", "sharded"])
@@ -127,3 +152,35 @@ def test_bfloat16_import_is_rounded_float32(tmp_path):
     assert bf16.dtype == np.float32
     # bf16 weights and compute: close to float32, but not equal (the conversion really rounded).
     assert 1e-4 < np.abs(bf16 - f32).max() < 0.1 * np.abs(f32).max()
+
+
+def test_export_runs_in_transformers_or_refuses(tmp_path):
+    """A transformers deepseek_v2 with norm_topk_prob true -> import -> export: transformers loads the
+    export and gives the original logits. A model that divides its top-k weights (the remote code's
+    reading) has no transformers equivalent: export as deepseek_v2 refuses and says why; as MoST
+    it writes the factor MoST's divide-then-scale code needs."""
+    from transformers import DeepseekV2ForCausalLM
+
+    from most_jax.cli import main
+
+    model = tiny_model(seed=11, norm_topk_prob=True, routed_scaling_factor=1.7)
+    model.save_pretrained(tmp_path / "hf")
+    tokens = tokens_for(model.config.vocab_size, seed=12)
+    assert main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "ck")]) == 0
+    assert main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out"), "--model-type", "deepseek_v2"]) == 0
+    back = DeepseekV2ForCausalLM.from_pretrained(tmp_path / "out", experts_implementation="eager",
+                                                 attn_implementation="eager").eval()
+    diff = np.abs(hf_logits(back, tokens) - hf_logits(model, tokens)).max()
+    assert diff <= TOL, diff
+
+    remote = tiny_model(seed=13, norm_topk_prob=True, routed_scaling_factor=1.7)
+    hf_dir = write_checkpoint(tmp_path / "remote", release_tensors(remote, fused=False),
+                              release_config(remote, auto_map=REMOTE_CODE_AUTO_MAP))
+    assert main(["import-hf", str(hf_dir), str(tmp_path / "ck2")]) == 0
+    with pytest.raises(SystemExit, match="most export-hf: error: model.moe.norm_topk_prob: .*divides .*"
+                                         "'divide_or_scale'.*transformers' deepseek_v2 ignores"):
+        main(["export-hf", str(tmp_path / "ck2"), str(tmp_path / "out2"), "--model-type", "deepseek_v2"])
+    assert not (tmp_path / "out2").exists()
+    assert main(["export-hf", str(tmp_path / "ck2"), str(tmp_path / "most"), "--model-type", "MoST"]) == 0
+    written = json.loads((tmp_path / "most" / "config.json").read_text())
+    assert written["norm_topk_prob"] is True and written["routed_scaling_factor"] == 1.0

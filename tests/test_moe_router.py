@@ -22,6 +22,12 @@ CASES = {
                                             norm_topk_prob=True, routed_scaling_factor=2.5, seq_aux=False),
     "groups_norm_scaled_zloss": MoEConfig(num_experts=9, top_k=2, modality_groups=THREE_GROUPS, norm_topk_prob=True,
                                           routed_scaling_factor=1.7, z_loss_alpha=0.01),
+    "norm_divide_or_scale": MoEConfig(num_experts=7, top_k=3, norm_topk_prob=True, routed_scaling_factor=1.7,
+                                      norm_topk_reading="divide_or_scale"),
+    "norm_scale_only": MoEConfig(num_experts=7, top_k=3, norm_topk_prob=True, routed_scaling_factor=1.7,
+                                 norm_topk_reading="scale_only"),
+    "unnormed_divide_or_scale": MoEConfig(num_experts=7, top_k=3, routed_scaling_factor=1.7,
+                                          norm_topk_reading="divide_or_scale"),
     "no_groups_greedy": MoEConfig(num_experts=7, top_k=3, aux_loss_alpha=0.01),
     "no_groups_group_limited": MoEConfig(num_experts=12, top_k=3, topk_method="group_limited_greedy", n_group=4,
                                          topk_group=2, seq_aux=False),
@@ -85,9 +91,20 @@ def numpy_route(x, modality, valid, gate, cfg: MoEConfig):
             pick_from = np.where(keep_mask, s, 0.0)
         chosen = np.argsort(-pick_from, kind="stable")[:k]
         w = s[chosen]
-        if cfg.norm_topk_prob:
-            w = w / (w.sum() + 1e-20)
-        dense[n, chosen] = w * cfg.routed_scaling_factor
+        # SPEC section 1's three readings of norm_topk_prob, spelled as each implementation does.
+        if cfg.norm_topk_reading == "divide_then_scale":  # MoST / DeepSeek-V3
+            if cfg.norm_topk_prob:
+                w = w / (w.sum() + 1e-20)
+            w = w * cfg.routed_scaling_factor
+        elif cfg.norm_topk_reading == "divide_or_scale":  # DeepSeek-V2 remote code
+            if cfg.norm_topk_prob:
+                w = w / (w.sum() + 1e-20)
+            else:
+                w = w * cfg.routed_scaling_factor
+        else:  # transformers' deepseek_v2
+            assert cfg.norm_topk_reading == "scale_only"
+            w = w * cfg.routed_scaling_factor
+        dense[n, chosen] = w
 
     active = group_of >= 0
     slots = (dense != 0).astype(np.float64)

@@ -12,9 +12,16 @@ Spellings accepted on import:
 * MoST adds `use_modality_aware_routing`, `text_expert_indices`, `audio_expert_indices`: each index
   list must be a contiguous range and becomes a modality group (text = modality 0, audio = 1).
   Token ids map to modalities with the original MoST vocabulary layout (`VocabConfig` defaults).
+* `norm_topk_prob` is read as the code that runs the checkpoint reads it (SPEC section 1):
+  MoST's code divides then scales; a deepseek_v2 config with DeepSeek's `auto_map` runs the remote
+  code, which divides or scales; any other deepseek_v2 config runs transformers' class, which only
+  scales. Import records that as `MoEConfig.norm_topk_reading` (norm_topk_reading_of).
 
 Export writes the release spelling (what DeepSeek-V2-Lite and MoST ship), which reads back to the
-same ModelConfig (for MoST, with the vocabulary layout in our own field `most_jax_vocab`). Fields that would change the computation in ways we do not implement (another
+same ModelConfig (for MoST, with the vocabulary layout in our own field `most_jax_vocab`), up to
+the top-k weight rule: the exported norm_topk_prob / routed_scaling_factor are those for which the
+reader (MoST's code, or transformers for deepseek_v2) computes our weights, and a model whose
+weights transformers cannot compute (one that divides) is refused for deepseek_v2. Fields that would change the computation in ways we do not implement (another
 activation, biases, `moe_layer_freq != 1`, sigmoid scoring, other rope types...) are errors naming
 the field and the file.
 """
@@ -147,11 +154,26 @@ def _moe_from_hf(hf: HFConfig) -> MoEConfig:
         n_group=int(hf.get("n_group", 1)),
         topk_group=int(hf.get("topk_group", 1)),
         norm_topk_prob=bool(hf.get("norm_topk_prob", False)),
+        norm_topk_reading=norm_topk_reading_of(hf)[0],
         routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
         modality_groups=_modality_groups(hf, num_experts),
         aux_loss_alpha=float(hf.get("aux_loss_alpha", 0.001)),
         seq_aux=bool(hf.get("seq_aux", True)),
     )
+
+
+def norm_topk_reading_of(hf: HFConfig) -> tuple[str, str]:
+    """(MoEConfig.norm_topk_reading, why): how the implementation that wrote `hf` reads norm_topk_prob.
+    MoST's config is MoST's reading; a deepseek_v2 config with an `auto_map` is run by DeepSeek's
+    remote code; any other deepseek_v2 config by transformers' own class."""
+    if hf.data.get("model_type") == "MoST":
+        return "divide_then_scale", "model_type MoST"
+    auto_map = hf.get("auto_map", {})
+    if auto_map:
+        if not isinstance(auto_map, Mapping):
+            raise hf.error("auto_map", f"expected an object naming the remote code's classes, got {auto_map!r}")
+        return "divide_or_scale", f"auto_map names DeepSeek's remote code ({', '.join(sorted(map(str, auto_map)))})"
+    return "scale_only", "deepseek_v2 without auto_map: transformers' DeepseekV2 class"
 
 
 def _modality_groups(hf: HFConfig, num_experts: int) -> tuple[ModalityGroup, ...]:
@@ -288,6 +310,7 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
     if not dense_model:
         if moe.scoring != "softmax":
             raise ConfigError(f"model.moe.scoring: {moe.scoring!r} has no Hugging Face DeepSeek-V2 equivalent")
+        norm_topk_prob, routed_scaling_factor = _exported_topk_weights(moe, model_type)
         out.update({
             "n_routed_experts": moe.num_experts,
             "num_experts_per_tok": moe.top_k,
@@ -298,8 +321,8 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
             "topk_method": moe.topk_method,
             "n_group": moe.n_group,
             "topk_group": moe.topk_group,
-            "norm_topk_prob": moe.norm_topk_prob,
-            "routed_scaling_factor": moe.routed_scaling_factor,
+            "norm_topk_prob": norm_topk_prob,
+            "routed_scaling_factor": routed_scaling_factor,
             "aux_loss_alpha": moe.aux_loss_alpha,
             "seq_aux": moe.seq_aux,
         })
@@ -309,6 +332,24 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
     elif moe.modality_groups and not dense_model:
         raise ConfigError("model.moe.modality_groups: deepseek_v2 has no modality routing; export as MoST")
     return out
+
+
+def _exported_topk_weights(moe: MoEConfig, model_type: str) -> tuple[bool, float]:
+    """(norm_topk_prob, routed_scaling_factor) for which the reader of `model_type` computes the
+    routing weights of `moe`: MoST's code divides then scales; transformers' deepseek_v2 (what reads
+    an export without auto_map) only scales, so a model that divides cannot be written for it."""
+    divide, scale = moe.topk_weight_rule()
+    if model_type == "MoST":
+        return divide, scale
+    if divide:
+        raise ConfigError(
+            f"model.moe.norm_topk_prob: this model divides its top-k weights by their sum "
+            f"(norm_topk_reading {moe.norm_topk_reading!r}), which transformers' deepseek_v2 ignores, so its "
+            f"logits would differ; export as MoST, or set model.moe.norm_topk_reading=scale_only if that is "
+            f"the model you mean")
+    if moe.norm_topk_reading == "scale_only":
+        return moe.norm_topk_prob, scale  # transformers ignores the flag: keep what the checkpoint said
+    return False, scale
 
 
 def _most_routing_fields(moe: MoEConfig, dense_model: bool) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from most_jax.checkpoint.hf_config import norm_topk_reading_of, read_hf_config
 from most_jax.checkpoint.hf_import import HFImportError, import_hf
 from most_jax.checkpoint.params_io import CheckpointError
 from most_jax.checkpoint.safetensors_file import SafetensorsError
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         sizes = None if args.mesh is None else mesh_sizes(args.mesh)
         cfg = import_hf(args.hf_dir, args.out_dir, args.dtype, progress=progress, mesh_sizes=sizes,
                         compress=args.compress)
+        reading, why = norm_topk_reading_of(read_hf_config(args.hf_dir))
     except (HFImportError, ConfigError, CheckpointError, SafetensorsError) as e:
         raise SystemExit(f"most import-hf: error: {e}") from None
     m = cfg.model
@@ -67,4 +69,5 @@ def run(args: argparse.Namespace) -> int:
                        for g in m.moe.modality_groups) or "none"
     print(f"wrote {args.out_dir}: {m.num_layers} layers ({m.first_k_dense_replace} dense), "
           f"{m.moe.num_experts} experts top-{m.moe.top_k}, modality groups: {groups}, dtype {args.dtype}")
+    print(f"top-k weights: norm_topk_prob {str(m.moe.norm_topk_prob).lower()}, norm_topk_reading {reading} ({why})")
     return 0

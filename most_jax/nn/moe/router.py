@@ -4,7 +4,8 @@ Pure functions on arrays. Two modes (`MoEConfig.router`):
 
 - `mamoe` follows SPEC section 1 ("MAMoE gate"): softmax (or sigmoid) over ALL routed experts,
   out-of-group scores zeroed with no renormalisation, top-k over the masked scores, weights = the
-  masked scores (divided by their sum only if norm_topk_prob) times routed_scaling_factor; balance
+  masked scores (divided by their sum only if norm_topk_prob) times routed_scaling_factor, as the
+  config's `norm_topk_reading` reads the flag (MoEConfig.topk_weight_rule); balance
   loss and z-loss.
 - `topk_softmax` is WeNet's MoEFFNLayer: top-k of the raw logits, weights = softmax over the k
   chosen logits, no auxiliary loss and no z-loss (both zero). `scoring`, `topk_method`,
@@ -117,9 +118,10 @@ def select_experts(masked_NE: jax.Array, allowed_NE: jax.Array, cfg: MoEConfig) 
 
 def routing_weights(masked_NE: jax.Array, expert_NK: jax.Array, cfg: MoEConfig) -> jax.Array:
     weight_NK = jnp.take_along_axis(masked_NE, expert_NK, axis=-1)
-    if cfg.norm_topk_prob:
+    divide, scale = cfg.topk_weight_rule()
+    if divide:
         weight_NK = weight_NK / (jnp.sum(weight_NK, axis=-1, keepdims=True) + _NORM_EPS)
-    return weight_NK * cfg.routed_scaling_factor
+    return weight_NK * scale
 
 
 def expert_counts(expert_NK: jax.Array, active_N: jax.Array, num_experts: int) -> jax.Array:
