@@ -5,6 +5,10 @@ sub-command (named as the module, `_` spelled `-`) and sets `handler` to a funct
 parsed arguments. Only the module of the command asked for is imported (the others pull in
 data, speech or training stacks that a conversion does not need); `most --help`, no command or
 an unknown one imports them all, so the help lists every command.
+
+Errors that report bad input (config, YAML, file, argument: see user_error) end the command with
+one line `most <command>: error: ...` on stderr and exit status 2, not a traceback; anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -59,7 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         gc.enable()
     args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except Exception as e:
+        if not user_error(e):
+            raise
+        print(f"most {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def user_error(e: BaseException) -> bool:
+    """Whether `e` reports bad input rather than a bug: the project's own error types (each names its
+    file, field or argument), files that cannot be read or written, and YAML that does not parse."""
+    module = type(e).__module__ or ""
+    return module.startswith("most_jax.") or isinstance(e, OSError) or module.startswith("yaml")
 
 
 if __name__ == "__main__":

@@ -282,9 +282,17 @@ def test_most_logits_with_a_mesh_equals_one_device(tmp_path):
     assert cli.main(["logits", *common, "--output", str(tmp_path / "ep.npz"), "--mesh", "data=2,expert=4"]) == 0
     one, ep = (np.load(tmp_path / f"{n}.npz")["logits"] for n in ("one", "ep"))
     np.testing.assert_allclose(ep, one, atol=1e-5, rtol=0)
-    with pytest.raises(SystemExit, match="rows per pass .*=4 .* 8 ways"):
-        cli.main(["logits", *common, "--output", str(tmp_path / "x.npz"), "--mesh", "data=2,expert=4",
-                  "--batch-size", "4"])
+    # Rows that do not split 8 ways (3 rows; passes of 4 of 8 rows) are padded, the padding dropped.
+    np.savez(tmp_path / "in3.npz", tokens=np.asarray(_tokens(cfg, rows=3, length=12, seed=6)))
+    three = [str(tmp_path / "ckpt"), "--input", str(tmp_path / "in3.npz")]
+    assert cli.main(["logits", *three, "--output", str(tmp_path / "one3.npz")]) == 0
+    assert cli.main(["logits", *three, "--output", str(tmp_path / "ep3.npz"), "--mesh", "data=2,expert=4"]) == 0
+    one3, ep3 = (np.load(tmp_path / f"{n}.npz")["logits"] for n in ("one3", "ep3"))
+    assert ep3.shape == one3.shape and ep3.shape[0] == 3
+    np.testing.assert_allclose(ep3, one3, atol=1e-5, rtol=0)
+    assert cli.main(["logits", *common, "--output", str(tmp_path / "ep4.npz"), "--mesh", "data=2,expert=4",
+                     "--batch-size", "3"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "ep4.npz")["logits"], one, atol=1e-5, rtol=0)
 
 
 def test_bench_ep_reports_bytes_and_load():

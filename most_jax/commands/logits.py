@@ -33,8 +33,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=0, metavar="N",
                         help="rows per forward pass (default 0: all rows at once)")
     parser.add_argument("--mesh", default=None, metavar="AXIS=N,...",
-                        help="shard over a device mesh, e.g. data=2,expert=4 (rows per pass must split over the "
-                             "data-like axes)")
+                        help="shard over a device mesh, e.g. data=2,expert=4 (rows per pass are padded to a "
+                             "multiple of the data-like axes' product; the padding is dropped)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of the checkpoint's config, e.g. --set model.dtype=float32")
     parser.set_defaults(handler=run)
@@ -81,11 +81,10 @@ def _sharded_logits(cfg, model, mesh, tokens, modality, batch_size):
     import jax
     from flax import nnx
 
-    rows = tokens.shape[0] if batch_size <= 0 else min(batch_size, tokens.shape[0])
-    sharding.check_batch_fits(rows, 1, mesh, what="rows per pass (--batch-size, or all rows)")
     graphdef, state = nnx.split(model)
     placed = parallel.place_params(cfg.model, nnx.to_pure_dict(state), mesh)
     nnx.replace_by_pure_dict(state, placed)
     with jax.set_mesh(mesh):  # MoE layers find the expert axis here at trace time
-        return batched_logits(nnx.merge(graphdef, state), tokens, modality, batch_size)
+        return batched_logits(nnx.merge(graphdef, state), tokens, modality, batch_size,
+                              row_multiple=sharding.batch_shards(mesh))
 

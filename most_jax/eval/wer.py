@@ -1,7 +1,9 @@
-"""Word and unit error rates.
+"""Word, character and unit error rates.
 
-Text normalisation (applied to reference and hypothesis alike): lowercase; every character other
-than a-z, 0-9 and the apostrophe becomes a space; words are the whitespace-separated pieces.
+Text normalisation, the one every evaluation uses (applied to reference and hypothesis alike):
+lowercase; every character other than a-z, 0-9 and the apostrophe becomes a space; words are the
+whitespace-separated pieces. Characters (for CER) are those of the words joined by single spaces,
+the spaces included (as jiwer counts them).
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ _NOT_WORD = re.compile(r"[^a-z0-9']+")
 
 def normalize(text: str) -> list[str]:
     return _NOT_WORD.sub(" ", text.lower()).split()
+
+
+def normalized_text(text: str) -> str:
+    return " ".join(normalize(text))
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
@@ -42,3 +48,8 @@ def error_rate(refs: Sequence[Sequence], hyps: Sequence[Sequence]) -> dict:
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
     result = error_rate([normalize(r) for r in references], [normalize(h) for h in hypotheses])
     return {"wer": result["rate"], "word_errors": result["errors"], "words": result["reference_length"]}
+
+
+def character_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> dict:
+    result = error_rate([normalized_text(r) for r in references], [normalized_text(h) for h in hypotheses])
+    return {"cer": result["rate"], "char_errors": result["errors"], "chars": result["reference_length"]}

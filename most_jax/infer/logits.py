@@ -76,9 +76,10 @@ def _int_matrix(a: np.ndarray, name: str, path: Path) -> np.ndarray:
 
 
 def batched_logits(model: MoST, tokens_BT: np.ndarray, modality_BT: np.ndarray | None = None,
-                   batch_size: int = 0) -> np.ndarray:
-    """float32 [B, T, V] logits, `batch_size` rows per forward pass (0: all at once). A short last
-    chunk is padded with copies of its first row, so one compiled shape serves every chunk."""
+                   batch_size: int = 0, row_multiple: int = 1) -> np.ndarray:
+    """float32 [B, T, V] logits, `batch_size` rows per forward pass (0: all at once), rounded up to
+    a multiple of `row_multiple` (the data-parallel ways of a mesh). A short chunk is padded with
+    copies of its first row, whose logits are dropped, so one compiled shape serves every chunk."""
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -88,6 +89,7 @@ def batched_logits(model: MoST, tokens_BT: np.ndarray, modality_BT: np.ndarray |
 
     rows = tokens_BT.shape[0]
     step = rows if batch_size <= 0 else min(batch_size, rows)
+    step = -(-step // row_multiple) * row_multiple
     chunks = []
     for start in range(0, rows, step):
         real = min(step, rows - start)
