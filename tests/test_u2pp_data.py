@@ -1,6 +1,7 @@
 """U2++ data: `most data prepare --family u2pp`, WeNet's train-time processing, the bucketing
 pipeline (shapes, sharding, exact resume) and `most train` on it end to end."""
 
+import dataclasses
 import io
 import json
 
@@ -16,6 +17,7 @@ from most_jax.checkpoint.params_io import load_checkpoint
 from most_jax.cli import main as most
 from most_jax.config import SpeechDataConfig, load_config
 from most_jax.data import records as rec
+from most_jax.data.pipeline import PipelineError
 from most_jax.data.prepare import CMVN_FILE, U2PP_FILE
 from most_jax.data.speech_pipeline import SpeechData, build_speech_dataset, plan_epoch, spec_aug, spec_sub
 from most_jax.data.tokenizers import load_tokenizer
@@ -24,7 +26,7 @@ from most_jax.speech.features import FbankOptions, FrameOptions, fbank
 from most_jax.train.loop import CHECKPOINT_DIR, run_training
 
 NUM_GOOD = 14
-BUCKETS = [60, 100, 160]
+BUCKETS = [90, 160]
 
 
 def _wave(rng, seconds):
@@ -149,8 +151,7 @@ def test_spec_sub_copies_earlier_frames_only():
         for t in range(len(x)):
             if not np.array_equal(y[t], x[t]):
                 changed_any = True
-                sources = [s for s in range(t) if np.array_equal(y[t], x[s])]
-                assert sources and t - sources[0] <= t, f"frame {t} is not an earlier original frame"
+                assert any(np.array_equal(y[t], x[s]) for s in range(t)), f"frame {t} is not an earlier original frame"
         changed = [t for t in range(len(x)) if not np.array_equal(y[t], x[t])]
         assert len(changed) <= cfg.num_t_sub * cfg.spec_sub_max_t
     assert changed_any
@@ -164,7 +165,7 @@ def _cfg(root, out, **speech):
                 "expert": "ffn", "activation": activation, "expert_bias": True, "aux_loss_alpha": 0.0}
 
     model = {"family": "u2pp", "vocab_size": SpeechData(out).vocab_size,
-             "encoder": {"output_size": 16, "attention_heads": 2, "linear_units": 24, "num_blocks": 2,
+             "encoder": {"output_size": 16, "attention_heads": 2, "linear_units": 24, "num_blocks": 1,
                          "cnn_module_kernel": 3, "moe": moe("silu")},
              "decoder": {"attention_heads": 2, "linear_units": 24, "num_blocks": 1, "r_num_blocks": 1,
                          "moe": moe("relu")}}
@@ -238,21 +239,34 @@ def test_iterator_resumes_exactly_with_augmentation(prepared):
             np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_train_u2pp_on_prepared_records_resumes_exactly(prepared):
+@pytest.fixture
+def compile_cache(tmp_path):
+    """The three runs compile the same steps: a persistent cache compiles each bucket's once."""
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
+                                                   "jax_persistent_cache_min_compile_time_secs")}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    for k, v in saved.items():
+        jax.config.update(k, v)
+
+
+def test_train_u2pp_on_prepared_records_resumes_exactly(prepared, compile_cache):
     """Training through the family's pipeline (what `most train` calls) end to end: CMVN from the
-    records, one compiled step per bucket met, and a run stopped after step 3 and resumed equals
+    records, one compiled step per bucket met, and a run stopped after step 2 and resumed equals
     the straight run."""
     root, out, _, _ = prepared
     cfg, _ = _cfg(root, out, speed_perturb=True, dither=0.1, spec_aug=True, spec_sub=True)
     console = io.StringIO()
-    run_training(cfg, root / "straight", get_family(cfg.model).batches(cfg), stop_after=6, console=console)
+    run_training(cfg, root / "straight", get_family(cfg.model).batches(cfg), stop_after=5, console=console)
     straight = _losses(root / "straight")
-    assert sorted(straight) == list(range(1, 7)) and all(np.isfinite(v) for v in straight.values())
+    assert sorted(straight) == list(range(1, 6)) and all(np.isfinite(v) for v in straight.values())
     split = root / "split"
-    run_training(cfg, split, iter(build_speech_dataset(cfg)), stop_after=3, console=console)
-    run_training(cfg, split, iter(build_speech_dataset(cfg)), resume=True, stop_after=6, console=console)
+    run_training(cfg, split, iter(build_speech_dataset(cfg)), stop_after=2, console=console)
+    run_training(cfg, split, iter(build_speech_dataset(cfg)), resume=True, stop_after=5, console=console)
     assert _losses(split) == straight
-    assert console.getvalue().count("compiled the train step") >= 4  # >= 2 buckets in each of the runs
+    shapes = {line.split(" for ")[1] for line in console.getvalue().splitlines() if "compiled the train step" in line}
+    assert len(shapes) == 2, shapes  # both buckets met
     _, params = load_checkpoint(split / CHECKPOINT_DIR)
     mean, istd = SpeechData(out).cmvn()
     np.testing.assert_array_equal(params["encoder"]["global_cmvn"]["mean"], mean)  # loaded, and frozen
@@ -276,11 +290,7 @@ def test_prepare_u2pp_refuses_text_only_inputs(prepared, tmp_path):
 def test_pipeline_refuses_mismatched_vocab_and_missing_index(prepared, tmp_path):
     root, out, _, _ = prepared
     cfg, _ = _cfg(root, out)
-    import dataclasses
-
     wrong = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size + 1))
-    from most_jax.data.pipeline import PipelineError
-
     with pytest.raises(PipelineError, match="vocab_size"):
         build_speech_dataset(wrong, process_index=0, process_count=1)
     with pytest.raises(PipelineError, match=U2PP_FILE):

@@ -35,7 +35,7 @@ from most_jax.data import records as rec
 from most_jax.data.buckets import bucket_frames
 from most_jax.data.pipeline import PipelineError
 from most_jax.data.prepare import CMVN_FILE, SAMPLE_RATE, U2PP_FILE
-from most_jax.speech.features import FbankOptions, FrameOptions, fbank, num_frames
+from most_jax.speech.features import FbankOptions, FrameOptions, fbank
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,13 @@ def perturbed_samples(samples: np.ndarray, speeds: np.ndarray) -> np.ndarray:
     return np.ceil(np.asarray(samples) / np.asarray(speeds) - 1e-9).astype(np.int64)
 
 
+def frame_counts(samples: np.ndarray) -> np.ndarray:
+    """features.num_frames of every length at once (25 ms frames every 10 ms, whole frames only)."""
+    frame = FrameOptions()
+    samples = np.asarray(samples, np.int64)
+    return np.where(samples < frame.frame_length, 0, 1 + (samples - frame.frame_length) // frame.frame_shift)
+
+
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
     """One epoch's batches: rows[k] are the record indices of batch k, speeds[k] their speeds,
@@ -90,7 +97,7 @@ def plan_epoch(samples: np.ndarray, target_lengths: np.ndarray, cfg: DataConfig,
     n = len(samples)
     order = rng.permutation(n)
     speeds = rng.choice(SPEEDS, size=n) if cfg.speech.speed_perturb else np.ones(n)
-    frames = np.array([num_frames(int(s), FrameOptions()) for s in perturbed_samples(samples, speeds)])
+    frames = frame_counts(perturbed_samples(samples, speeds))
     bucket_of = np.searchsorted(buckets, frames)  # first bucket with frames <= its size
     usable = (bucket_of < len(buckets)) & (frames > 0) & (target_lengths <= cfg.seq_len) & (target_lengths > 0)
     rows, bucket = [], []
@@ -114,7 +121,7 @@ class _Plan(grain.MapDataset):
         first = self._epoch(0)
         if len(first.rows) == 0:
             raise PipelineError(self._too_few())
-        frames = np.array([num_frames(int(s), FrameOptions()) for s in self._samples])
+        frames = frame_counts(self._samples)
         left_out = int(((frames > bucket_frames(cfg)[-1]) | (self._targets > cfg.seq_len)).sum())
         if left_out:
             log.warning("%d of %d utterances are longer than the largest bucket (%d frames) or data.seq_len (%d "
