@@ -394,3 +394,24 @@ def test_expert_parallel_loss_and_gradients_equal_one_device():
         worst = max(worst, float(np.max(np.abs(np.asarray(b) - np.asarray(a)) / (1 + np.abs(np.asarray(a))))))
     print(f"expert-parallel vs one device: loss {float(obj)!r} vs {float(ref_obj)!r}, "
           f"max |dg| / (1 + |g|) = {worst:.2e}")
+
+
+def test_most_compile_compiles_a_tiny_u2pp_moe_train_step_for_a_tpu_slice(tmp_path):
+    """`most compile` on the demo config at test size (the 1B: BENCHMARKS.md, by hand)."""
+    pytest.importorskip("libtpu")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+    env.pop("XLA_FLAGS", None)
+    sets = [arg for item in TINY if not item.startswith("train.") for arg in ("--set", item)]
+    result = subprocess.run([sys.executable, "-m", "most_jax.cli", "compile", "--config", DEMO, *sets, "--topology",
+                             "v5p-8", "--mesh", "data=2,expert=2", "--json", "--dump-hlo", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["chips"] == 4 and report["mesh"]["expert"] == 2 and report["fits"]
+    b = report["per_chip_bytes"]
+    assert b["optimizer"] == pytest.approx(2 * b["params"], rel=0.05)  # Adam: two moments per param
+    assert "all-to-all" in (tmp_path / "train_step.v5p-8.hlo.txt").read_text()
