@@ -82,6 +82,7 @@ class Family:
 _MODULES = {
     "most": "most_jax.models.most_family",
     "u2pp": "most_jax.models.u2pp.family",
+    "hubert": "most_jax.models.hubert.family",
 }
 _LOADED: dict[str, Family] = {}
 
