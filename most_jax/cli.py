@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "logits",
     "compile",
     "u2pp",
+    "hubert",
     "config",
 )
 
