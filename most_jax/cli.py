@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "compile",
     "u2pp",
     "vocoder",
+    "hubert",
     "config",
     "scaling",
 )

@@ -650,6 +650,82 @@ class VocoderConfig:
         _check(0 <= self.mel_fmin < self.mel_fmax <= self.sample_rate / 2, f"{prefix}.mel_fmax",
                "needs 0 <= mel_fmin < mel_fmax <= sample_rate / 2")
 
+@dataclasses.dataclass(frozen=True)
+class HubertConfig:
+    """HuBERT (transformers' HubertConfig names and defaults = hubert-base-ls960): conv feature
+    extractor -> feature projection -> convolutional positional embedding -> Transformer encoder
+    (post-LN, or pre-LN with a final LayerNorm when `do_stable_layer_norm`).
+
+    The masked-prediction head (HuBERT pretraining: cosine logits of final_proj(x) against one
+    embedding per cluster) exists only when `num_clusters` > 0; an imported HubertModel has none."""
+
+    family: str = "hubert"
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    conv_dim: tuple[int, ...] = (512,) * 7
+    conv_kernel: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    conv_stride: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)  # product 320 samples: 50 Hz at 16 kHz
+    conv_bias: bool = False
+    feat_extract_norm: str = "group"  # group: GroupNorm after the first conv only; layer: LayerNorm after each
+    feat_extract_activation: str = "gelu"
+    feat_proj_layer_norm: bool = True
+    num_conv_pos_embeddings: int = 128  # positional conv kernel
+    num_conv_pos_embedding_groups: int = 16
+    conv_pos_batch_norm: bool = False  # BatchNorm (running statistics) before the positional conv, no weight norm
+    do_stable_layer_norm: bool = False
+    layer_norm_eps: float = 1e-5
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    feat_proj_dropout: float = 0.0
+    masked_spec_embed: bool = True  # the learned vector that replaces masked frames (HubertModel's)
+    num_clusters: int = 0  # > 0: the masked-prediction head over that many k-means units
+    final_dim: int = 256  # width of the head's projection and cluster embeddings
+    logit_temp: float = 0.1  # cosine logits are divided by this
+    mask_prob: float = 0.8  # share of frames starting a masked span (HuBERT's pretraining setting)
+    mask_length: int = 10
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = True
+
+    @property
+    def frame_rate_samples(self) -> int:
+        """Input samples per output frame (320 = 20 ms at 16 kHz for the base model)."""
+        return math.prod(self.conv_stride)
+
+    def validate(self, prefix: str = "model") -> None:
+        _check(self.family == "hubert", f"{prefix}.family", f"a HuBERT section has family 'hubert', got {self.family!r}")
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "final_dim", "mask_length"):
+            _check(getattr(self, name) > 0, f"{prefix}.{name}", "must be positive")
+        _check(self.hidden_size % self.num_attention_heads == 0, f"{prefix}.num_attention_heads",
+               f"must divide hidden_size={self.hidden_size}")
+        _check(self.hidden_size % self.num_conv_pos_embedding_groups == 0, f"{prefix}.num_conv_pos_embedding_groups",
+               f"must divide hidden_size={self.hidden_size}")
+        _check(len(self.conv_dim) > 0 and len(self.conv_dim) == len(self.conv_kernel) == len(self.conv_stride),
+               f"{prefix}.conv_dim", f"conv_dim, conv_kernel and conv_stride must have one equal, non-zero length, got "
+               f"{len(self.conv_dim)}, {len(self.conv_kernel)}, {len(self.conv_stride)}")
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
+            _check(all(v > 0 for v in getattr(self, name)), f"{prefix}.{name}", "must be positive")
+        _check(self.feat_extract_norm in ("group", "layer"), f"{prefix}.feat_extract_norm",
+               f"must be group or layer, got {self.feat_extract_norm!r}")
+        for name in ("hidden_act", "feat_extract_activation"):
+            _check(getattr(self, name) == "gelu", f"{prefix}.{name}", f"only gelu is supported, got {getattr(self, name)!r}")
+        for name in ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout"):
+            _check(0 <= getattr(self, name) < 1, f"{prefix}.{name}", "must be in [0, 1)")
+        _check(self.num_clusters >= 0, f"{prefix}.num_clusters", "must be >= 0")
+        _check(self.logit_temp > 0, f"{prefix}.logit_temp", "must be positive")
+        _check(0 <= self.mask_prob <= 1, f"{prefix}.mask_prob", "must be in [0, 1]")
+        _check(self.dtype in ("float32", "bfloat16"), f"{prefix}.dtype", f"unknown dtype {self.dtype!r}")
+        _check(self.param_dtype in ("float32", "bfloat16"), f"{prefix}.param_dtype",
+               f"unknown dtype {self.param_dtype!r}")
+        _check(self.remat in ("none", "full", "dots"), f"{prefix}.remat", f"unknown remat policy {self.remat!r}")
+
 
 MESH_AXES = ("slice", "data", "fsdp", "expert", "tensor")
 
@@ -678,7 +754,8 @@ class Config:
     """The whole run (what a checkpoint stores). Later concerns (data, train, mesh) add their own
     sections; `most demo`'s corpus settings (DemoConfig) are not one of them."""
 
-    model: ModelConfig | U2ppConfig | VocoderConfig = ModelConfig()  # by its `family` key (MODEL_SECTIONS); default most
+    # by its `family` key (MODEL_SECTIONS); default most
+    model: ModelConfig | U2ppConfig | VocoderConfig | HubertConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
@@ -702,7 +779,8 @@ def _check(ok: bool, field: str, message: str) -> None:
 # Model section class per family name: the `family` key of a model section picks one (a section
 # without it is MoST, as checkpoints written before families existed). models/family.register
 # adds the sections of families defined elsewhere.
-MODEL_SECTIONS: dict[str, type] = {"most": ModelConfig, "u2pp": U2ppConfig, "vocoder": VocoderConfig}
+MODEL_SECTIONS: dict[str, type] = {"most": ModelConfig, "u2pp": U2ppConfig, "vocoder": VocoderConfig,
+                                   "hubert": HubertConfig}
 
 
 def register_model_section(family: str, cls: type) -> None:

@@ -105,6 +105,10 @@ class HFTensors:
             raise HFImportError(f"{f.path}: tensor {name!r} has dtype {info.dtype}, expected a floating type")
         self._taken.add(name)
 
+    def skip(self, name: str) -> None:
+        """Marks `name` as used without reading it (a derived buffer such as a step counter)."""
+        self._taken.add(name)
+
     def info(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
         info = self._where[name].tensors[name]
         return info.dtype, info.shape

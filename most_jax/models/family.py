@@ -99,6 +99,7 @@ _MODULES = {
     "most": "most_jax.models.most_family",
     "u2pp": "most_jax.models.u2pp.family",
     "vocoder": "most_jax.models.vocoder.family",
+    "hubert": "most_jax.models.hubert.family",
 }
 _LOADED: dict[str, Family] = {}
 

@@ -1,4 +1,4 @@
-"""WeNet's PositionwiseFeedForward: w_2(dropout(act(w_1 x + b_1))) + b_2 (biases optional)."""
+"""WeNet's PositionwiseFeedForward (also HuBERT's feed-forward): w_2(dropout(act(w_1 x + b_1))) + b_2 (biases optional)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from flax import nnx
 from most_jax.nn.dropout import dropout
 from most_jax.nn.mlp import Linear
 
-ACTIVATIONS = {"silu": jax.nn.silu, "relu": jax.nn.relu}  # WeNet's "swish" is silu
+ACTIVATIONS = {"silu": jax.nn.silu, "relu": jax.nn.relu,  # WeNet's "swish" is silu
+               "gelu": lambda x: jax.nn.gelu(x, approximate=False)}  # torch's default (erf) GELU
 
 
 class FeedForward(nnx.Module):

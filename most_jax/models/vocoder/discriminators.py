@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from most_jax.config import VocoderConfig
-from most_jax.nn.conv import Conv1d
+from most_jax.nn.conv import WN_OUT, Conv1d
 
 _SLOPE = 0.1
 _MSD_KERNELS = (15, 41, 41, 41, 41, 41, 5)
@@ -30,9 +30,10 @@ class PeriodDiscriminator(nnx.Module):
     def __init__(self, period: int, channels: tuple[int, ...], *, rngs: nnx.Rngs):
         self.period = period
         ins = (1, *channels[:-1])
-        self.convs = nnx.List([Conv1d(i, o, 5, stride=3 if n < len(channels) - 1 else 1, padding=2, rngs=rngs)
+        self.convs = nnx.List([Conv1d(i, o, 5, stride=3 if n < len(channels) - 1 else 1, padding=2,
+                                      weight_norm=WN_OUT, rngs=rngs)
                                for n, (i, o) in enumerate(zip(ins, channels))])
-        self.conv_post = Conv1d(channels[-1], 1, 3, padding=1, rngs=rngs)
+        self.conv_post = Conv1d(channels[-1], 1, 3, padding=1, weight_norm=WN_OUT, rngs=rngs)
 
     def __call__(self, wave_BT: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         b, t = wave_BT.shape
@@ -53,9 +54,9 @@ class PeriodDiscriminator(nnx.Module):
 class ScaleDiscriminator(nnx.Module):
     def __init__(self, channels: tuple[int, ...], groups: tuple[int, ...], *, rngs: nnx.Rngs):
         ins = (1, *channels[:-1])
-        self.convs = nnx.List([Conv1d(i, o, k, stride=s, padding=(k - 1) // 2, groups=g, rngs=rngs)
+        self.convs = nnx.List([Conv1d(i, o, k, stride=s, padding=(k - 1) // 2, groups=g, weight_norm=WN_OUT, rngs=rngs)
                                for i, o, k, s, g in zip(ins, channels, _MSD_KERNELS, _MSD_STRIDES, groups)])
-        self.conv_post = Conv1d(channels[-1], 1, 3, padding=1, rngs=rngs)
+        self.conv_post = Conv1d(channels[-1], 1, 3, padding=1, weight_norm=WN_OUT, rngs=rngs)
 
     def __call__(self, wave_BT: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         h = wave_BT[..., None]

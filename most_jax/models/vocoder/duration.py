@@ -38,9 +38,9 @@ class DurationPredictor(nnx.Module):
     def __init__(self, dim: int, hidden: int, kernel: int, rate: float, *, rngs: nnx.Rngs):
         pad = (kernel - 1) // 2
         self.rate = rate
-        self.conv1 = Conv1d(dim, hidden, kernel, padding=pad, weight_norm=False, rngs=rngs)
+        self.conv1 = Conv1d(dim, hidden, kernel, padding=pad, rngs=rngs)
         self.ln1 = LayerNorm(hidden, eps=1e-5, param_dtype="float32", name=None)
-        self.conv2 = Conv1d(hidden, hidden, kernel, padding=pad, weight_norm=False, rngs=rngs)
+        self.conv2 = Conv1d(hidden, hidden, kernel, padding=pad, rngs=rngs)
         self.ln2 = LayerNorm(hidden, eps=1e-5, param_dtype="float32", name=None)
         self.proj = Linear(hidden, 1, (None, None), rngs=rngs, std=hidden ** -0.5, param_dtype="float32",
                            dtype="float32", bias=True)

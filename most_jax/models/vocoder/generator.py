@@ -16,7 +16,7 @@ from flax import nnx
 
 from most_jax.config import VocoderConfig
 from most_jax.models.vocoder.duration import DurationPredictor
-from most_jax.nn.conv import Conv1d, ConvTranspose1d
+from most_jax.nn.conv import WN_OUT, Conv1d, ConvTranspose1d
 from most_jax.nn.params import normal_param
 
 _INIT_STD = 0.01  # HiFi-GAN's init_weights: conv weights ~ N(0, 0.01)
@@ -33,7 +33,7 @@ class ResBlock(nnx.Module):
 
         def conv(d):
             return Conv1d(channels, channels, kernel, dilation=d, padding=_same_padding(kernel, d), std=_INIT_STD,
-                          rngs=rngs)
+                          weight_norm=WN_OUT, rngs=rngs)
 
         self.convs1 = nnx.List([conv(d) for d in dilations])
         self.convs2 = nnx.List([conv(1) for _ in dilations])
@@ -52,7 +52,7 @@ class HifiGan(nnx.Module):
         self.slope = cfg.leaky_relu_slope
         self.num_kernels = len(cfg.resblock_kernel_sizes)
         ch = cfg.upsample_initial_channel
-        self.conv_pre = Conv1d(in_dim, ch, 7, padding=3, std=_INIT_STD, rngs=rngs)
+        self.conv_pre = Conv1d(in_dim, ch, 7, padding=3, std=_INIT_STD, weight_norm=WN_OUT, rngs=rngs)
         ups, blocks = [], []
         for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes)):
             ups.append(ConvTranspose1d(ch // 2 ** i, ch // 2 ** (i + 1), kernel, stride=rate,
@@ -61,7 +61,7 @@ class HifiGan(nnx.Module):
                        for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)]
         self.ups = nnx.List(ups)
         self.resblocks = nnx.List(blocks)
-        self.conv_post = Conv1d(ch // 2 ** len(ups), 1, 7, padding=3, std=_INIT_STD, rngs=rngs)
+        self.conv_post = Conv1d(ch // 2 ** len(ups), 1, 7, padding=3, std=_INIT_STD, weight_norm=WN_OUT, rngs=rngs)
 
     def __call__(self, x_BTC: jax.Array) -> jax.Array:
         h = self.conv_pre(x_BTC)

@@ -1,0 +1,1 @@
+"""HuBERT (transformers' HubertModel semantics): a waveform encoder for speech units and features."""
