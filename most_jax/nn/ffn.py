@@ -1,4 +1,4 @@
-"""WeNet's PositionwiseFeedForward (also HuBERT's feed-forward): w_2(dropout(act(w_1 x + b_1))) + b_2 (biases optional)."""
+"""WeNet's PositionwiseFeedForward (also HuBERT's): w_2(dropout(act(w_1 x + b_1))) + b_2 (biases optional)."""
 
 from __future__ import annotations
 
