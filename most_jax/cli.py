@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "init_most",
     "logits",
     "compile",
+    "flops",
     "u2pp",
     "config",
 )

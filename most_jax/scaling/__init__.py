@@ -1,0 +1,1 @@
+"""Scaling-law studies: compute accounting, ladders, sweeps and power-law fits."""
