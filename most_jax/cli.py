@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "init_most",
     "logits",
     "compile",
+    "flops",
     "u2pp",
     "vocoder",
     "hubert",

@@ -18,6 +18,7 @@ from most_jax.data.tasks import TASKS
 from most_jax.models.family import Family, LossContext
 from most_jax.models.most import MoST
 from most_jax.models.most_loss import MODALITY_NAMES, loss_sums, micro_batch_objective
+from most_jax.scaling.flops import most_budget
 
 # Every array is [B, T] int32; `targets` are already the next tokens (the pipeline shifts).
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "modality", "segment_ids", "positions", "task")
@@ -132,22 +133,8 @@ def _ratio(num, den) -> float | None:
 # ----------------------------------------------------------------------------- FLOPs and data
 
 def train_flops_per_step(model: ModelConfig, batch: int, seq_len: int) -> float:
-    """Model FLOPs of one training step (forward + backward = 3 x forward matmul FLOPs), counting
-    only the routed experts a token uses; rematerialisation's extra forward is not counted (MFU
-    convention). Attention scores and values count the full T x T square our kernel computes."""
-    a, moe, d = model.attention, model.moe, model.hidden_size
-    q_dim = a.qk_nope_head_dim + a.qk_rope_head_dim
-    attn = (d * a.num_heads * q_dim if a.q_lora_rank is None
-            else d * a.q_lora_rank + a.q_lora_rank * a.num_heads * q_dim)
-    attn += d * (a.kv_lora_rank + a.qk_rope_head_dim) + a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
-    attn += a.num_heads * a.v_head_dim * d
-    dense_ffn = 3 * d * model.dense_ffn_dim
-    moe_ffn = 3 * d * moe.expert_ffn_dim * (moe.top_k + moe.num_shared_experts) + d * moe.num_experts
-    per_token_params = (model.num_layers * attn + model.first_k_dense_replace * dense_ffn
-                        + model.num_moe_layers * moe_ffn + d * model.vocab_size)
-    per_token_attention = model.num_layers * 2 * seq_len * a.num_heads * (q_dim + a.v_head_dim)
-    forward = 2 * batch * seq_len * (per_token_params + per_token_attention / 2)
-    return 3.0 * forward
+    """Model FLOPs of one training step (forward + backward); conventions in most_jax/scaling/flops.py."""
+    return batch * seq_len * most_budget(model, seq_len).train_flops_per_token
 
 
 def _train_flops(cfg: Config) -> float:
