@@ -11,6 +11,7 @@ step's counts and the shares add up. `batches` reads records of `most data prepa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -123,9 +124,14 @@ def _batches(cfg: Config):
 
 
 def data_params(cfg: Config) -> dict[tuple[str, ...], np.ndarray]:
-    """The encoder's global CMVN (mean, istd) from the training records' statistics."""
+    """The encoder's global CMVN (mean, istd) from the training records' statistics; none when
+    `data.records` is not a `most data prepare --family u2pp` output (a caller trains on batches of
+    its own: the initial CMVN stays, and `most train` fails on the missing records first)."""
+    from most_jax.data.prepare import U2PP_FILE
     from most_jax.data.speech_pipeline import SpeechData
 
+    if not (Path(cfg.data.records) / U2PP_FILE).is_file():
+        return {}
     mean, istd = SpeechData(cfg.data.records).cmvn()
     return {("encoder", "global_cmvn", "mean"): mean, ("encoder", "global_cmvn", "istd"): istd}
 
