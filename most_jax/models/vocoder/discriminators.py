@@ -42,30 +42,32 @@ class PeriodDiscriminator(nnx.Module):
         rows = wave_BT.shape[1] // self.period
         # x.view(b, 1, rows, period) in torch: column j holds samples j, j + period, ...
         h = wave_BT.reshape(b, rows, self.period).transpose(0, 2, 1).reshape(b * self.period, rows, 1)
-        feats = []
-        for conv in self.convs:
-            h = jax.nn.leaky_relu(conv(h), _SLOPE)
-            feats.append(h)
-        h = self.conv_post(h)
-        feats.append(h)
+        h, feats = _conv_stack(self.convs, self.conv_post, h)
         return h.reshape(b, -1), feats
+
+
+def _conv_stack(convs, conv_post, h: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+    """leaky_relu(conv) layers, then conv_post; every layer's output is a feature-matching map."""
+    feats = []
+    for conv in convs:
+        h = jax.nn.leaky_relu(conv(h), _SLOPE)
+        feats.append(h)
+    h = conv_post(h)
+    feats.append(h)
+    return h, feats
 
 
 class ScaleDiscriminator(nnx.Module):
     def __init__(self, channels: tuple[int, ...], groups: tuple[int, ...], *, rngs: nnx.Rngs):
         ins = (1, *channels[:-1])
-        self.convs = nnx.List([Conv1d(i, o, k, stride=s, padding=(k - 1) // 2, groups=g, weight_norm=WN_OUT, rngs=rngs)
+        self.convs = nnx.List([Conv1d(i, o, k, stride=s, padding=(k - 1) // 2, groups=g, weight_norm=WN_OUT,
+                                      rngs=rngs)
                                for i, o, k, s, g in zip(ins, channels, _MSD_KERNELS, _MSD_STRIDES, groups)])
         self.conv_post = Conv1d(channels[-1], 1, 3, padding=1, weight_norm=WN_OUT, rngs=rngs)
 
     def __call__(self, wave_BT: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         h = wave_BT[..., None]
-        feats = []
-        for conv in self.convs:
-            h = jax.nn.leaky_relu(conv(h), _SLOPE)
-            feats.append(h)
-        h = self.conv_post(h)
-        feats.append(h)
+        h, feats = _conv_stack(self.convs, self.conv_post, h)
         return h.reshape(h.shape[0], -1), feats
 
 
