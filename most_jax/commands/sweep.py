@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     runs = plan(args.ladder, args.overrides, args.records, args.sizes, args.variants)
     if args.list:
         done = finished(out)
-        print(f"{'run':<16}{'active params':>16}{'total params':>16}{'steps':>10}{'tokens':>16}{'train FLOPs':>12}  state")
+        print(f"{'run':<16}{'active params':>16}{'total params':>16}{'steps':>10}{'tokens':>16}"
+              f"{'train FLOPs':>12}  state")
         for r in runs:
             b = r.budget
             print(f"{r.name:<16}{b.params_active:>16,}{b.params:>16,}{r.config.train.steps:>10,}{r.tokens:>16,}"

@@ -65,7 +65,8 @@ class Budget:
         out = {"unit": self.unit, **self.shape, "params_total": self.params,
                "params_embedding": self.embedding_params, "params_non_embedding": self.params_non_embedding,
                "params_active": self.params_active, "flops_per_token_forward": self.forward_flops_per_token,
-               "flops_per_token_train": self.train_flops_per_token, "flops_per_token_train_6n": 6.0 * self.params_active,
+               "flops_per_token_train": self.train_flops_per_token,
+               "flops_per_token_train_6n": 6.0 * self.params_active,
                "breakdown": {p.name: p.flops_per_token for p in self.parts},
                "parts": [dataclasses.asdict(p) for p in self.parts]}
         if tokens_per_step is not None:
