@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "hubert",
     "config",
     "scaling",
+    "sweep",
 )
 
 

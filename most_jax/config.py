@@ -896,13 +896,14 @@ def _yaml_where(path: Path, e: yaml.YAMLError) -> str:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A config dict with `key.path=value` overrides applied (nested sections merged, not replaced)."""
-    return _merge(data, parse_overrides(overrides))
+    return merge_dicts(data, parse_overrides(overrides))
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """`base` with `extra` merged in: nested mappings merged key by key, anything else replaced."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -940,7 +941,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = path.parent / base
     if base_path.resolve() in chain:
         raise ConfigError(f"config file {path}: base: {base} includes itself")
-    return _merge(_read_yaml(base_path, chain), data)
+    return merge_dicts(_read_yaml(base_path, chain), data)
 
 
 def shipped_configs_dir() -> Path:

@@ -74,7 +74,10 @@ def test_cli_json_and_bad_input():
     run = [sys.executable, "-m", "most_jax.cli", "flops", "--config", "most_tiny.yaml", "--seq-len", "64"]
     out = subprocess.run([*run, "--json"], capture_output=True, text=True, check=True).stdout
     rec = json.loads(out)
-    assert rec["params"] == count_params(_tiny()) and rec["seq_len"] == 64
-    assert rec["forward_flops_per_token"] == most_budget(_tiny(), 64).forward_flops_per_token
+    assert rec["params_total"] == count_params(_tiny()) and rec["seq_len"] == 64 and rec["unit"] == "token"
+    assert rec["params_embedding"] == 640 * 64 and rec["params_active"] == most_budget(_tiny(), 64).params_active
+    assert rec["flops_per_token_forward"] == most_budget(_tiny(), 64).forward_flops_per_token
+    assert rec["flops_per_token_train"] == 3 * rec["flops_per_token_forward"] == 3 * sum(rec["breakdown"].values())
+    assert rec["flops_per_step_train"] == 8 * 64 * rec["flops_per_token_train"]  # data.batch_size 8
     bad = subprocess.run([*run[:-1], "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--seq-len" in bad.stderr

@@ -1,5 +1,5 @@
 """Compute accounting of a MoST config: parameters (total, active per token, embeddings apart) and
-forward / training FLOPs per token, layer part by layer part.
+forward / training FLOPs per token, layer part by layer part (U2++ configs: u2pp_flops.py).
 
 Conventions (SPEC section 7): a matmul of an [n, k] input by a [k, m] weight costs 2 n k m FLOPs;
 elementwise work (norms, activations, softmax, RoPE) is not counted. Attention scores and values
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from most_jax.config import ModelConfig
+from most_jax.config import ModelConfig, MoEConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +29,13 @@ class Part:
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """The accounting of one config at sequence length `seq_len`."""
+    """The accounting of one config for inputs of `shape` (MoST: seq_len; U2++: frames and tokens);
+    FLOPs are per `unit` (MoST: a token of a packed row; U2++: a 10 ms input feature frame)."""
 
     parts: tuple[Part, ...]
-    seq_len: int
-    embedding_params: int  # the input embedding table (a lookup: no FLOPs, not "active")
+    embedding_params: int  # input embedding tables (lookups: no FLOPs, not "active")
+    unit: str
+    shape: dict[str, int]
 
     @property
     def params(self) -> int:
@@ -57,12 +59,21 @@ class Budget:
     def train_flops_per_token(self) -> float:
         return 3.0 * self.forward_flops_per_token
 
-    def as_json(self) -> dict[str, Any]:
-        return {"seq_len": self.seq_len, "unit": "per token", "params": self.params,
-                "params_embedding": self.embedding_params, "params_non_embedding": self.params_non_embedding,
-                "params_active": self.params_active, "forward_flops_per_token": self.forward_flops_per_token,
-                "train_flops_per_token": self.train_flops_per_token,
-                "parts": [dataclasses.asdict(p) for p in self.parts]}
+    def as_json(self, tokens_per_step: int | None = None) -> dict[str, Any]:
+        """One JSON-ready object; per step too when `tokens_per_step` (units of a step batch) is given.
+        `flops_per_token_train_6n` is the 6 x active parameters rule, next to the exact count."""
+        out = {"unit": self.unit, **self.shape, "params_total": self.params,
+               "params_embedding": self.embedding_params, "params_non_embedding": self.params_non_embedding,
+               "params_active": self.params_active, "flops_per_token_forward": self.forward_flops_per_token,
+               "flops_per_token_train": self.train_flops_per_token,
+               "flops_per_token_train_6n": 6.0 * self.params_active,
+               "breakdown": {p.name: p.flops_per_token for p in self.parts},
+               "parts": [dataclasses.asdict(p) for p in self.parts]}
+        if tokens_per_step is not None:
+            out |= {"tokens_per_step": tokens_per_step,
+                    "flops_per_step_forward": tokens_per_step * self.forward_flops_per_token,
+                    "flops_per_step_train": tokens_per_step * self.train_flops_per_token}
+        return out
 
 
 def _mla(model: ModelConfig, seq_len: int) -> tuple[Part, Part]:
@@ -88,30 +99,34 @@ def _scaled(part: Part, n: int, name: str | None = None) -> Part:
     return Part(name or part.name, part.params * n, part.params_active * n, part.flops_per_token * n)
 
 
-def most_budget(model: ModelConfig, seq_len: int) -> Budget:
-    """The accounting of a MoST decoder at `seq_len` tokens per row."""
-    d, moe = model.hidden_size, model.moe
-    proj, scores = _mla(model, seq_len)
-    layers = model.num_layers
-    norms = 2 * d  # attention and FFN RMSNorm of every layer
-    dense = 3 * d * model.dense_ffn_dim
+def moe_parts(d: int, moe: MoEConfig, layers: int, prefix: str = "") -> tuple[Part, Part, Part]:
+    """(routed experts, shared experts, router) of `layers` MoE layers of width d, per token: a token
+    runs its top_k routed experts (each moe.expert_ffn_dim wide), the shared ones and the router."""
     f = moe.expert_ffn_dim
     expert = 3 * d * f if moe.expert == "swiglu" else 2 * d * f
     expert_bias = f + d if moe.expert == "ffn" and moe.expert_bias else 0
     shared = moe.num_shared_experts * 3 * d * f  # shared experts are one SwiGLU
     router = d * moe.num_experts
-    n_moe = model.num_moe_layers
+    return (Part(f"{prefix}routed_experts", layers * moe.num_experts * (expert + expert_bias),
+                 layers * moe.top_k * (expert + expert_bias), 2.0 * layers * moe.top_k * expert),
+            Part(f"{prefix}shared_experts", layers * shared, layers * shared, 2.0 * layers * shared),
+            Part(f"{prefix}router", layers * router, layers * router, 2.0 * layers * router))
+
+
+def most_budget(model: ModelConfig, seq_len: int) -> Budget:
+    """The accounting of a MoST decoder at `seq_len` tokens per row."""
+    d = model.hidden_size
+    proj, scores = _mla(model, seq_len)
+    layers = model.num_layers
+    norms = 2 * d  # attention and FFN RMSNorm of every layer
+    dense = 3 * d * model.dense_ffn_dim
     parts = (
         _scaled(proj, layers),
         _scaled(scores, layers),
         Part("layer_norms", layers * norms + d, layers * norms + d, 0.0),  # + the final norm
         Part("dense_ffn", model.first_k_dense_replace * dense, model.first_k_dense_replace * dense,
              2.0 * model.first_k_dense_replace * dense),
-        Part("routed_experts", n_moe * moe.num_experts * (expert + expert_bias),
-             n_moe * moe.top_k * (expert + expert_bias),
-             2.0 * n_moe * moe.top_k * expert),
-        Part("shared_experts", n_moe * shared, n_moe * shared, 2.0 * n_moe * shared),
-        Part("router", n_moe * router, n_moe * router, 2.0 * n_moe * router),
+        *moe_parts(d, model.moe, model.num_moe_layers),
         Part("lm_head", d * model.vocab_size, d * model.vocab_size, 2.0 * d * model.vocab_size),
     )
-    return Budget(parts=parts, seq_len=seq_len, embedding_params=model.vocab_size * d)
+    return Budget(parts=parts, embedding_params=model.vocab_size * d, unit="token", shape={"seq_len": seq_len})
