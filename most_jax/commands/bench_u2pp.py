@@ -1,0 +1,65 @@
+"""`most bench u2pp`: U2++ real-time factor (encoder + CTC, batch 1) of dense, MoE and equal-parameter dense."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from most_jax.bench.u2pp import U2ppBenchShape
+
+_DEFAULT = U2ppBenchShape()
+
+# XLA:CPU's flags for one compute thread (Eigen's pool off, one intra-op thread).
+ONE_THREAD_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "u2pp", help="U2++ real-time factor: dense vs MoE vs dense of the MoE's parameters",
+        description="Measures the real-time factor (decode seconds / audio seconds; features excluded; batch 1; "
+                    "jitted, after warm-up) of a U2++ encoder + CTC greedy search, streaming (chunk by chunk "
+                    "with caches, as `most u2pp transcribe --chunk` runs it) and full context, for three models "
+                    "of one encoder shape: dense (FFN width --ffn), MoE (every FFN --experts experts of width "
+                    "--ffn, top --top-k) and dense_wide (the FFN width giving the MoE's parameters). Timed in "
+                    "interleaved rounds, medians reported; progress goes to stderr. Random weights.")
+    parser.add_argument("--dim", type=int, default=_DEFAULT.dim, help="model width d (default %(default)s)")
+    parser.add_argument("--blocks", type=int, default=_DEFAULT.blocks,
+                        help="Conformer blocks (default %(default)s)")
+    parser.add_argument("--ffn", type=int, default=_DEFAULT.ffn,
+                        help="FFN width, each expert's under MoE (default %(default)s)")
+    parser.add_argument("--experts", type=int, default=_DEFAULT.experts, help="MoE experts (default %(default)s)")
+    parser.add_argument("--top-k", type=int, default=_DEFAULT.top_k,
+                        help="experts per frame (default %(default)s)")
+    parser.add_argument("--audio-seconds", type=float, default=_DEFAULT.audio_seconds,
+                        help="utterance length (default %(default)s)")
+    parser.add_argument("--chunk", type=int, default=_DEFAULT.chunk,
+                        help="streaming chunk, frames after subsampling (default %(default)s)")
+    parser.add_argument("--vocab", type=int, default=_DEFAULT.vocab, help="CTC vocabulary (default %(default)s)")
+    parser.add_argument("--dispatch", default=_DEFAULT.dispatch,
+                        help="MoE dispatch strategy (moe.dispatch; default %(default)s)")
+    parser.add_argument("--threads", choices=("1", "all"), default="1",
+                        help="XLA:CPU compute threads: 1 (WeNet's RTF convention, default) or all")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed decodes per model, the first compiles "
+                        "(default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; medians reported (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    if args.threads == "1" and os.environ.get("JAX_PLATFORMS", "cpu").startswith("cpu"):
+        # Must precede the first JAX backend use (in-process callers that already started JAX keep theirs).
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD_FLAGS}".strip()
+    from most_jax.bench.u2pp import format_report, run
+    from most_jax.config import ConfigError
+
+    shape = U2ppBenchShape(dim=args.dim, blocks=args.blocks, ffn=args.ffn, experts=args.experts, top_k=args.top_k,
+                           audio_seconds=args.audio_seconds, chunk=args.chunk, vocab=args.vocab,
+                           dispatch=args.dispatch)
+    try:
+        result = run(shape, warmup=args.warmup, repeats=args.repeats)
+    except (ValueError, ConfigError) as err:
+        raise SystemExit(f"most bench u2pp: error: {err}") from None
+    result["threads"] = args.threads
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
