@@ -22,6 +22,14 @@ def register(subparsers) -> None:
                     "of one encoder shape: dense (FFN width --ffn), MoE (every FFN --experts experts of width "
                     "--ffn, top --top-k) and dense_wide (the FFN width giving the MoE's parameters). Timed in "
                     "interleaved rounds, medians reported; progress goes to stderr. Random weights.")
+    add_shape_args(parser)
+    parser.add_argument("--threads", choices=("1", "all"), default="1",
+                        help="XLA:CPU compute threads: 1 (WeNet's RTF convention, default) or all")
+    parser.set_defaults(handler=_run)
+
+
+def add_shape_args(parser) -> None:
+    """The model-shape and timing flags (shared with tests/wenet_ref/bench_rtf.py, WeNet's side)."""
     parser.add_argument("--dim", type=int, default=_DEFAULT.dim, help="model width d (default %(default)s)")
     parser.add_argument("--blocks", type=int, default=_DEFAULT.blocks,
                         help="Conformer blocks (default %(default)s)")
@@ -37,13 +45,16 @@ def register(subparsers) -> None:
     parser.add_argument("--vocab", type=int, default=_DEFAULT.vocab, help="CTC vocabulary (default %(default)s)")
     parser.add_argument("--dispatch", default=_DEFAULT.dispatch,
                         help="MoE dispatch strategy (moe.dispatch; default %(default)s)")
-    parser.add_argument("--threads", choices=("1", "all"), default="1",
-                        help="XLA:CPU compute threads: 1 (WeNet's RTF convention, default) or all")
     parser.add_argument("--warmup", type=int, default=2, help="untimed decodes per model, the first compiles "
                         "(default %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; medians reported (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.set_defaults(handler=_run)
+
+
+def shape_from_args(args) -> U2ppBenchShape:
+    return U2ppBenchShape(dim=args.dim, blocks=args.blocks, ffn=args.ffn, experts=args.experts, top_k=args.top_k,
+                          audio_seconds=args.audio_seconds, chunk=args.chunk, vocab=args.vocab,
+                          dispatch=args.dispatch)
 
 
 def _run(args) -> int:
@@ -53,11 +64,8 @@ def _run(args) -> int:
     from most_jax.bench.u2pp import format_report, run
     from most_jax.config import ConfigError
 
-    shape = U2ppBenchShape(dim=args.dim, blocks=args.blocks, ffn=args.ffn, experts=args.experts, top_k=args.top_k,
-                           audio_seconds=args.audio_seconds, chunk=args.chunk, vocab=args.vocab,
-                           dispatch=args.dispatch)
     try:
-        result = run(shape, warmup=args.warmup, repeats=args.repeats)
+        result = run(shape_from_args(args), warmup=args.warmup, repeats=args.repeats)
     except (ValueError, ConfigError) as err:
         raise SystemExit(f"most bench u2pp: error: {err}") from None
     result["threads"] = args.threads
