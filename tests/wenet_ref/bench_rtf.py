@@ -7,7 +7,7 @@ as the tests/wenet_ref ASRModel, eager, torch with one thread (WeNet's RTF conve
 ASRModel.decode(["ctc_greedy_search"]) on the same input: streaming with simulate_streaming
 (forward_chunk_by_chunk with its caches, WeNet's python streaming decode) and full context.
 Prints the JSON shape of `most bench u2pp --json` (models, moe_over_dense, ...). With --with-jax the
-JAX models (one XLA thread) are timed in the same interleaved rounds and reported under "jax",
+JAX models (the process pinned to one CPU) are timed in the same interleaved rounds and reported under "jax",
 with jax_over_wenet, the RTF ratio per model and mode.
 
 A script, not a `most` command: the package never imports tests/.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the wene
 
 from most_jax.bench import u2pp as bench  # noqa: E402
 from most_jax.checkpoint import wenet  # noqa: E402
-from most_jax.commands.bench_u2pp import ONE_THREAD_FLAGS, add_shape_args, shape_from_args  # noqa: E402
+from most_jax.commands.bench_u2pp import add_shape_args, pin_to_one_cpu, shape_from_args  # noqa: E402
 
 
 def wenet_models(shape: bench.U2ppBenchShape) -> dict[str, bench.BenchModel]:
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-jax", action="store_true",
                         help="time the JAX models too, interleaved in the same rounds")
     args = parser.parse_args(argv)
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {ONE_THREAD_FLAGS}".strip()
+    cpu = pin_to_one_cpu()  # the JAX models too, as `most bench u2pp` runs them
     import torch
 
     torch.set_num_threads(1)
@@ -72,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         if model.params != groups["wenet"][name].params:
             raise SystemExit(f"bench_rtf: {name}: {model.params} JAX parameters but {groups['wenet'][name].params} "
                              f"in WeNet's model: not the same shape")
-    out = {**result.pop("wenet"), **result, "framework": f"wenet_ref (torch {torch.__version__}, eager, 1 thread)"}
+    out = {**result.pop("wenet"), **result, "framework": f"wenet_ref (torch {torch.__version__}, eager, 1 thread)",
+           "threads": f"1 (pinned to CPU {cpu})"}
     if "jax" in out:
         out["jax_over_wenet"] = {
             name: {mode: row[f"rtf_{mode}"] / out["models"][name][f"rtf_{mode}"] for mode in bench.MODES}
