@@ -101,7 +101,8 @@ class MoEConfig:
     seq_aux: bool = True
     z_loss_alpha: float = 0.0
     # "auto" picks "expert_parallel" under a mesh whose expert axis is > 1, else "capacity" on CPU and
-    # "dropless" elsewhere; "reference" is the slow per-expert loop.
+    # "dropless" elsewhere; "blocked" is exact and fast for few tokens (batch-1 decoding on CPU);
+    # "reference" is the slow per-expert loop.
     dispatch: str = "auto"
     capacity_factor: float = 1.25
     # Expert parallelism (nn/moe/expert_parallel.py). ep_exchange: "auto" (fixed-capacity all-to-all
@@ -148,7 +149,7 @@ class MoEConfig:
                f"must be one of {', '.join(map(repr, NORM_TOPK_READINGS))}, got {self.norm_topk_reading!r}")
         _check(self.topk_method in ("greedy", "group_limited_greedy"), f"{prefix}.topk_method",
                f"unknown method {self.topk_method!r}")
-        _check(self.dispatch in ("auto", "dropless", "capacity", "reference", "expert_parallel"), f"{prefix}.dispatch",
+        _check(self.dispatch in ("auto", "dropless", "capacity", "blocked", "reference", "expert_parallel"), f"{prefix}.dispatch",
                f"unknown dispatch {self.dispatch!r}")
         _check(self.ep_exchange in ("auto", "capacity", "ragged"), f"{prefix}.ep_exchange",
                f"must be 'auto', 'capacity' or 'ragged', got {self.ep_exchange!r}")

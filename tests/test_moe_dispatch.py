@@ -91,7 +91,7 @@ def _run(path, kind):
     return _loss_and_grads(path, x, modality, valid, kind)
 
 
-@pytest.mark.parametrize("path", ["capacity", "dropless"])
+@pytest.mark.parametrize("path", ["capacity", "dropless", "blocked"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_path_equals_reference_outputs_and_gradients(path, kind):
     y_ref, stats_ref, g_ref = _run("reference", kind)
@@ -236,7 +236,7 @@ def test_parameter_layout(kind, names):
     assert specs == {n: _LAYOUT[n][1] for n in names}
 
 
-@pytest.mark.parametrize("path", ["capacity", "dropless"])
+@pytest.mark.parametrize("path", ["capacity", "dropless", "blocked"])
 @pytest.mark.parametrize("kind", ["swiglu_mamoe_groups", "ffn_relu_bias_topk_softmax"])
 def test_expert_dropout_drops_the_same_units_on_every_path(path, kind):
     """The mask is keyed by assignment, so a fast path under dropout equals the reference under the

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-import sys
-import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from most_jax.bench.timing import time_interleaved
 from most_jax.config import ModelConfig, MoEConfig
 from most_jax.nn.mlp import SwiGLU
 from most_jax.nn.moe import MoE
@@ -51,33 +50,6 @@ class MoEBenchShape:
     @property
     def dense_ffn(self) -> int:
         return (self.top_k + self.shared) * self.ffn
-
-
-class StepTimes(NamedTuple):
-    wall: list[float]
-    cpu: list[float]  # process CPU seconds (all threads)
-
-
-def _time_interleaved(steps: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, StepTimes]:
-    """Wall and CPU seconds per step of each callable, timed in interleaved rounds.
-
-    Interleaving keeps the ratio between entries meaningful on a machine whose load changes while
-    the benchmark runs (a shared CPU): every round times each entry once, back to back.
-    """
-    for name, step in steps.items():
-        for i in range(warmup):
-            print(f"[{name}] warm-up {i + 1}/{warmup}{' (compiling)' if i == 0 else ''}", file=sys.stderr, flush=True)
-            jax.block_until_ready(step())
-    times = {name: StepTimes([], []) for name in steps}
-    for r in range(repeats):
-        for name, step in steps.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(step())
-            times[name].wall.append(time.perf_counter() - wall)
-            times[name].cpu.append(time.process_time() - cpu)
-        report = ", ".join(f"{name} {t.wall[-1]:.3f} s" for name, t in times.items())
-        print(f"round {r + 1}/{repeats}: {report}", file=sys.stderr, flush=True)
-    return times
 
 
 def _grad_step(module: nnx.Module, apply: Callable, x_BTD: jax.Array) -> Callable[[], object]:
@@ -118,7 +90,7 @@ def run(shape: MoEBenchShape, paths: tuple[str, ...], warmup: int = 1, repeats: 
         steps[path] = _grad_step(moe, lambda m, x: _moe_apply(m, x, valid_BT), x_BTD)
         _, stats = nnx.jit(lambda m, x: m(x, valid_BT))(moe, x_BTD)
         dropped[path] = float(jnp.sum(stats.dropped_G)) / (shape.tokens * shape.top_k)
-    times = _time_interleaved(steps, warmup, repeats)
+    times = time_interleaved(steps, warmup, repeats)
     wall = {name: statistics.median(t.wall) for name, t in times.items()}
     cpu = {name: statistics.median(t.cpu) for name, t in times.items()}
     tokens_per_s = {path: shape.tokens / wall[path] for path in paths}

@@ -10,6 +10,10 @@ the same hidden-unit dropout mask per assignment (experts.ExpertDropout) on ever
   expert's C are dropped in token order. Dense batched matmuls, the fast path on CPU.
 - `dropless`: assignments sorted by expert and multiplied with `jax.lax.ragged_dot`; nothing dropped.
   Fast where ragged_dot is (TPU/GPU); about 12x slower than a dense matmul on XLA:CPU.
+- `blocked`: for few tokens (batch-1 decoding): assignments sorted by expert, each expert's run cut
+  into blocks of B rows, a loop over the blocks in use (expert weights read once per block);
+  nothing dropped, and the work is the assignments plus at most B - 1 padding rows per expert, where
+  `capacity` needs C >= N rows per expert to be exact on a few tokens.
 
 The fast paths move rows with gathers only. Their custom VJPs express each transpose as another
 gather through the inverse index map, because XLA:CPU scatter-adds of [N, D] rows are slow
@@ -196,9 +200,61 @@ def dropless(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity
     return with_output_bias(combine_rows(out_PD, routing.weight_NK, layout), routing, experts, dropped_NK), dropped_NK
 
 
+def block_rows(num_assignments: int, num_experts: int) -> int:
+    """B for `blocked`: the power of two >= the mean assignments per expert, within [16, 128]
+    (XLA:CPU's loop costs make smaller blocks slower at batch 1)."""
+    mean = max(1, math.ceil(num_assignments / num_experts))
+    return min(128, max(16, 1 << (mean - 1).bit_length()))
+
+
+def blocked(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float,
+            dropout: ExpertDropout | None = None) -> tuple[jax.Array, jax.Array]:
+    del capacity_factor  # never drops
+    n, k = routing.expert_NK.shape
+    num_experts, d, a = experts.num_experts, x_ND.shape[1], n * k
+    b = block_rows(a, num_experts)
+    key_A, order_A, counts_E, starts_E = _sort_by_expert(routing, num_experts)
+    blocks_E = (counts_E + b - 1) // b
+    first_block_E = jnp.cumsum(blocks_E) - blocks_E
+    max_blocks = math.ceil(a / b) + num_experts  # static bound on sum(blocks_E)
+    # Block j: expert expert_J[j], sorted rows start_J[j] .. start_J[j] + b - 1 (those < end_J[j] real).
+    j_J = jnp.arange(max_blocks, dtype=jnp.int32)
+    expert_J = jnp.minimum(jnp.searchsorted(jnp.cumsum(blocks_E), j_J, side="right"), num_experts - 1)
+    start_J = starts_E[expert_J] + (j_J - first_block_E[expert_J]) * b
+    end_J = starts_E[expert_J] + counts_E[expert_J]
+    used = jnp.sum(blocks_E)
+    order_pad = jnp.concatenate([order_A, jnp.full((b,), a, jnp.int32)])
+    x_pad = _append_zero_row(x_ND)
+
+    def one_block(j, out_JBD):
+        e = expert_J[j]
+        assignment_B = jnp.where(start_J[j] + jnp.arange(b) < end_J[j],
+                                 jax.lax.dynamic_slice(order_pad, (start_J[j],), (b,)), a)
+        x_1BD = x_pad[jnp.where(assignment_B < a, assignment_B // k, n)][None]
+        one = jax.tree.map(lambda w: None if w is None else jax.lax.dynamic_slice_in_dim(w, e, 1), experts)
+        scale_PF = dropout_scale(dropout, assignment_B, experts)
+        out_1BD = on_buffer(x_1BD, one, None if scale_PF is None else scale_PF[None])
+        return jax.lax.dynamic_update_slice(out_JBD, out_1BD.astype(out_JBD.dtype), (j, 0, 0))
+
+    def maybe_block(j, out_JBD):
+        return jax.lax.cond(j < used, one_block, lambda j, out: out, j, out_JBD)
+
+    # A static trip count (a scan) keeps the loop reverse-differentiable; unused blocks are skipped.
+    out_JBD = jax.lax.fori_loop(0, max_blocks, maybe_block, jnp.zeros((max_blocks, b, d), x_ND.dtype))
+    rank_A = _inverse_permutation(order_A)
+    key_safe_A = jnp.minimum(key_A, num_experts - 1)
+    pos_A = rank_A - starts_E[key_safe_A]
+    row_A = jnp.where(key_A < num_experts, (first_block_E[key_safe_A] + pos_A // b) * b + pos_A % b, max_blocks * b)
+    rows_NKD = _append_zero_row(out_JBD.reshape(max_blocks * b, d))[row_A.reshape(n, k)].astype(jnp.float32)
+    y_ND = jnp.einsum("NKD,NK->ND", rows_NKD, routing.weight_NK)
+    dropped_NK = jnp.zeros((n, k), bool)
+    return with_output_bias(y_ND, routing, experts, dropped_NK), dropped_NK
+
+
 DispatchFn = Callable[..., tuple[jax.Array, jax.Array]]  # (x_ND, routing, experts, capacity_factor, dropout=None)
 
-DISPATCH: dict[str, DispatchFn] = {"reference": reference, "capacity": capacity, "dropless": dropless}
+DISPATCH: dict[str, DispatchFn] = {"reference": reference, "capacity": capacity, "dropless": dropless,
+                                   "blocked": blocked}
 
 
 def resolve_dispatch(name: str) -> str:
