@@ -1,4 +1,4 @@
-"""`most hubert ...`: HuBERT speech encoders: import a transformers HubertModel, compute features."""
+"""`most hubert ...`: HuBERT speech encoders: import a transformers HubertModel, compute features, pretrain."""
 
 from __future__ import annotations
 
@@ -19,6 +19,26 @@ OUT.npz: hidden_states float32 [layers + 1, B, T, D] (the first layer's input, t
 output, as transformers' output_hidden_states), last_hidden_state float32 [B, T, D] (after the final
 LayerNorm for stable-layer-norm models) and frame_lengths int32 [B]. Frames past an utterance's
 length are zero. Each utterance of a padded batch gets what it gets alone.
+"""
+
+
+PREPARE_DESCRIPTION = """\
+Writes OUT, the training records of HuBERT pretraining: each utterance of MANIFEST as 16-bit PCM with
+its frame targets, the k-means ids that the unit extractor --units (from `most data train-units`,
+with --no-dedup not needed: every frame's id is kept) gives each frame. The extractor's rate must
+be the model's frame rate (50 Hz for the base conv stack): MFCC units (--rate 50) for iteration 1,
+units of an earlier HuBERT's layer (--features hubert --hubert CKPT --layer N) for iteration 2.
+Unreadable audio, audio over --max-audio-seconds and audio without a frame are skipped and counted
+in OUT/report.json. OUT appears only once complete.
+"""
+
+TRAIN_DESCRIPTION = """\
+`most train` for a HuBERT config (model.family: hubert, model.num_clusters = the targets' K;
+data.records: a `most hubert prepare` directory): masked prediction of the frame targets through the
+common trainer. Each step draws data.batch_size utterances, crops them to data.max_audio_seconds at
+random, masks spans (model.mask_prob, model.mask_length) and predicts the masked frames' ids.
+Writes RUN_DIR/metrics.jsonl (loss, masked_accuracy) and RUN_DIR/checkpoints/; --resume continues
+exactly; a checkpoint is also a `--hubert CKPT` for the next iteration's units.
 """
 
 
@@ -43,6 +63,20 @@ def register(subparsers) -> None:
     feats.add_argument("--input", required=True, metavar="IN.npz", help="waveforms and lengths")
     feats.add_argument("--output", required=True, metavar="OUT.npz", help="file to write")
     feats.set_defaults(handler=run_features)
+    prep = sub.add_parser("prepare", help="pretraining records: audio + frame targets",
+                          description=PREPARE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prep.add_argument("--manifest", required=True, metavar="FILE.jsonl", help="JSONL manifest with 'id' and 'audio'")
+    prep.add_argument("--units", required=True, metavar="DIR", help="unit extractor directory (the targets)")
+    prep.add_argument("--out", required=True, metavar="OUT", help="records directory to create")
+    prep.add_argument("--max-audio-seconds", type=float, default=30.0, help="longer audio is skipped (default 30)")
+    prep.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    prep.set_defaults(handler=run_prepare)
+    from most_jax.commands.train import add_train_args
+
+    train = sub.add_parser("train", help="pretrain (masked prediction) through the common trainer",
+                           description=TRAIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_args(train)
+    train.set_defaults(handler=run_train)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -109,3 +143,25 @@ def run_features(args: argparse.Namespace) -> int:
         raise SystemExit(f"most hubert features: error: {e}") from None
     print(f"wrote {args.output}: hidden_states {list(hidden.shape)}, frame_lengths {frames.tolist()}")
     return 0
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    import sys
+
+    from most_jax.data.hubert_data import prepare_hubert
+    from most_jax.data.prepare import PrepareError
+    from most_jax.speech.manifest import ManifestError
+    from most_jax.speech.units import UnitExtractorError
+
+    try:
+        prepare_hubert(args.manifest, args.units, args.out, max_audio_seconds=args.max_audio_seconds,
+                       overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    except (PrepareError, ManifestError, UnitExtractorError) as e:
+        raise SystemExit(f"most hubert prepare: error: {e}") from None
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from most_jax.commands import train
+
+    return train.run(args, family_name="hubert")

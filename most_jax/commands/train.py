@@ -17,6 +17,12 @@ def register(subparsers) -> None:
         epilog="Writes RUN_DIR/metrics.jsonl (one JSON object per logged step), RUN_DIR/tensorboard/ and "
                "RUN_DIR/checkpoints/<step>/. SIGTERM or Ctrl-C saves a checkpoint and exits; run again with "
                "--resume to continue exactly where it stopped.")
+    add_train_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `most train`, shared by the family commands that are thin aliases of it."""
     add_config_args(parser)
     parser.add_argument("--run-dir", default=None,
                         help="output directory (default: runs/<config file name>)")
@@ -31,10 +37,10 @@ def register(subparsers) -> None:
     parser.add_argument("--stop-after", type=int, default=None, metavar="STEP",
                         help="save and stop after this step (the schedule still spans train.steps); "
                              "for runs split over several jobs")
-    parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, family_name: str | None = None) -> int:
+    """`most train`; with `family_name`, a config of another family is an error."""
     import jax
 
     from most_jax import parallel, sharding
@@ -49,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         mesh_overrides = sharding.parse_mesh_arg(args.mesh) if args.mesh else []
         cfg = load_config(args.config, [*args.overrides, *mesh_overrides])
         family = get_family(cfg.model)
+        if family_name is not None and family.name != family_name:
+            raise ConfigError(f"model.family: {family.name!r}; this command trains a {family_name} model")
         if family.batches is None:
             raise ConfigError(f"model.family: family {family.name} has no training data pipeline")
         mesh = sharding.make_mesh(cfg.mesh)

@@ -18,6 +18,8 @@ Header: {"id", "kind", "seconds", "arrays": {name: length}}. Array names: "text"
 The U2++ kind "utterance" (`most data prepare --family u2pp`) holds "pcm", 16 kHz mono 16-bit samples,
 stored as little-endian int16 (the header's optional "dtypes" names arrays that are not int32), and
 "target", the transcript's token ids in WeNet's convention (tokenizer id + 1: 0 is the CTC blank).
+The HuBERT pretraining kind "hubert" (`most hubert prepare`, data/hubert_data.py) holds "pcm" (int16, as
+"utterance") and "units", the k-means id of every unit-rate frame (no dedup): the frame targets.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("pair", "text", "spoken_qa_text", "spoken_qa_speech", "instruct", "utterance")
+KINDS = ("pair", "text", "spoken_qa_text", "spoken_qa_speech", "instruct", "utterance", "hubert")
 LAYOUT_FILE = "layout.json"
 TOKENIZER_DIR = "tokenizer"
 UNITS_DIR = "units"

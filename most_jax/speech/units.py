@@ -1,7 +1,8 @@
 """Discrete speech units: frame features -> unit-rate frames -> normalisation -> k-means ids -> dedup.
 
-Frame features come through the `FrameFeatures` protocol (MFCC(+deltas) and log-mel fbank here; a
-HuBERT extractor plugs in by implementing it and calling `register_features`). Frames are grouped to
+Frame features come through the `FrameFeatures` protocol (MFCC(+deltas) and log-mel fbank here;
+HuBERT layer features in most_jax/models/hubert/units.py, a plug-in named in `PLUGIN_KINDS` and
+imported on first use, which registers itself with `register_features`). Frames are grouped to
 the unit rate (e.g. 100 Hz MFCC -> 25 Hz: 4 frames per unit) by stacking (concatenation) or mean
 pooling, normalised per dimension with statistics of the fitting data, and mapped to the nearest
 k-means centroid. MoST removes consecutive duplicate units (`dedup`).
@@ -22,6 +23,7 @@ dims); `save` writes it atomically.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -109,6 +111,12 @@ class FbankFeatures:
 
 
 FEATURE_KINDS: dict[str, Callable[..., FrameFeatures]] = {"mfcc": MfccFeatures, "fbank": FbankFeatures}
+# Kinds whose module (a model's, above this layer) is imported by name only when asked for.
+PLUGIN_KINDS = {"hubert": "most_jax.models.hubert.units"}
+
+
+def feature_kinds() -> list[str]:
+    return sorted({*FEATURE_KINDS, *PLUGIN_KINDS})
 
 
 def register_features(kind: str, factory: Callable[..., FrameFeatures]) -> None:
@@ -117,8 +125,10 @@ def register_features(kind: str, factory: Callable[..., FrameFeatures]) -> None:
 
 
 def build_features(kind: str, config: dict | None = None) -> FrameFeatures:
+    if kind not in FEATURE_KINDS and kind in PLUGIN_KINDS:
+        importlib.import_module(PLUGIN_KINDS[kind])
     if kind not in FEATURE_KINDS:
-        raise ValueError(f"unknown feature kind {kind!r}; known: {sorted(FEATURE_KINDS)}")
+        raise ValueError(f"unknown feature kind {kind!r}; known: {feature_kinds()}")
     try:
         return FEATURE_KINDS[kind](**(config or {}))
     except TypeError as exc:
@@ -219,9 +229,13 @@ class UnitExtractor:
         scores = (self.centroids * self.centroids).sum(axis=1)[None, :] - 2.0 * frames @ self.centroids.T
         return scores.argmin(axis=1).astype(np.int32)
 
+    def frame_units(self, wave_16k: np.ndarray) -> np.ndarray:
+        """The nearest centroid of every unit-rate frame (int32 [units]): no short-run removal, no dedup."""
+        return self._nearest(self.unit_frames(wave_16k).astype(np.float32))
+
     def extract(self, wave_16k: np.ndarray) -> np.ndarray:
         """Unit ids (int32, 0..K-1) of one 16 kHz mono waveform; empty for audio under one frame."""
-        return self._finish(self._nearest(self.unit_frames(wave_16k).astype(np.float32)))
+        return self._finish(self.frame_units(wave_16k))
 
     def _finish(self, units: np.ndarray) -> np.ndarray:
         units = remove_short_runs(units, self.min_run)
@@ -317,8 +331,8 @@ class UnitExtractor:
 
 
 def fit_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, features: str = "mfcc",
-                      unit_rate: float = 25.0, pooling: str = "stack", dedup: bool = True,
-                      utterance_cmvn: bool = False, min_run: int = 1, max_hours: float = 10.0,
+                      feature_options: dict | None = None, unit_rate: float = 25.0, pooling: str = "stack",
+                      dedup: bool = True, utterance_cmvn: bool = False, min_run: int = 1, max_hours: float = 10.0,
                       options: kmeans.KMeansOptions = kmeans.KMeansOptions(),
                       log: Callable[[str], None] = print) -> dict:
     """Fits a unit extractor on the audio of a manifest (up to `max_hours`) and saves it to `out_dir`.
@@ -331,8 +345,11 @@ def fit_from_manifest(manifest: str | os.PathLike, out_dir: str | os.PathLike, *
     from most_jax.speech.manifest import read_manifest
 
     entries = read_manifest(manifest)
-    frame_features = build_features(features)
-    frames_per_unit(frame_features, unit_rate)  # fail on a bad rate before reading any audio
+    try:
+        frame_features = build_features(features, feature_options)
+        frames_per_unit(frame_features, unit_rate)  # fail on a bad rate before reading any audio
+    except ValueError as exc:
+        raise UnitExtractorError(str(exc)) from None
     skipped: dict[str, int] = {}
     totals = {"files": 0, "seconds": 0.0}
     sample: list[np.ndarray] = []

@@ -3,8 +3,8 @@
 A batch holds waveforms float32 [B, S] (S = data.max_audio_seconds at 16 kHz), lengths int32 [B]
 (valid samples), targets int32 [B, T] (cluster ids per frame, T = the frames of S samples) and
 mask_indices bool [B, T] (the frames to mask and predict, from loss.span_mask). The loss needs the
-masked-prediction head (model.num_clusters > 0). There is no HuBERT data pipeline yet (`batches` is
-None): training reads batches that the caller provides.
+masked-prediction head (model.num_clusters > 0). `batches` reads `data.records`, a `most hubert
+prepare` directory (data/hubert_data.py).
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ def step_totals(batch: dict[str, jax.Array]) -> jax.Array:
 
 
 def loss_fn(model: Hubert, mb: dict[str, jax.Array], rng: jax.Array, ctx: LossContext) -> tuple[jax.Array, dict]:
-    loss, sums = masked_prediction_loss(model, mb, rng, ctx.totals)
-    return loss, {"loss": loss, **sums}
+    # The step reports the summed objective itself as `loss` (train/step.py STEP_METRICS).
+    return masked_prediction_loss(model, mb, rng, ctx.totals)
 
 
 def summarise(cfg: Config, s: dict[str, np.ndarray], n: int) -> dict[str, Any]:
+    """The window's accuracy over its masked frames and its masked frames per step (the trainer
+    reports the `loss`: cross-entropy per masked frame)."""
     frames = float(s.get("masked_frames", 0))
-    return {"loss": float(s["loss"]) / n if n else None,
-            "masked_accuracy": float(s["masked_hits"]) / frames if n and frames > 0 else None}
+    return {"masked_accuracy": float(s["masked_hits"]) / frames if n and frames > 0 else None,
+            "masked_frames": frames / n if n else None}
 
 
 def count_tokens(batch: dict[str, jax.Array]) -> jax.Array:
@@ -82,6 +84,12 @@ def frozen(path: tuple[str, ...]) -> bool:
     return path[-2:] in (("batch_norm", "running_mean"), ("batch_norm", "running_var"))
 
 
+def _batches(cfg: Config):
+    from most_jax.data.hubert_data import HubertBatches  # Grain: only where training reads data
+
+    return HubertBatches(cfg)
+
+
 def _build(model_cfg: HubertConfig, rngs: nnx.Rngs) -> Hubert:
     return Hubert(model_cfg, rngs=rngs)
 
@@ -89,4 +97,4 @@ def _build(model_cfg: HubertConfig, rngs: nnx.Rngs) -> Hubert:
 FAMILY = Family(
     name="hubert", config_class=HubertConfig, build=_build, batch_spec=batch_spec, step_totals=step_totals,
     loss_fn=loss_fn, summarise=summarise, count_tokens=count_tokens, moe_layers=moe_layers, check_batch=check_batch,
-    frozen=frozen)
+    frozen=frozen, batches=_batches)
