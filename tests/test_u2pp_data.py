@@ -239,18 +239,6 @@ def test_iterator_resumes_exactly_with_augmentation(prepared):
             np.testing.assert_array_equal(got[key], want[key])
 
 
-@pytest.fixture
-def compile_cache(tmp_path):
-    """The three runs compile the same steps: a persistent cache compiles each bucket's once."""
-    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir",
-                                                   "jax_persistent_cache_min_compile_time_secs")}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    for k, v in saved.items():
-        jax.config.update(k, v)
-
-
 def test_train_u2pp_on_prepared_records_resumes_exactly(prepared, compile_cache):
     """Training through the family's pipeline (what `most train` calls) end to end: CMVN from the
     records, one compiled step per bucket met, and a run stopped after step 2 and resumed equals

@@ -1,0 +1,64 @@
+"""`most data audio-lm-pairs OUT_DIR`: the built-in sWUGGY-like and sBLIMP-like spoken pair sets."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audio-lm-pairs", help="spoken (real, fake) pairs for `most eval audio-lm`",
+        description="Makes word / pronounceable non-word pairs (sWUGGY-like, OUT_DIR/lexical.jsonl) and "
+                    "sentence / minimally broken sentence pairs (sBLIMP-like, OUT_DIR/syntactic.jsonl) from the "
+                    "corpus generator, speaks both items of a pair with one eSpeak speaker into OUT_DIR/audio/, "
+                    "and with --units stores their units too. Each line: {id, category, real: {text, audio, "
+                    "units}, fake: {...}}; audio paths are relative to OUT_DIR.")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to create")
+    parser.add_argument("--lexical", type=int, default=200, metavar="N", help="lexical pairs (default 200)")
+    parser.add_argument("--syntactic", type=int, default=200, metavar="N", help="syntactic pairs (default 200)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--units", default=None, metavar="DIR",
+                        help="unit extractor (`most data train-units`) whose units to store with the audio")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args) -> int:
+    from most_jax.atomic import atomic_directory
+    from most_jax.corpus import pairs as pair_sets
+    from most_jax.corpus.synth import SAMPLE_RATE, SpeakerSet, Utterance, render
+    from most_jax.speech.audio import load_audio
+    from most_jax.speech.units import UnitExtractor, UnitExtractorError
+
+    try:
+        if args.lexical < 0 or args.syntactic < 0:
+            raise ValueError("--lexical and --syntactic must be >= 0")
+        extractor = UnitExtractor.load(args.units) if args.units else None
+        sets = {"lexical": pair_sets.lexical_pairs(args.lexical, args.seed) if args.lexical else [],
+                "syntactic": pair_sets.syntactic_pairs(args.syntactic, args.seed) if args.syntactic else []}
+        speakers = SpeakerSet().speakers
+        rng = random.Random(f"pairs-speech-{args.seed}")
+        with atomic_directory(args.out_dir, overwrite=args.overwrite) as tmp:
+            (tmp / "audio").mkdir()
+            for name, pairs in sets.items():
+                lines = []
+                for pair in pairs:
+                    speaker, rate, seed = rng.choice(speakers), rng.randint(150, 185), rng.randrange(2 ** 31)
+                    entry = {"id": pair.id, "category": pair.category}
+                    for side, text in (("real", pair.real), ("fake", pair.fake)):
+                        uid = f"{pair.id}-{side}"
+                        render(Utterance(uid, name, text, speaker, rate, seed), str(tmp / "audio"))
+                        item = {"text": text, "audio": f"audio/{uid}.wav"}
+                        if extractor is not None:
+                            wave, _ = load_audio(tmp / item["audio"], SAMPLE_RATE)
+                            item["units"] = extractor.extract(wave).tolist()
+                        entry[side] = item
+                    lines.append(json.dumps(entry))
+                (tmp / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
+                print(f"audio-lm-pairs: {len(lines)} {name} pairs", file=sys.stderr)
+    except (ValueError, FileExistsError, UnitExtractorError) as e:
+        raise SystemExit(f"most data audio-lm-pairs: error: {e}") from None
+    print(f"wrote {args.out_dir}")
+    return 0
