@@ -397,19 +397,40 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoConfig:
-    """The main job (`most demo`): sizes of the built-in corpus, the tokenizer, the unit codebook and
-    the evaluation. It is the `demo:` section of the demo's YAML, read apart from the Config that the
-    model, data and train sections of the same file make (see `load_demo_config`)."""
+class DemoCorpusConfig:
+    """The built-in eSpeak corpus both main jobs synthesise (`most demo`, `most demo u2pp`)."""
 
     utterances: int = 8400  # spoken utterances over all splits
-    test_utterances: int = 200  # held out: their sentences occur nowhere in training
-    text_lm_sentences: int = 30000  # text-only sentences (text LM task, tokenizer training)
+    test_utterances: int = 200  # held out: their sentences occur nowhere in training (or dev)
     corpus_seed: int = 0
     voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (corpus/synth.py VOICES)
     pitches: tuple[int, ...] = ()  # empty: the built-in pitches
     rate_wpm: tuple[int, ...] = ()  # [low, high] words per minute; empty: the built-in range
     vocabulary: int = 0  # sentences over the generator's N most frequent words only; 0: every word
+    workers: int = 2  # processes for synthesis and preparation
+
+    def held_out(self) -> int:
+        """Utterances outside the training split."""
+        return self.test_utterances
+
+    def validate(self, prefix: str = "demo") -> None:
+        for name in ("utterances", "test_utterances", "workers"):
+            value = getattr(self, name)
+            _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
+        _check(self.held_out() < self.utterances / 2, f"{prefix}.test_utterances",
+               f"the held-out utterances ({self.held_out()}) must be under half of {prefix}.utterances="
+               f"{self.utterances}")
+        _check(self.vocabulary >= 0, f"{prefix}.vocabulary", f"must be >= 0 (0: every word), got {self.vocabulary}")
+        _check(len(self.rate_wpm) in (0, 2), f"{prefix}.rate_wpm", f"must be [low, high], got {list(self.rate_wpm)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig(DemoCorpusConfig):
+    """The main job (`most demo`): sizes of the built-in corpus, the tokenizer, the unit codebook and
+    the evaluation. It is the `demo:` section of the demo's YAML, read apart from the Config that the
+    model, data and train sections of the same file make (see `load_demo_config`)."""
+
+    text_lm_sentences: int = 30000  # text-only sentences (text LM task, tokenizer training)
     tokenizer_size: int = 1000  # sentencepiece BPE pieces
     units_k: int = 256
     units_rate: float = 25.0  # Hz
@@ -419,20 +440,18 @@ class DemoConfig:
     units_min_run: int = 1  # drop runs of one unit shorter than this many unit frames (before dedup)
     units_hours: float = 1.5  # audio the k-means codebook is fitted on
     kmeans_epochs: int = 5
-    workers: int = 2  # processes for synthesis and preparation
     eval_batch_size: int = 32
     asr_max_new_tokens: int = 64
     tts_eval_utterances: int = 16  # held-out utterances for the TTS unit accuracy (0: none)
     tts_max_new_tokens: int = 256
 
     def validate(self, prefix: str = "demo") -> None:
-        for name in ("utterances", "test_utterances", "text_lm_sentences", "units_k", "kmeans_epochs", "workers",
-                     "eval_batch_size", "asr_max_new_tokens", "tts_max_new_tokens"):
+        super().validate(prefix)
+        for name in ("text_lm_sentences", "units_k", "kmeans_epochs", "eval_batch_size", "asr_max_new_tokens",
+                     "tts_max_new_tokens"):
             value = getattr(self, name)
             _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
         _check(self.tts_eval_utterances >= 0, f"{prefix}.tts_eval_utterances", "must be >= 0")
-        _check(self.test_utterances < self.utterances / 2, f"{prefix}.test_utterances",
-               f"must be under half of {prefix}.utterances={self.utterances}, got {self.test_utterances}")
         _check(self.tts_eval_utterances <= self.test_utterances, f"{prefix}.tts_eval_utterances",
                f"cannot exceed {prefix}.test_utterances={self.test_utterances}")
         _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
@@ -441,8 +460,32 @@ class DemoConfig:
         _check(self.units_min_run >= 1, f"{prefix}.units_min_run", f"must be >= 1, got {self.units_min_run}")
         _check(self.units_pooling in ("stack", "mean"), f"{prefix}.units_pooling",
                f"must be stack or mean, got {self.units_pooling!r}")
-        _check(self.vocabulary >= 0, f"{prefix}.vocabulary", f"must be >= 0 (0: every word), got {self.vocabulary}")
-        _check(len(self.rate_wpm) in (0, 2), f"{prefix}.rate_wpm", f"must be [low, high], got {list(self.rate_wpm)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class U2ppDemoConfig(DemoCorpusConfig):
+    """The second main job (`most demo u2pp`): the corpus with a dev split (model choices are made
+    on it), the tokenizer fitted on the training transcripts, and the decoding of dev and test."""
+
+    dev_utterances: int = 200  # a third split, disjoint in sentences from train and test
+    tokenizer_size: int = 300  # sentencepiece BPE pieces (256 of them byte fallbacks)
+    eval_batch_size: int = 50
+    beam: int = 10  # CTC prefix beam (the n-best that attention rescoring rescores)
+    ctc_weight: float = 0.5  # of the CTC score in attention rescoring (WeNet's runtime default)
+    streaming_chunks: tuple[int, ...] = (16, 4)  # chunk sizes (frames after subsampling) decoded as streaming
+
+    def held_out(self) -> int:
+        return self.dev_utterances + self.test_utterances
+
+    def validate(self, prefix: str = "demo") -> None:
+        super().validate(prefix)
+        for name in ("dev_utterances", "eval_batch_size", "beam"):
+            value = getattr(self, name)
+            _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
+        _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
+        _check(self.ctc_weight >= 0, f"{prefix}.ctc_weight", f"must be >= 0, got {self.ctc_weight}")
+        _check(all(c > 0 for c in self.streaming_chunks), f"{prefix}.streaming_chunks",
+               f"must be positive frame counts, got {list(self.streaming_chunks)}")
 
 
 # ----------------------------------------------------------------------------- U2++ (WeNet)
@@ -983,11 +1026,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
-def load_demo_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, DemoConfig]:
-    """(Config, DemoConfig) from one YAML file: its `demo:` section and the rest; `--set demo.x=...`
-    overrides reach the DemoConfig, every other override the Config."""
+def load_demo_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                     demo_class: type = DemoConfig) -> tuple[Config, Any]:
+    """(Config, demo settings) from one YAML file: its `demo:` section (a `demo_class`: DemoConfig
+    for `most demo`, U2ppDemoConfig for `most demo u2pp`) and the rest; `--set demo.x=...`
+    overrides reach the demo settings, every other override the Config."""
     data = apply_overrides(_read_yaml(resolve_config_path(path)), overrides)
-    demo = from_dict(DemoConfig, data.pop(DEMO_SECTION, None), f"{DEMO_SECTION}.")
+    demo = from_dict(demo_class, data.pop(DEMO_SECTION, None), f"{DEMO_SECTION}.")
     demo.validate(DEMO_SECTION)
     return config_from_dict(data), demo
 

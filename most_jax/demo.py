@@ -10,46 +10,31 @@ Stages, each writing its outputs under OUT:
     eval       eval.json        held-out ASR WER and TTS unit accuracy, by generation
     report     curves.png summary.json
 
-OUT/stages.json records each finished stage with the settings it was made with and its wall time.
-A re-run skips a stage whose record matches; a stage whose settings (or an earlier stage's) changed
-is rebuilt. An interrupted training run resumes from its latest checkpoint. Every stage writes
-through temporary paths, so a killed run never leaves a half-written output that looks finished.
+OUT/stages.json records each finished stage (most_jax/stages.py, shared with `most demo u2pp`): a
+re-run skips finished stages, rebuilds those whose settings changed and resumes an interrupted
+training run from its latest checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from most_jax.atomic import atomic_file
 from most_jax.config import Config, DemoConfig, config_from_dict, to_dict
+from most_jax.stages import (DemoError, DemoInterrupted, StagedJob, build_corpus, chained_keys, corpus_settings,
+                             differences, train, write_json)
+
+__all__ = ["Demo", "DemoError", "DemoInterrupted", "STAGES", "chained_keys", "differences", "stage_settings"]
 
 # Shipped with the package (configs/demo.yaml), so `most demo` finds it from any directory.
 DEFAULT_CONFIG = "demo.yaml"
-LEDGER = "stages.json"
 SUMMARY = "summary.json"
 EVAL = "eval.json"
 CURVES = "curves.png"
 STAGES = ("corpus", "tokenizer", "units", "prepare", "train", "eval", "report")
-
-
-class DemoError(RuntimeError):
-    """A stage cannot run (bad settings, missing inputs, a failed step)."""
-
-
-class DemoInterrupted(RuntimeError):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; a re-run resumes it."""
-
-    def __init__(self, signal_name: str, step: int):
-        super().__init__(f"training stopped by {signal_name} at step {step}; its checkpoint is saved, run the same "
-                         f"command again to resume")
-        self.signal_name = signal_name
 
 
 class Paths:
@@ -59,16 +44,13 @@ class Paths:
         self.out = out
         self.corpus, self.tokenizer, self.units = out / "corpus", out / "tokenizer", out / "units"
         self.prepared, self.test, self.train = out / "prepared", out / "test", out / "train"
-        self.eval, self.curves, self.summary, self.ledger = out / EVAL, out / CURVES, out / SUMMARY, out / LEDGER
+        self.eval, self.curves, self.summary = out / EVAL, out / CURVES, out / SUMMARY
 
 
 def stage_settings(cfg: Config, d: DemoConfig) -> dict[str, dict[str, Any]]:
     """What each stage's output depends on, besides the outputs of the stages before it."""
     return {
-        "corpus": {"utterances": d.utterances, "test_utterances": d.test_utterances,
-                   "text_lm_sentences": d.text_lm_sentences, "seed": d.corpus_seed,
-                   "voices": list(d.voices), "pitches": list(d.pitches), "rate_wpm": list(d.rate_wpm),
-                   "vocabulary": d.vocabulary},
+        "corpus": corpus_settings(d, text_lm_sentences=d.text_lm_sentences),
         "tokenizer": {"size": d.tokenizer_size},
         "units": {"k": d.units_k, "rate": d.units_rate, "features": d.units_features, "pooling": d.units_pooling,
                   "cmvn": d.units_cmvn, "min_run": d.units_min_run, "hours": d.units_hours,
@@ -84,137 +66,36 @@ def stage_settings(cfg: Config, d: DemoConfig) -> dict[str, dict[str, Any]]:
     }
 
 
-def chained_keys(settings: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each stage's key: its settings plus the key of the stage before, so a change anywhere upstream
-    invalidates everything after it."""
-    keys, previous = {}, None
-    for name in STAGES[:-1]:
-        keys[name] = {"settings": settings[name], "after": previous}
-        previous = keys[name]
-    return keys
-
-
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two JSON-like trees differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += differences(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [] if old == new else [prefix or "(all)"]
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Writes through a temporary file renamed into place, so readers never see half a file."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-
-
-class Demo:
+class Demo(StagedJob):
     """Runs the stages in order; `run()` returns the summary dict."""
 
     def __init__(self, cfg: Config, demo: DemoConfig, out: str | Path, config_name: str = "",
                  overrides: tuple[str, ...] = (), log: Callable[[str], None] | None = None):
+        super().__init__(out, stage_settings(cfg, demo), log, total_stages=len(STAGES))
         self.cfg, self.demo = cfg, demo
         self.paths = Paths(Path(out))
         self.config_name = config_name
         self.overrides = tuple(overrides)
-        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-        self.keys = chained_keys(stage_settings(cfg, demo))
 
-    def say(self, message: str) -> None:
-        self.log(f"[demo] {message}")
-
-    # ------------------------------------------------------------------ orchestration
     def run(self) -> dict:
-        self.paths.out.mkdir(parents=True, exist_ok=True)
-        self.ledger = self._read_ledger()
-        self.load_start = os.getloadavg()
-        self.ran: list[str] = []
-        start = time.monotonic()
-        builders = {"corpus": self.build_corpus, "tokenizer": self.build_tokenizer, "units": self.build_units,
-                    "prepare": self.build_prepare, "train": self.build_train, "eval": self.build_eval}
-        for index, name in enumerate(STAGES[:-1], start=1):
-            self._stage(index, name, builders[name])
-        summary = self.build_report(time.monotonic() - start)
+        summary = self.build_report(self.run_stages())
         self.say(f"held-out ASR WER {100 * summary['wer']:.2f}% on {summary['test_utterances']} utterances; "
                  f"end to end {summary['total_seconds'] / 60:.1f} min; wrote {self.paths.summary} and "
                  f"{self.paths.curves}")
         return summary
 
-    def _stage(self, index: int, name: str, build: Callable[[], dict]) -> None:
-        header = f"{index}/{len(STAGES)} {name}"
-        entry = self.ledger.get(name)
-        key = self.keys[name]
-        if entry is not None and entry["key"] == key and entry["done"]:
-            self.say(f"{header}: done already ({entry['seconds']:.0f} s when built), skipped")
-            return
-        resumable = name == "train" and entry is not None and entry["key"] == key
-        if entry is not None and entry["key"] != key:
-            changed = differences(entry["key"], key)
-            self.say(f"{header}: settings changed since it was built ({', '.join(changed[:6])}); rebuilding")
-        if not resumable:
-            self._remove_outputs(name)
-        previous_seconds = entry["seconds"] if resumable else 0.0
-        self.say(f"{header}: {'resuming' if resumable else 'building'}")
-        self.ledger[name] = {"key": key, "done": False, "seconds": previous_seconds, "facts": {}}
-        self._write_ledger()
-        start = time.monotonic()
-        try:
-            facts = build()
-        finally:
-            # an interrupted training run keeps its time, so the summary counts all of it
-            self.ledger[name]["seconds"] = previous_seconds + time.monotonic() - start
-            self._write_ledger()
-        self.ledger[name].update(done=True, facts=facts)
-        self._write_ledger()
-        self.ran.append(name)
-        self.say(f"{header}: finished in {self.ledger[name]['seconds']:.0f} s")
+    def builders(self) -> dict[str, Callable[[], dict]]:
+        return {"corpus": self.build_corpus, "tokenizer": self.build_tokenizer, "units": self.build_units,
+                "prepare": self.build_prepare, "train": self.build_train, "eval": self.build_eval}
 
-    def _remove_outputs(self, name: str) -> None:
-        outputs = {"corpus": [self.paths.corpus], "tokenizer": [self.paths.tokenizer], "units": [self.paths.units],
-                   "prepare": [self.paths.prepared, self.paths.test], "train": [self.paths.train],
-                   "eval": [self.paths.eval]}[name]
-        for path in outputs:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-
-    def _read_ledger(self) -> dict:
-        path = self.paths.ledger
-        if not path.is_file():
-            return {}
-        try:
-            ledger = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise DemoError(f"{path}: unreadable ({err}); delete it to rebuild every stage") from None
-        if not isinstance(ledger, dict):
-            raise DemoError(f"{path}: expected an object of stages; delete it to rebuild every stage")
-        return ledger
-
-    def _write_ledger(self) -> None:
-        write_json(self.paths.ledger, self.ledger)
-
-    def facts(self, name: str) -> dict:
-        return self.ledger[name]["facts"]
+    def outputs(self, name: str) -> list[Path]:
+        return {"corpus": [self.paths.corpus], "tokenizer": [self.paths.tokenizer], "units": [self.paths.units],
+                "prepare": [self.paths.prepared, self.paths.test], "train": [self.paths.train],
+                "eval": [self.paths.eval]}[name]
 
     # ------------------------------------------------------------------ stages
     def build_corpus(self) -> dict:
-        from most_jax.corpus import synth
-
-        d = self.demo
-        try:
-            speaker_set = synth.SpeakerSet(d.voices or synth.VOICES, d.pitches or synth.PITCHES,
-                                           d.rate_wpm or synth.RATE_WPM)
-        except ValueError as exc:
-            raise DemoError(f"demo.voices / demo.pitches / demo.rate_wpm: {exc}") from None
-        info = synth.synthesize_corpus(self.paths.corpus, d.utterances, seed=d.corpus_seed, workers=d.workers,
-                                       dev_fraction=0.0, test_fraction=d.test_utterances / d.utterances,
-                                       num_text_lm=d.text_lm_sentences, speaker_set=speaker_set,
-                                       vocabulary_limit=d.vocabulary or None, log=self.say)
-        return {"utterances": info["utterances"], "hours": info["hours"],
-                "text_lm_sentences": info["text_lm_sentences"], "vocabulary_words": info["vocabulary_size"]}
+        return build_corpus(self.paths.corpus, self.demo, self.say, text_lm_sentences=self.demo.text_lm_sentences)
 
     def build_tokenizer(self) -> dict:
         from most_jax.data.tasks import TEMPLATE_TEXTS
@@ -267,7 +148,6 @@ class Demo:
     def build_train(self) -> dict:
         from most_jax.data.pipeline import PreparedData, build_dataset
         from most_jax.models.most import count_params
-        from most_jax.train.loop import run_training
 
         cfg = self.training_config()
         params = count_params(cfg.model)
@@ -275,9 +155,7 @@ class Demo:
                  f"{cfg.train.steps} steps of {cfg.data.batch_size} x {cfg.data.seq_len} tokens, mixture "
                  f"{_mixture(cfg)}")
         batches = iter(build_dataset(cfg.data, PreparedData(self.paths.prepared)))
-        result = run_training(cfg, self.paths.train, batches, resume=True, console=sys.stderr)
-        if result.stopped_by in ("SIGTERM", "SIGINT"):
-            raise DemoInterrupted(result.stopped_by, result.step)
+        result = train(cfg, self.paths.train, batches)
         return {"steps": result.step, "params": params, "active_params": active_params(cfg, params),
                 "vocab_size": cfg.model.vocab_size}
 
@@ -321,8 +199,7 @@ class Demo:
         asr = result["asr"]
         last = records[-1]
         corpus, prepared, train = self.facts("corpus"), self.facts("prepare"), self.facts("train")
-        stage_seconds = {name: round(self.ledger[name]["seconds"], 1) for name in STAGES[:-1]}
-        stage_seconds["report"] = round(time.monotonic() - start, 1)
+        stage_seconds = self.stage_seconds(time.monotonic() - start)
         summary = {
             "wer": asr["wer"], "word_errors": asr["word_errors"], "words": asr["words"],
             "test_utterances": asr["utterances"],
@@ -344,9 +221,7 @@ class Demo:
                       "params": train["params"], "active_params": train["active_params"],
                       "vocab_size": train["vocab_size"], "train_steps": train["steps"],
                       "tokens_per_step": self.cfg.data.batch_size * self.cfg.data.seq_len},
-            "machine": {"cpus": os.cpu_count(), "load_average_start": [round(x, 2) for x in self.load_start],
-                        "load_average_end": [round(x, 2) for x in os.getloadavg()],
-                        "tokens_per_s_last_window": last.get("tokens_per_s")},
+            "machine": {**self.machine(), "tokens_per_s_last_window": last.get("tokens_per_s")},
             "config": self.config_name, "overrides": list(self.overrides),
         }
         write_json(self.paths.summary, summary)

@@ -1,4 +1,4 @@
-"""`most demo`: the main job, end to end on one machine."""
+"""`most demo` (MoST) and `most demo u2pp` (U2++ MoE): the main jobs, end to end on one machine."""
 
 from __future__ import annotations
 
@@ -21,34 +21,73 @@ tree): its model, data and train sections train the model, its demo section size
 tokenizer, units and evaluation and is not stored with the checkpoints; override any field with
 --set, e.g. --set demo.utterances=4000 --set train.steps=800.
 
+`most demo u2pp` is the second main job: the built-in corpus with train / dev / test splits over
+disjoint sentences, a sentencepiece tokenizer fitted on the training transcripts, U2++ records
+(fbank, WeNet ids, global CMVN), a small U2++ MoE trained by the common trainer, then dev and test
+WER side by side for non-streaming attention rescoring, CTC greedy and streaming (chunk 16 and
+chunk 4, rescoring at the end). Its settings: the shipped u2pp_demo.yaml (configs/u2pp_demo.yaml);
+output default runs/u2pp_demo.
+
 A re-run with the same OUT skips finished stages, rebuilds those whose settings changed (and the
 ones after them), and resumes an interrupted training run from its latest checkpoint. SIGTERM or
 Ctrl-C during training saves a checkpoint first.
 """
 
 
+JOBS = ("most", "u2pp")
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="the main job: corpus -> units/tokenizer -> train -> held-out WER",
-                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
+    parser = subparsers.add_parser("demo", help="the main jobs: corpus -> train -> held-out WER (MoST, or U2++ "
+                                   "with `demo u2pp`)", description=DESCRIPTION,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("job", nargs="?", choices=JOBS, default="most",
+                        help="most (default): the MoST main job; u2pp: the U2++ MoE one")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output directory (default runs/demo, or runs/u2pp_demo for u2pp)")
     add_config_args(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from most_jax.config import ConfigError, load_demo_config
-    from most_jax.demo import DEFAULT_CONFIG, Demo, DemoError, DemoInterrupted
+    from most_jax.config import ConfigError, U2ppDemoConfig, load_demo_config
+    from most_jax.stages import DemoError, DemoInterrupted
 
+    if args.job == "u2pp":
+        from most_jax.demo_u2pp import DEFAULT_CONFIG, U2ppDemo as job, mode_names
+
+        demo_class, out = U2ppDemoConfig, args.out or "runs/u2pp_demo"
+    else:
+        from most_jax.config import DemoConfig
+        from most_jax.demo import DEFAULT_CONFIG, Demo as job
+
+        demo_class, out = DemoConfig, args.out or "runs/demo"
     config = args.config or DEFAULT_CONFIG
+    name = "most demo u2pp" if args.job == "u2pp" else "most demo"
     try:
-        cfg, demo = load_demo_config(config, args.overrides)
-        summary = Demo(cfg, demo, args.out, config_name=config, overrides=tuple(args.overrides)).run()
+        cfg, demo = load_demo_config(config, args.overrides, demo_class)
+        summary = job(cfg, demo, out, config_name=config, overrides=tuple(args.overrides)).run()
     except DemoInterrupted as stop:
-        print(f"most demo: {stop}", file=sys.stderr)
+        print(f"{name}: {stop}", file=sys.stderr)
         return 128 + int(signal.Signals[stop.signal_name])
     except (ConfigError, DemoError) as err:
-        print(f"most demo: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return 1
+    if args.job == "u2pp":
+        print(wer_table(summary, mode_names(demo)))
+        print(f"{summary['total_seconds'] / 60:.1f} min end to end")
+        return 0
     print(f"held-out ASR WER {100 * summary['wer']:.2f}% ({summary['word_errors']} errors / {summary['words']} "
           f"words, {summary['test_utterances']} utterances); {summary['total_seconds'] / 60:.1f} min end to end")
     return 0
+
+
+def wer_table(summary: dict, modes: tuple[str, ...]) -> str:
+    """The U2++ job's WERs, one row per mode, one column per split."""
+    splits = list(summary["wer"])
+    width = max(len(m) for m in modes)
+    heads = [f"{s} ({summary['utterances'][s]} utt)" for s in splits]
+    lines = [f"{'WER %':<{width}}  " + "  ".join(f"{h:>16}" for h in heads)]
+    for mode in modes:
+        lines.append(f"{mode:<{width}}  " + "  ".join(f"{100 * summary['wer'][s][mode]:>16.2f}" for s in splits))
+    return "\n".join(lines)

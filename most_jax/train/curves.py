@@ -25,12 +25,13 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
-def loss_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
-    """{"loss" or a task name: (steps, values)}, skipping windows where the value is unknown."""
+def loss_series(records: list[dict], names: tuple[str, ...] = ("loss",)) -> dict[str, tuple[list[int], list[float]]]:
+    """{"loss", another of `names` (e.g. U2++'s loss_ctc) or a task name: (steps, values)}, skipping
+    windows where the value is unknown."""
     series: dict[str, tuple[list[int], list[float]]] = {}
     for rec in records:
         for key, value in rec.items():
-            if value is None or not (key == "loss" or key.startswith(TASK_PREFIX)):
+            if value is None or not (key in names or key.startswith(TASK_PREFIX)):
                 continue
             steps, values = series.setdefault(key.removeprefix(TASK_PREFIX), ([], []))
             steps.append(rec["step"])
@@ -38,15 +39,17 @@ def loss_series(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]
     return series
 
 
-def plot_losses(records: list[dict], out_png: str | Path, title: str = "training loss") -> None:
-    """Writes the loss curves to out_png (through a temporary file renamed into place)."""
+def plot_losses(records: list[dict], out_png: str | Path, title: str = "training loss", names: tuple[str, ...] = ("loss",),
+                ylabel: str = "cross-entropy (nats per loss token)") -> None:
+    """Writes the curves of `loss`, the other `names` and the per-task losses to out_png (through a
+    temporary file renamed into place)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a training machine
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    series = loss_series(records)
+    series = loss_series(records, names)
     if not series:
         raise ValueError("no loss values in the metrics records")
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -54,7 +57,7 @@ def plot_losses(records: list[dict], out_png: str | Path, title: str = "training
         style = {"color": "black", "linewidth": 2.0} if name == "loss" else {"linewidth": 1.2}
         ax.plot(steps, values, label="total (incl. aux)" if name == "loss" else name, **style)
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats per loss token)")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:g}"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.StrMethodFormatter("{x:g}"))

@@ -20,6 +20,7 @@ from most_jax.models.u2pp.decoder import BiTransformerDecoder, TransformerDecode
 from most_jax.models.u2pp.loss import add_sos_eos, reverse_targets
 
 MODES = ("ctc_greedy", "ctc_prefix_beam", "attention", "attention_rescoring")
+TOKEN_QUANTUM = 8  # rescoring pads hypotheses to a multiple of this many tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +100,17 @@ def rescoring_scores(decoder: BiTransformerDecoder, nbest: list[ctc_search.NBest
     rows = [(b, hyp) for b, res in enumerate(nbest) for hyp in res.hyps]
     if not rows:
         return [np.zeros(0, np.float32) for _ in nbest]
-    lmax = max(1, max(len(h) for _, h in rows))
-    ys_NT = np.zeros((len(rows), lmax), np.int32)
-    lens_N = np.array([len(h) for _, h in rows], np.int32)
-    for i, (_, hyp) in enumerate(rows):
+    n = len(rows)
+    # Padded to a power of two of rows and a multiple of TOKEN_QUANTUM tokens, so the decoder pass
+    # compiles for a few shapes instead of once per batch; padding rows (empty, owner 0) are dropped.
+    rows_padded = 1 << (n - 1).bit_length()
+    lmax = -(-max(1, max(len(h) for _, h in rows)) // TOKEN_QUANTUM) * TOKEN_QUANTUM
+    ys_NT = np.zeros((rows_padded, lmax), np.int32)
+    lens_N = np.zeros(rows_padded, np.int32)
+    owner_N = np.zeros(rows_padded, np.int64)
+    for i, (b, hyp) in enumerate(rows):
         ys_NT[i, : len(hyp)] = hyp
-    owner_N = np.array([b for b, _ in rows])
+        lens_N[i], owner_N[i] = len(hyp), b
     s = encoder_out_BSD.shape[1]
     memory_NSD = jnp.asarray(encoder_out_BSD)[owner_N]
     mask_NS = jnp.asarray(np.arange(s)[None, :] < np.asarray(encoder_lens_B)[owner_N][:, None])
@@ -112,12 +118,13 @@ def rescoring_scores(decoder: BiTransformerDecoder, nbest: list[ctc_search.NBest
     ys_in, _, _ = add_sos_eos(ys, lens, sos, eos)
     r_ys_in = add_sos_eos(reverse_targets(ys, lens), lens, sos, eos)[0] if reverse_weight > 0 else None
     left_NTV, right_NTV, _ = _rescoring_forward(decoder, memory_NSD, mask_NS, ys_in, lens + 1, r_ys_in)
-    score_N = _token_scores(np.asarray(jax.nn.log_softmax(left_NTV, axis=-1)), ys_NT, lens_N, eos, reverse=False)
+    score_N = _token_scores(np.asarray(jax.nn.log_softmax(left_NTV[:n], axis=-1)), ys_NT, lens_N[:n], eos,
+                            reverse=False)
     if reverse_weight > 0:
-        r_score_N = _token_scores(np.asarray(jax.nn.log_softmax(right_NTV, axis=-1)), ys_NT, lens_N, eos,
+        r_score_N = _token_scores(np.asarray(jax.nn.log_softmax(right_NTV[:n], axis=-1)), ys_NT, lens_N[:n], eos,
                                   reverse=True)
         score_N = score_N * np.float32(1 - reverse_weight) + r_score_N * np.float32(reverse_weight)
-    return [score_N[owner_N == b] for b in range(len(nbest))]
+    return [score_N[owner_N[:n] == b] for b in range(len(nbest))]
 
 
 @nnx.jit
