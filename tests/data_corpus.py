@@ -65,3 +65,21 @@ def make_prepared(directory: Path, tokenizer_dir: Path, num_pairs: int = 60, num
     (directory / rec.LAYOUT_FILE).write_text(json.dumps(layout.to_dict()))
     copy_tokenizer(tokenizer_dir, directory / rec.TOKENIZER_DIR)
     return directory
+
+
+def tiny_most(prepared: Path, seed: int = 0):
+    """(config, random 2-layer MoST) of configs/most_tiny.yaml sized to the vocabulary of `prepared`
+    (data.records points there, so a saved checkpoint finds its assets)."""
+    import dataclasses
+
+    from flax import nnx
+
+    from most_jax.config import config_from_dict, load_config, to_dict
+    from most_jax.models.most import MoST
+
+    layout = VocabLayout.from_dict(json.loads((prepared / rec.LAYOUT_FILE).read_text()))
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "most_tiny.yaml",
+                      ["model.num_layers=2", "model.moe.dispatch=reference", f"data.records={prepared}"])
+    cfg = config_from_dict(to_dict(dataclasses.replace(cfg, model=dataclasses.replace(
+        cfg.model, vocab=layout.config, vocab_size=layout.vocab_size))))
+    return cfg, MoST(cfg.model, rngs=nnx.Rngs(seed))

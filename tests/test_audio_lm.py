@@ -2,37 +2,30 @@
 answers from a uniform model, ZeroSpeech pair credit (ties 0.5), the pair-file readers and the
 built-in pair sets, and `most eval audio-lm` on a saved checkpoint."""
 
-import dataclasses
 import json
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile as sf
-from data_corpus import NUM_UNITS, make_prepared, make_tokenizer
+from data_corpus import NUM_UNITS, make_prepared, make_tokenizer, tiny_most
 from flax import nnx
 
 from most_jax import cli
 from most_jax.checkpoint.params_io import save_params
-from most_jax.config import config_from_dict, load_config, to_dict
 from most_jax.corpus import pairs as builtin
 from most_jax.corpus.sentences import vocabulary
 from most_jax.data.pipeline import PreparedData
 from most_jax.eval.audio_lm import SpokenPair, log_likelihoods, pair_accuracy, pair_credit, score_pairs
 from most_jax.eval.pair_sets import PairSetError, read_pair_set
-from most_jax.models.most import MoST
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("audio_lm")
     prepared = make_prepared(root / "prepared", make_tokenizer(root / "tok"), num_pairs=2, num_text=1, num_dialogs=1)
-    data = PreparedData(prepared)
-    cfg = load_config("configs/most_tiny.yaml", ["model.num_layers=2", "model.moe.dispatch=reference",
-                                                 f"data.records={prepared}"])
-    cfg = config_from_dict(to_dict(dataclasses.replace(cfg, model=dataclasses.replace(
-        cfg.model, vocab=data.layout.config, vocab_size=data.layout.vocab_size))))
-    return root, cfg, data, MoST(cfg.model, rngs=nnx.Rngs(0))
+    cfg, model = tiny_most(prepared)
+    return root, cfg, PreparedData(prepared), model
 
 
 def _slow_log_likelihood(model, tokens):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +18,14 @@ from most_jax.speech.audio import AudioError, load_audio
 
 ERRORS = (CheckpointError, ConfigError, PipelineError, AssetsMismatch, AudioError, ValueError)
 
+TTS_DESCRIPTION = """\
+Generates the speech units of each TEXT (all texts in batches of --batch-size). Without --vocoder
+the deduplicated unit ids are written as int32 .npy; with --vocoder V (a vocoder checkpoint whose
+num_units is the checkpoint's unit count) they are re-expanded by its duration predictor and
+synthesised. One TEXT writes OUT; several write OUT's stem with _1, _2, ... (speech_1.wav, ...).
+Every file is written to a temporary name and renamed when complete.
+"""
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="ASR or TTS by generation with a checkpoint")
@@ -25,10 +34,16 @@ def register(subparsers) -> None:
     add_model_args(asr, max_new_tokens=128)
     asr.add_argument("audio", nargs="+", metavar="AUDIO", help="wav/flac files (any rate or channel count)")
     asr.set_defaults(handler=run_asr)
-    tts = sub.add_parser("tts", help="write the speech units of a text to a .npy file")
+    tts = sub.add_parser("tts", help="speak texts: speech units (.npy), or a waveform through a vocoder",
+                         description=TTS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(tts, max_new_tokens=512)
-    tts.add_argument("text", help="the text to speak")
-    tts.add_argument("--out", required=True, metavar="UNITS.npy", help="where to write the unit ids (int32)")
+    tts.add_argument("text", nargs="+", metavar="TEXT", help="the texts to speak (one batch)")
+    tts.add_argument("--out", required=True, metavar="OUT",
+                     help="UNITS.npy without --vocoder; SPEECH.wav (16-bit PCM) or SPEECH.npy (float32 samples) "
+                          "with it; several texts write OUT's stem + _1, _2, ...")
+    tts.add_argument("--vocoder", default=None, metavar="V", help="vocoder checkpoint: write waveforms, not units")
+    tts.add_argument("--speaker", type=int, default=None, metavar="N", help="the vocoder's speaker id")
+    tts.add_argument("--lang", type=int, default=None, metavar="N", help="the vocoder's language id")
     tts.set_defaults(handler=run_tts)
 
 
@@ -50,13 +65,44 @@ def run_asr(args: argparse.Namespace) -> int:
     return 0
 
 
+def output_paths(out: str, count: int) -> list[Path]:
+    """OUT itself for one output, else OUT's stem + _1 .. _count with OUT's suffix."""
+    path = Path(out)
+    if count == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}_{i}{path.suffix}") for i in range(1, count + 1)]
+
+
 def run_tts(args: argparse.Namespace) -> int:
+    from most_jax.infer.vocoder import load_vocoder, synthesize_batch, write_waveform
+
     try:
+        suffixes = (".wav", ".npy") if args.vocoder else (".npy",)
+        if Path(args.out).suffix not in suffixes:
+            raise ValueError(f"--out {args.out}: the name must end in {' or '.join(suffixes)}"
+                             + ("" if args.vocoder else " (units; pass --vocoder for a waveform)"))
+        if not args.vocoder and (args.speaker is not None or args.lang is not None):
+            raise ValueError("--speaker and --lang choose the vocoder's embeddings: they need --vocoder")
         model, data, sampling = load_model_and_assets(args)
-        (units,) = synthesize_units(model, data, [args.text], sampling=sampling, batch_size=1, seed=args.seed)
+        vocoder = load_vocoder(args.vocoder) if args.vocoder else None
+        if vocoder is not None and vocoder.cfg.num_units != data.layout.config.num_audio_units:
+            raise ValueError(f"--vocoder {args.vocoder}: {vocoder.cfg.num_units} units, the checkpoint speaks "
+                             f"{data.layout.config.num_audio_units}")
+        units = synthesize_units(model, data, args.text, sampling=sampling, batch_size=args.batch_size,
+                                 seed=args.seed)
+        empty = [i + 1 for i, u in enumerate(units) if u.size == 0]
+        if vocoder is not None and empty:
+            raise ValueError(f"text {empty[0]} ({args.text[empty[0] - 1]!r}): the model wrote no speech units")
+        waves = synthesize_batch(vocoder, units, args.speaker, args.lang) if vocoder is not None else None
     except ERRORS as e:
         raise SystemExit(f"most generate tts: error: {e}") from None
-    with atomic_file(args.out) as tmp, open(tmp, "wb") as f:
-        np.save(f, units.astype(np.int32))  # through a handle: np.save appends .npy to other names
-    print(f"wrote {args.out}: {len(units)} units", file=sys.stderr)
+    for i, path in enumerate(output_paths(args.out, len(args.text))):
+        if waves is None:
+            with atomic_file(path) as tmp, open(tmp, "wb") as f:
+                np.save(f, units[i].astype(np.int32))  # through a handle: np.save appends .npy to other names
+            print(f"wrote {path}: {len(units[i])} units", file=sys.stderr)
+        else:
+            write_waveform(path, waves[i], vocoder.cfg.sample_rate)
+            print(f"wrote {path}: {len(units[i])} units, {waves[i].size / vocoder.cfg.sample_rate:.2f} s",
+                  file=sys.stderr)
     return 0

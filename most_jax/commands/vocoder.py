@@ -99,22 +99,20 @@ def run_import_unit_hifigan(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from most_jax.checkpoint.params_io import CheckpointError, load_config, restore_model
-    from most_jax.infer.vocoder import SynthesisError, synthesize, write_waveform
+    from most_jax.checkpoint.params_io import CheckpointError
+    from most_jax.infer.vocoder import SynthesisError, load_vocoder, synthesize, write_waveform
 
     try:
-        if load_config(args.checkpoint).model.family != "vocoder":
-            raise SynthesisError(f"{args.checkpoint}: not a vocoder checkpoint (model.family is not 'vocoder')")
+        generator = load_vocoder(args.checkpoint, "CKPT")
         try:
             units = np.load(args.units, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise SynthesisError(f"--units {args.units}: unreadable .npy ({e})") from None
-        cfg, model = restore_model(args.checkpoint)
-        wave = synthesize(model.generator, units, args.speaker, args.lang, use_durations=not args.frame_units)
-        write_waveform(args.out, wave, cfg.model.sample_rate)
+        wave = synthesize(generator, units, args.speaker, args.lang, use_durations=not args.frame_units)
+        write_waveform(args.out, wave, generator.cfg.sample_rate)
     except (SynthesisError, CheckpointError) as e:
         return _fail("synth", e)
-    print(f"wrote {args.out}: {wave.size / cfg.model.sample_rate:.2f} s")
+    print(f"wrote {args.out}: {wave.size / generator.cfg.sample_rate:.2f} s")
     return 0
 
 
