@@ -58,6 +58,15 @@ def test_optimal_params_minimises_the_law_at_fixed_compute():
         assert float(frontier_loss(law, compute, k)) == pytest.approx(best.fun, rel=1e-9)
 
 
+def test_a_law_without_a_minimum_has_no_frontier_rather_than_a_complex_one():
+    """Runs whose tokens are a fixed multiple of their parameters can fit a negative coefficient: the
+    constrained minimum does not exist, and the frontier is undefined (NaN), not complex."""
+    from most_jax.scaling.fit import PARAMS_DATA_NAMES, Law
+    law = Law(PARAMS_DATA_NAMES, (1.7, 400.0, 0.34, -50.0, 0.28))
+    assert np.isnan(optimal_params(law, np.array([1e18, 1e20]), 6.0)).all()
+    assert math.isnan(float(frontier_loss(law, 1e18, 6.0)))
+
+
 def test_moe_multiplier_is_the_compute_saving_at_every_size():
     rng = np.random.default_rng(5)
     runs = _runs(params_data_runs(rng) + params_data_runs(rng, variant="moe", compute_saving=2.0))

@@ -227,10 +227,14 @@ def flops_per_param_token(runs: Sequence[Run]) -> float:
 
 
 def optimal_params(law: Law, compute: np.ndarray | float, k: float) -> np.ndarray:
-    """N_opt(C) minimising L(N, D) subject to k N D = C."""
+    """N_opt(C) minimising L(N, D) subject to k N D = C; NaN where the fitted law has no such
+    minimum (a non-positive coefficient or exponent, as a fit of degenerate runs can give)."""
     (a, alpha), (b, beta) = law.terms()
+    compute = np.asarray(compute, np.float64)
+    if min(a, alpha, b, beta) <= 0:
+        return np.full(compute.shape, np.nan)
     g = (alpha * a / (beta * b)) ** (1 / (alpha + beta))
-    return g * (np.asarray(compute, np.float64) / k) ** (beta / (alpha + beta))
+    return g * (compute / k) ** (beta / (alpha + beta))
 
 
 def frontier_loss(law: Law, compute: np.ndarray | float, k: float) -> np.ndarray:
