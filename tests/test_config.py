@@ -106,6 +106,11 @@ def test_most_config_prints_a_config_that_loads_back(tmp_path, capsys):
     assert main(["config", "--demo", "--set", "demo.units_k=77"]) == 0  # default: the shipped demo.yaml
     (tmp_path / "printed.yaml").write_text(capsys.readouterr().out)
     assert load_demo_config(tmp_path / "printed.yaml") == load_demo_config("demo.yaml", ["demo.units_k=77"])
+    assert main(["config", "--demo", "--config", "u2pp_demo.yaml", "--set", "demo.beam=3"]) == 0  # U2++ demo section
+    (tmp_path / "u2.yaml").write_text(capsys.readouterr().out)
+    from most_jax.config import U2ppDemoConfig
+    assert (load_demo_config(tmp_path / "u2.yaml", demo_class=U2ppDemoConfig)
+            == load_demo_config("u2pp_demo.yaml", ["demo.beam=3"], U2ppDemoConfig))
     assert main(["config", "--config", "no_such.yaml"]) == 1
     assert "shipped: demo.yaml" in capsys.readouterr().err
 
