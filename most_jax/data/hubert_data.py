@@ -31,7 +31,7 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from most_jax.config import Config
 from most_jax.data import records as rec
 from most_jax.data.pipeline import PipelineError
 from most_jax.data.prepare import SAMPLE_RATE, PrepareError, ShardWriter
+from most_jax.data.step_batches import StepBatches
 
 KIND = "hubert"
 HUBERT_FILE = "hubert.json"
@@ -106,7 +107,7 @@ def prepare_hubert(manifest: str | Path, units_dir: str | Path, out_dir: str | P
     return report
 
 
-class HubertBatches:
+class HubertBatches(StepBatches):
     """Batch iterator for the trainer (train/loop.py BatchIterator) over a `prepare_hubert` directory."""
 
     def __init__(self, cfg: Config):
@@ -142,15 +143,6 @@ class HubertBatches:
             raise PipelineError(f"{directory}: no record has the {receptive_field(model)} samples of one frame")
         self.width = int(round(cfg.data.max_audio_seconds * SAMPLE_RATE))
         self.step = 0
-
-    def get_state(self) -> dict[str, Any]:
-        return {"step": self.step}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-
-    def __iter__(self):
-        return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         from most_jax.models.hubert.features import frame_lengths

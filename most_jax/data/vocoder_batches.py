@@ -10,11 +10,10 @@ its step count and a resumed run sees the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from most_jax.config import Config
+from most_jax.data.step_batches import StepBatches
 from most_jax.models.vocoder.duration import run_lengths
 from most_jax.speech.units import UnitExtractor
 
@@ -52,7 +51,7 @@ def segment_runs(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out_units, out_dur
 
 
-class VocoderBatches:
+class VocoderBatches(StepBatches):
     """Batch iterator for the trainer (train/loop.py BatchIterator)."""
 
     def __init__(self, cfg: Config, waves: list[np.ndarray], units: list[np.ndarray], speakers: list[int]):
@@ -67,15 +66,6 @@ class VocoderBatches:
         self.units = [units[i] for i in keep]
         self.speakers = [speakers[i] for i in keep]
         self.step = 0
-
-    def get_state(self) -> dict[str, Any]:
-        return {"step": self.step}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-
-    def __iter__(self):
-        return self
 
     def __next__(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.cfg.data.seed, self.step])
