@@ -401,7 +401,8 @@ class DemoCorpusConfig:
     """The built-in eSpeak corpus both main jobs synthesise (`most demo`, `most demo u2pp`)."""
 
     utterances: int = 8400  # spoken utterances over all splits
-    test_utterances: int = 200  # held out: their sentences occur nowhere in training (or dev)
+    dev_utterances: int = 200  # a split disjoint in sentences from train and test: model choices are made on it
+    test_utterances: int = 200  # held out: their sentences occur nowhere in training or dev; reported
     corpus_seed: int = 0
     voices: tuple[str, ...] = ()  # eSpeak voices; empty: every built-in voice (corpus/synth.py VOICES)
     pitches: tuple[int, ...] = ()  # empty: the built-in pitches
@@ -411,10 +412,10 @@ class DemoCorpusConfig:
 
     def held_out(self) -> int:
         """Utterances outside the training split."""
-        return self.test_utterances
+        return self.dev_utterances + self.test_utterances
 
     def validate(self, prefix: str = "demo") -> None:
-        for name in ("utterances", "test_utterances", "workers"):
+        for name in ("utterances", "dev_utterances", "test_utterances", "workers"):
             value = getattr(self, name)
             _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
         _check(self.held_out() < self.utterances / 2, f"{prefix}.test_utterances",
@@ -467,19 +468,15 @@ class U2ppDemoConfig(DemoCorpusConfig):
     """The second main job (`most demo u2pp`): the corpus with a dev split (model choices are made
     on it), the tokenizer fitted on the training transcripts, and the decoding of dev and test."""
 
-    dev_utterances: int = 200  # a third split, disjoint in sentences from train and test
     tokenizer_size: int = 300  # sentencepiece BPE pieces (256 of them byte fallbacks)
     eval_batch_size: int = 50
     beam: int = 10  # CTC prefix beam (the n-best that attention rescoring rescores)
     ctc_weight: float = 0.5  # of the CTC score in attention rescoring (WeNet's runtime default)
     streaming_chunks: tuple[int, ...] = (16, 4)  # chunk sizes (frames after subsampling) decoded as streaming
 
-    def held_out(self) -> int:
-        return self.dev_utterances + self.test_utterances
-
     def validate(self, prefix: str = "demo") -> None:
         super().validate(prefix)
-        for name in ("dev_utterances", "eval_batch_size", "beam"):
+        for name in ("eval_batch_size", "beam"):
             value = getattr(self, name)
             _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
         _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")

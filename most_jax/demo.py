@@ -2,15 +2,15 @@
 
 Stages, each writing its outputs under OUT:
 
-    corpus     corpus/          the built-in eSpeak corpus; train and test over disjoint sentences
+    corpus     corpus/          the built-in eSpeak corpus; train, dev and test over disjoint sentences
     tokenizer  tokenizer/       sentencepiece BPE fitted on the text-LM sentences
     units      units/           k-means speech units fitted on training audio
-    prepare    prepared/ test/  training records (speech pairs + text LM) and the held-out pairs
+    prepare    prepared/ dev/ test/  training records (speech pairs + text LM) and the held-out pairs
     train      train/           a small MAMoE MoST on ASR + TTS + text LM (metrics.jsonl, checkpoints)
-    eval       eval.json        held-out ASR WER and TTS unit accuracy, by generation
+    eval       eval.json        dev and test ASR WER and test TTS unit accuracy, by generation
     report     curves.png summary.json
 
-OUT/stages.json records each finished stage (most_jax/stages.py, shared with `most demo u2pp`): a
+Recipe choices are judged on dev; the test WER is the reported figure. OUT/stages.json records each finished stage (most_jax/stages.py, shared with `most demo u2pp`): a
 re-run skips finished stages, rebuilds those whose settings changed and resumes an interrupted
 training run from its latest checkpoint.
 """
@@ -35,6 +35,7 @@ SUMMARY = "summary.json"
 EVAL = "eval.json"
 CURVES = "curves.png"
 STAGES = ("corpus", "tokenizer", "units", "prepare", "train", "eval", "report")
+EVAL_SPLITS = ("dev", "test")
 
 
 class Paths:
@@ -43,7 +44,7 @@ class Paths:
     def __init__(self, out: Path):
         self.out = out
         self.corpus, self.tokenizer, self.units = out / "corpus", out / "tokenizer", out / "units"
-        self.prepared, self.test, self.train = out / "prepared", out / "test", out / "train"
+        self.prepared, self.dev, self.test, self.train = out / "prepared", out / "dev", out / "test", out / "train"
         self.eval, self.curves, self.summary = out / EVAL, out / CURVES, out / SUMMARY
 
 
@@ -79,7 +80,8 @@ class Demo(StagedJob):
 
     def run(self) -> dict:
         summary = self.build_report(self.run_stages())
-        self.say(f"held-out ASR WER {100 * summary['wer']:.2f}% on {summary['test_utterances']} utterances; "
+        self.say(f"test ASR WER {100 * summary['wer']:.2f}% on {summary['test_utterances']} utterances (dev "
+                 f"{100 * summary['dev_wer']:.2f}%); "
                  f"end to end {summary['total_seconds'] / 60:.1f} min; wrote {self.paths.summary} and "
                  f"{self.paths.curves}")
         return summary
@@ -90,7 +92,7 @@ class Demo(StagedJob):
 
     def outputs(self, name: str) -> list[Path]:
         return {"corpus": [self.paths.corpus], "tokenizer": [self.paths.tokenizer], "units": [self.paths.units],
-                "prepare": [self.paths.prepared, self.paths.test], "train": [self.paths.train],
+                "prepare": [self.paths.prepared, self.paths.dev, self.paths.test], "train": [self.paths.train],
                 "eval": [self.paths.eval]}[name]
 
     # ------------------------------------------------------------------ stages
@@ -127,11 +129,14 @@ class Demo(StagedJob):
         self.say(f"preparing {len(items)} training items (speech pairs and text-LM lines)")
         train = prepare(items, self.paths.prepared, options, total=len(items))
         # Held-out pairs of any length are kept: leaving out long ones would flatter the WER.
-        test_options = dataclasses.replace(options, max_tokens=1 << 20)
-        test_items = manifest_items(corpus / "test.jsonl")
-        self.say(f"preparing {len(test_items)} held-out pairs")
-        test = prepare(test_items, self.paths.test, test_options, total=len(test_items))
-        return {"train": _report_facts(train), "test": _report_facts(test)}
+        held_out_options = dataclasses.replace(options, max_tokens=1 << 20)
+        reports = {"train": _report_facts(train)}
+        for split in EVAL_SPLITS:
+            split_items = manifest_items(corpus / f"{split}.jsonl")
+            self.say(f"preparing {len(split_items)} held-out {split} pairs")
+            reports[split] = _report_facts(prepare(split_items, getattr(self.paths, split), held_out_options,
+                                                   total=len(split_items)))
+        return reports
 
     def training_config(self) -> Config:
         """The configured model/data/train sections on this run's records and vocabulary layout."""
@@ -169,25 +174,28 @@ class Demo(StagedJob):
         # Dropless routing, as `most eval` does: a row's output never depends on the rest of its batch.
         _, model = restore_model(self.paths.train, ["model.moe.dispatch=dropless"])
         data = PreparedData(self.paths.prepared)
-        items = load_eval_set(self.paths.test, data)
-        if not items:
-            raise DemoError(f"{self.paths.test}: no held-out utterances to evaluate")
-        self.say(f"transcribing {len(items)} held-out utterances")
-        asr = evaluate_asr(model, data, items, sampling=Sampling(max_new_tokens=d.asr_max_new_tokens),
-                           batch_size=d.eval_batch_size)
-        for example in asr["examples"][:3]:
-            self.say(f"  REF: {example['reference']}\n[demo]   HYP: {example['hypothesis']}")
-        self.say(f"held-out ASR WER {100 * asr['wer']:.2f}% ({asr['word_errors']} errors / {asr['words']} words)")
-        result = {"asr": asr}
+        result, held_out = {}, {}
+        for split in EVAL_SPLITS:
+            items = held_out[split] = load_eval_set(getattr(self.paths, split), data)
+            if not items:
+                raise DemoError(f"{getattr(self.paths, split)}: no held-out utterances to evaluate")
+            self.say(f"transcribing {len(items)} held-out {split} utterances")
+            asr = evaluate_asr(model, data, items, sampling=Sampling(max_new_tokens=d.asr_max_new_tokens),
+                               batch_size=d.eval_batch_size)
+            for example in asr["examples"][:2]:
+                self.say(f"  REF: {example['reference']}\n[demo]   HYP: {example['hypothesis']}")
+            self.say(f"{split} ASR WER {100 * asr['wer']:.2f}% ({asr['word_errors']} errors / {asr['words']} words)")
+            result[f"asr_{split}"] = asr
         if d.tts_eval_utterances:
-            self.say(f"speaking {d.tts_eval_utterances} held-out sentences (TTS units)")
-            result["tts"] = evaluate_tts(model, data, items[:d.tts_eval_utterances],
+            self.say(f"speaking {d.tts_eval_utterances} held-out test sentences (TTS units)")
+            result["tts"] = evaluate_tts(model, data, held_out["test"][:d.tts_eval_utterances],
                                          sampling=Sampling(max_new_tokens=d.tts_max_new_tokens),
                                          batch_size=d.eval_batch_size)
             self.say(f"TTS unit accuracy {100 * result['tts']['unit_accuracy']:.1f}%, unit error rate "
                      f"{100 * result['tts']['unit_error_rate']:.1f}%")
         write_json(self.paths.eval, result)
-        return {"wer": asr["wer"], "utterances": asr["utterances"], "seconds": asr["seconds"]}
+        return {split: {"wer": result[f"asr_{split}"]["wer"], "utterances": result[f"asr_{split}"]["utterances"]}
+                for split in EVAL_SPLITS}
 
     def build_report(self, this_run_seconds: float) -> dict:
         from most_jax.train.curves import loss_series, plot_losses, read_metrics
@@ -196,13 +204,15 @@ class Demo(StagedJob):
         records = read_metrics(self.paths.train)
         plot_losses(records, self.paths.curves, title=f"most demo: {self.paths.out}")
         result = json.loads(self.paths.eval.read_text())
-        asr = result["asr"]
+        asr, dev = result["asr_test"], result["asr_dev"]
         last = records[-1]
         corpus, prepared, train = self.facts("corpus"), self.facts("prepare"), self.facts("train")
         stage_seconds = self.stage_seconds(time.monotonic() - start)
         summary = {
             "wer": asr["wer"], "word_errors": asr["word_errors"], "words": asr["words"],
             "test_utterances": asr["utterances"],
+            "dev_wer": dev["wer"], "dev_word_errors": dev["word_errors"], "dev_words": dev["words"],
+            "dev_utterances": dev["utterances"],
             "tts": {k: result["tts"][k] for k in ("unit_accuracy", "unit_error_rate", "utterances")}
             if "tts" in result else None,
             # each task's latest logged value: a short log window may have held no sequence of a task
@@ -217,7 +227,8 @@ class Demo(StagedJob):
                       "corpus_vocabulary_words": corpus["vocabulary_words"],
                       "tokenizer_pieces": self.facts("tokenizer")["pieces"], "units_k": self.facts("units")["k"],
                       "units_per_second": self.facts("units")["units_per_second"],
-                      "train_records": prepared["train"], "test_records": prepared["test"],
+                      "train_records": prepared["train"], "dev_records": prepared["dev"],
+                      "test_records": prepared["test"],
                       "params": train["params"], "active_params": train["active_params"],
                       "vocab_size": train["vocab_size"], "train_steps": train["steps"],
                       "tokens_per_step": self.cfg.data.batch_size * self.cfg.data.seq_len},

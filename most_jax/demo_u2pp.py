@@ -63,7 +63,7 @@ class Paths:
 def stage_settings(cfg: Config, d: U2ppDemoConfig) -> dict[str, dict[str, Any]]:
     """What each stage's output depends on, besides the outputs of the stages before it."""
     return {
-        "corpus": corpus_settings(d, dev_utterances=d.dev_utterances),
+        "corpus": corpus_settings(d),
         "tokenizer": {"size": d.tokenizer_size},
         "prepare": {"max_audio_seconds": cfg.data.max_audio_seconds, "max_tokens": cfg.data.seq_len},
         # data.records and the vocabulary size come from the prepare stage's outputs (whose key the
@@ -109,7 +109,7 @@ class U2ppDemo(StagedJob):
 
     # ------------------------------------------------------------------ stages
     def build_corpus(self) -> dict:
-        return build_corpus(self.paths.corpus, self.demo, self.say, dev_utterances=self.demo.dev_utterances)
+        return build_corpus(self.paths.corpus, self.demo, self.say)
 
     def build_tokenizer(self) -> dict:
         from most_jax.data.tokenizers import train_sentencepiece

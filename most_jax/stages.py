@@ -178,20 +178,16 @@ class StagedJob:
                 "load_average_end": [round(x, 2) for x in os.getloadavg()]}
 
 
-def corpus_settings(d, dev_utterances: int = 0, text_lm_sentences: int = 0) -> dict[str, Any]:
+def corpus_settings(d, text_lm_sentences: int = 0) -> dict[str, Any]:
     """What the corpus stage's output depends on (d: a DemoCorpusConfig)."""
-    settings = {"utterances": d.utterances, "test_utterances": d.test_utterances,
-                "text_lm_sentences": text_lm_sentences, "seed": d.corpus_seed, "voices": list(d.voices),
-                "pitches": list(d.pitches), "rate_wpm": list(d.rate_wpm), "vocabulary": d.vocabulary}
-    if dev_utterances:  # keyed only when asked for, so the MoST demo's key is what it always was
-        settings["dev_utterances"] = dev_utterances
-    return settings
+    return {"utterances": d.utterances, "dev_utterances": d.dev_utterances, "test_utterances": d.test_utterances,
+            "text_lm_sentences": text_lm_sentences, "seed": d.corpus_seed, "voices": list(d.voices),
+            "pitches": list(d.pitches), "rate_wpm": list(d.rate_wpm), "vocabulary": d.vocabulary}
 
 
-def build_corpus(out: Path, d, say: Callable[[str], None], dev_utterances: int = 0,
-                 text_lm_sentences: int = 0) -> dict:
-    """The built-in eSpeak corpus in `out`: train, dev (when dev_utterances) and test over disjoint
-    sentences, plus text-LM sentences disjoint from all of them; returns the ledger's facts."""
+def build_corpus(out: Path, d, say: Callable[[str], None], text_lm_sentences: int = 0) -> dict:
+    """The built-in eSpeak corpus in `out`: train, dev and test over disjoint sentences, plus
+    text-LM sentences disjoint from all of them; returns the ledger's facts."""
     from most_jax.corpus import synth
 
     try:
@@ -200,7 +196,7 @@ def build_corpus(out: Path, d, say: Callable[[str], None], dev_utterances: int =
     except ValueError as exc:
         raise DemoError(f"demo.voices / demo.pitches / demo.rate_wpm: {exc}") from None
     info = synth.synthesize_corpus(out, d.utterances, seed=d.corpus_seed, workers=d.workers,
-                                   dev_fraction=dev_utterances / d.utterances,
+                                   dev_fraction=d.dev_utterances / d.utterances,
                                    test_fraction=d.test_utterances / d.utterances, num_text_lm=text_lm_sentences,
                                    speaker_set=speaker_set, vocabulary_limit=d.vocabulary or None, log=say)
     return {"utterances": info["utterances"], "hours": info["hours"],

@@ -14,7 +14,7 @@ TOY = ["--config", "configs/most_tiny.yaml",
        "--set", "model.num_layers=2", "--set", "model.scan_layers=false",
        "--set", "data.seq_len=256", "--set", "data.batch_size=4", "--set", "data.packing_bins=4",
        "--set", "train.steps=4", "--set", "train.log_every=2", "--set", "train.checkpoint_every=2",
-       "--set", "demo.utterances=30", "--set", "demo.test_utterances=6", "--set", "demo.text_lm_sentences=300",
+       "--set", "demo.utterances=36", "--set", "demo.dev_utterances=6", "--set", "demo.test_utterances=6", "--set", "demo.text_lm_sentences=300",
        "--set", "demo.tokenizer_size=300", "--set", "demo.units_k=16", "--set", "demo.kmeans_epochs=2",
        "--set", "demo.workers=1", "--set", "demo.eval_batch_size=8", "--set", "demo.asr_max_new_tokens=6",
        "--set", "demo.tts_eval_utterances=1", "--set", "demo.tts_max_new_tokens=6"]
@@ -42,9 +42,9 @@ def first_run(tmp_path_factory):
 
 def test_every_stage_writes_its_outputs(first_run):
     out = first_run
-    for path in ("corpus/train.jsonl", "corpus/test.jsonl", "corpus/text_lm.txt", "tokenizer/spm.model",
+    for path in ("corpus/train.jsonl", "corpus/dev.jsonl", "corpus/test.jsonl", "corpus/text_lm.txt", "tokenizer/spm.model",
                  "units/units.json", "units/centroids.npy", "prepared/layout.json", "prepared/report.json",
-                 "test/report.json", "train/metrics.jsonl", "eval.json", "summary.json", "stages.json"):
+                 "dev/report.json", "test/report.json", "train/metrics.jsonl", "eval.json", "summary.json", "stages.json"):
         assert (out / path).is_file(), path
     assert list((out / "train" / "checkpoints").glob("4/params"))
     ledger = json.loads((out / "stages.json").read_text())
@@ -61,29 +61,33 @@ def test_curves_are_a_png_of_the_task_losses(first_run):
     assert np.ptp(image[..., :3]) > 0.5  # something is drawn
 
 
-def test_held_out_sentences_never_occur_in_training(first_run):
+def test_dev_and_test_sentences_never_occur_in_training_or_each_other(first_run):
     corpus = first_run / "corpus"
     train = {row["text"] for row in _lines(corpus / "train.jsonl")}
     text_lm = set(corpus.joinpath("text_lm.txt").read_text().splitlines())
+    dev = {row["text"] for row in _lines(corpus / "dev.jsonl")}
     test = {row["text"] for row in _lines(corpus / "test.jsonl")}
-    assert len(test) == 6 and len(train) == 24
-    assert not test & (train | text_lm)
-    # the WER was measured on exactly those held-out utterances
-    evaluated = json.loads((first_run / "eval.json").read_text())["asr"]["examples"]
-    assert {ex["reference"] for ex in evaluated} == test
+    assert len(dev) == 6 and len(test) == 6 and len(train) == 24
+    assert not test & (train | text_lm | dev) and not dev & (train | text_lm)
+    # each WER was measured on exactly its split's utterances
+    result = json.loads((first_run / "eval.json").read_text())
+    for split, sentences in (("dev", dev), ("test", test)):
+        assert {ex["reference"] for ex in result[f"asr_{split}"]["examples"]} == sentences
 
 
 def test_summary_has_the_figures(first_run):
     summary = json.loads((first_run / "summary.json").read_text())
     assert 0.0 <= summary["wer"] and summary["words"] > 0 and summary["test_utterances"] == 6
     assert summary["word_errors"] == round(summary["wer"] * summary["words"])
+    assert 0.0 <= summary["dev_wer"] and summary["dev_words"] > 0 and summary["dev_utterances"] == 6
+    assert summary["dev_word_errors"] == round(summary["dev_wer"] * summary["dev_words"])
     assert set(summary["final_losses"]) >= {"step", "loss", "asr", "tts", "text_lm"}
     assert summary["final_losses"]["step"] == 4
     assert set(summary["stage_seconds"]) == set(STAGES)
     assert summary["total_seconds"] == pytest.approx(sum(summary["stage_seconds"].values()), abs=0.2)
     assert summary["stages_run"] == list(STAGES)
     sizes = summary["sizes"]
-    assert sizes["utterances"]["test"] == 6 and sizes["units_k"] == 16 and sizes["tokenizer_pieces"] == 300
+    assert sizes["utterances"]["test"] == 6 and sizes["utterances"]["dev"] == 6 and sizes["units_k"] == 16 and sizes["tokenizer_pieces"] == 300
     assert sizes["train_steps"] == 4 and 0 < sizes["active_params"] < sizes["params"]
     assert summary["tts"]["utterances"] == 1
     assert len(summary["machine"]["load_average_start"]) == 3
