@@ -8,7 +8,10 @@ an unknown one imports them all, so the help lists every command.
 
 Errors that report bad input (config, YAML, file, argument: see user_error) end the command with
 one line `most <command>: error: ...` on stderr and exit status 2, not a traceback; anything else
-is a bug and keeps its traceback.
+is a bug and keeps its traceback. This handler is the only one: commands raise their errors (a bad
+argument as most_jax.commands.UsageError) rather than print them or raise SystemExit. <command> names
+a group's sub-command too (`most u2pp encode: error: ...`): a group's sub-parsers store the choice as
+`<group>_command`. argparse's own usage errors also exit 2.
 """
 
 from __future__ import annotations
@@ -71,8 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not user_error(e):
             raise
-        print(f"most {argv[0]}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"most {command_name(argv, args)}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+
+
+def command_name(argv: list[str], args: argparse.Namespace) -> str:
+    """'u2pp encode' for `most u2pp encode ...`; a command without sub-commands is argv[0] alone."""
+    sub = getattr(args, f"{argv[0].replace('-', '_')}_command", None)
+    return f"{argv[0]} {sub}" if isinstance(sub, str) else argv[0]
 
 
 def user_error(e: BaseException) -> bool:

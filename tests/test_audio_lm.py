@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import soundfile as sf
+from cli_check import cli_error
 from data_corpus import NUM_UNITS, make_prepared, make_tokenizer, tiny_most
 from flax import nnx
 
@@ -129,5 +130,4 @@ def test_eval_audio_lm_command(setup, capsys):
     assert [e["real_sum"] for e in out["examples"]] == pytest.approx(ll[:, 0].tolist(), abs=1e-4)
     lines[0]["fake"]["units"] = [NUM_UNITS]
     pairs_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    with pytest.raises(SystemExit, match="pair 'p0' fake has unit 50"):
-        cli.main(["eval", "audio-lm", str(root / "ckpt"), "--pairs", str(pairs_file)])
+    cli_error(["eval", "audio-lm", str(root / "ckpt"), "--pairs", str(pairs_file)], "pair 'p0' fake has unit 50")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from flax import nnx
 
+from cli_check import cli_error
 from hf_reference import release_config, release_tensors, tiny_model, write_checkpoint
 from most_jax.checkpoint.params_io import save_params
-from most_jax.cli import main
 from most_jax.config import load_config
 from most_jax.models.most import MoST
 
@@ -59,8 +59,7 @@ def test_bad_hf_input_is_named(case, command, tmp_path):
     hf_dir = _hf(tmp_path, **edits)
     argv = ([command, str(hf_dir), str(tmp_path / "out")] if command == "import-hf"
             else [command, "--from", str(hf_dir), "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match=f"most {command}: error: .*{culprit}"):
-        main(argv)
+    cli_error(argv, f"most {command}: error: .*{culprit}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
 
 
@@ -69,17 +68,17 @@ def test_truncated_file_is_named(tmp_path):
     model.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
     shard = sorted((tmp_path / "hf").glob("model-*.safetensors"))[1]
     _truncate(shard)
-    with pytest.raises(SystemExit, match=rf"{shard.name}: truncated: tensor '.*' ends at byte \d+, the file has"):
-        main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "out")])
+    cli_error(["import-hf", str(tmp_path / "hf"), str(tmp_path / "out")],
+              rf"{shard.name}: truncated: tensor '.*' ends at byte \d+, the file has")
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_checkpoints_for_export(tmp_path):
-    with pytest.raises(SystemExit, match=r"most export-hf: error: .*nowhere: no such checkpoint directory"):
-        main(["export-hf", str(tmp_path / "nowhere"), str(tmp_path / "out")])
+    cli_error(["export-hf", str(tmp_path / "nowhere"), str(tmp_path / "out")],
+              r"most export-hf: error: .*nowhere: no such checkpoint directory")
     ck = _hf(tmp_path)  # any directory that is not a checkpoint
-    with pytest.raises(SystemExit, match=r"neither a checkpoint step .* nor a checkpoint manager root"):
-        main(["export-hf", str(ck), str(tmp_path / "out")])
+    cli_error(["export-hf", str(ck), str(tmp_path / "out")],
+              r"neither a checkpoint step .* nor a checkpoint manager root")
     cfg = load_config("configs/most_tiny.yaml")
     params = nnx.to_pure_dict(nnx.state(MoST(cfg.model, rngs=nnx.Rngs(0)), nnx.Param))
     save_params(tmp_path / "ck", cfg, params)
@@ -87,10 +86,9 @@ def test_bad_checkpoints_for_export(tmp_path):
     stored = json.loads((config_dir / "metadata").read_text())
     stored["model"]["moe"]["expert_ffn_dim"] = 30
     (config_dir / "metadata").write_text(json.dumps(stored))
-    with pytest.raises(SystemExit, match=r"ck/params do not match the model: .*moe_layers.moe.w_gate has shape "
-                                         r"\[2, 8, 64, 24\], the model needs \[2, 8, 64, 30\]"):
-        main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")])
+    cli_error(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")],
+              r"ck/params do not match the model: .*moe_layers.moe.w_gate has shape "
+              r"\[2, 8, 64, 24\], the model needs \[2, 8, 64, 30\]")
     (tmp_path / "out").mkdir()
-    with pytest.raises(SystemExit, match="out: already exists"):
-        main(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")])
+    cli_error(["export-hf", str(tmp_path / "ck"), str(tmp_path / "out")], "out: already exists")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "hf", "out"]

@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 
+from cli_check import cli_error
 from hf_reference import MOST_VOCAB, tiny_model
 from train_batches import SyntheticBatches
 from most_jax.checkpoint.hf_import import read_hf
@@ -63,11 +64,11 @@ def test_grow_upcycling_adds_audio_experts(deepseek, tmp_path):
         [src["w_down"], src["w_down"][:, copied]], axis=1))
     np.testing.assert_array_equal(np.asarray(moe["gate"]), np.concatenate(
         [src["gate"], src["gate"][..., copied]], axis=-1))
-    with pytest.raises(SystemExit, match="--audio-experts goes with --upcycle grow"):
-        main(["init-most", "--from", str(hf_dir), "--out", str(tmp_path / "x"), "--audio-experts", "2"])
-    with pytest.raises(SystemExit, match="top_k=2 exceeds the 1 experts of group 'audio'"):
-        main(["init-most", "--from", str(hf_dir), "--out", str(tmp_path / "x"), "--upcycle", "grow",
-              "--audio-experts", "1"])
+    cli_error(["init-most", "--from", str(hf_dir), "--out", str(tmp_path / "x"), "--audio-experts", "2"],
+              "--audio-experts goes with --upcycle grow")
+    cli_error(["init-most", "--from", str(hf_dir), "--out", str(tmp_path / "x"), "--upcycle", "grow",
+               "--audio-experts", "1"],
+              "top_k=2 exceeds the 1 experts of group 'audio'")
     assert not (tmp_path / "x").exists()
 
 

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 
+from cli_check import cli_error
 from hf_reference import tiny_model
 from most_jax.checkpoint.hf_import import import_hf
 from most_jax.checkpoint.params_io import CheckpointError, load_checkpoint, save_params
@@ -92,5 +93,5 @@ def test_import_for_a_target_mesh_chunks_by_shard(tmp_path):
     _, plain = load_checkpoint(tmp_path / "ck")
     np.testing.assert_array_equal(np.asarray(plain["moe_layers"]["moe"]["w_up"][1, 7]),
                                   model.model.layers[2].mlp.experts.gate_up_proj[7, 9:].detach().numpy().T)
-    with pytest.raises(SystemExit, match="--mesh 'fsdp=2,pipeline=2'"):
-        main(["import-hf", str(tmp_path / "hf"), str(tmp_path / "x"), "--mesh", "fsdp=2,pipeline=2"])
+    cli_error(["import-hf", str(tmp_path / "hf"), str(tmp_path / "x"), "--mesh", "fsdp=2,pipeline=2"],
+              "--mesh 'fsdp=2,pipeline=2'")

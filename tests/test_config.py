@@ -111,7 +111,7 @@ def test_most_config_prints_a_config_that_loads_back(tmp_path, capsys):
     from most_jax.config import U2ppDemoConfig
     assert (load_demo_config(tmp_path / "u2.yaml", demo_class=U2ppDemoConfig)
             == load_demo_config("u2pp_demo.yaml", ["demo.beam=3"], U2ppDemoConfig))
-    assert main(["config", "--config", "no_such.yaml"]) == 1
+    assert main(["config", "--config", "no_such.yaml"]) == 2
     assert "shipped: demo.yaml" in capsys.readouterr().err
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cli_check import cli_error
 from most_jax.cli import main
 from most_jax.corpus import synth
 from most_jax.speech.manifest import read_manifest
@@ -107,6 +108,5 @@ def test_bad_speaker_sets_are_refused_by_name(args, culprit):
 
 
 def test_cli_names_a_bad_speaker_option(tmp_path):
-    with pytest.raises(SystemExit, match="pitches"):
-        main(["data", "synth", str(tmp_path / "c"), "--num", "4", "--pitches", "50,50"])
+    cli_error(["data", "synth", str(tmp_path / "c"), "--num", "4", "--pitches", "50,50"], "pitches")
     assert not (tmp_path / "c").exists()

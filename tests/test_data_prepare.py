@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cli_check import cli_error
 from most_jax.data import records as rec
 from most_jax.data.prepare import PrepareError, PrepareOptions, manifest_items, prepare, text_items
 from most_jax.data.tasks import TEMPLATE_TEXTS
@@ -148,6 +149,6 @@ def test_cli_train_tokenizer(corpus, tmp_path, capsys):
                  str(tmp_path / "tok"), "--vocab-size", "350"]) == 0
     assert "350 pieces" in capsys.readouterr().out
     assert load_tokenizer(tmp_path / "tok").text_size == 350
-    with pytest.raises(SystemExit, match="vocab_size must be >= 300"):
-        main(["data", "train-tokenizer", "--text", str(root / "corpus" / "text_lm.txt"), "--out",
-              str(tmp_path / "t2"), "--vocab-size", "100"])
+    cli_error(["data", "train-tokenizer", "--text", str(root / "corpus" / "text_lm.txt"), "--out",
+               str(tmp_path / "t2"), "--vocab-size", "100"],
+              "vocab_size must be >= 300")

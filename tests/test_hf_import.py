@@ -19,6 +19,7 @@ from transformers import DeepseekV2Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.deepseek_v2.modeling_deepseek_v2 import yarn_apply_mscale
 
+from cli_check import cli_error
 from hf_reference import release_config, release_tensors, tiny_model, write_checkpoint
 from most_jax.checkpoint.hf_config import HFConfig, hf_config_from_model, model_config_from_hf
 from most_jax.checkpoint import hf_import
@@ -201,8 +202,7 @@ def test_weight_errors_name_tensor_and_file(tmp_path, edit, culprit):
     hf_dir = damaged(tmp_path, edit)
     with pytest.raises(HFImportError, match=culprit):
         read_hf(hf_dir)
-    with pytest.raises(SystemExit, match="most import-hf: error: .*" + culprit.split(" ")[0]):
-        main(["import-hf", str(hf_dir), str(tmp_path / "out")])
+    cli_error(["import-hf", str(hf_dir), str(tmp_path / "out")], "most import-hf: error: .*" + culprit.split(" ")[0])
     assert not (tmp_path / "out").exists()
 
 
@@ -338,8 +338,8 @@ def test_logits_input_errors(tiny, saved_tiny, tmp_path, arrays, culprit):
     np.savez(tmp_path / "in.npz", **arrays)
     with pytest.raises(LogitsInputError, match=culprit):
         read_token_batch(tmp_path / "in.npz", cfg.model)
-    with pytest.raises(SystemExit, match="most logits: error: .*in.npz: "):
-        main(["logits", str(saved_tiny), "--input", str(tmp_path / "in.npz"), "--output", str(tmp_path / "o.npz")])
+    cli_error(["logits", str(saved_tiny), "--input", str(tmp_path / "in.npz"), "--output", str(tmp_path / "o.npz")],
+              "most logits: error: .*in.npz: ")
     assert not (tmp_path / "o.npz").exists()
 
 

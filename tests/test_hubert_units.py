@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from cli_check import cli_error
 from hubert_reference import hf_hidden_states, save_tiny, waveforms
 from most_jax.checkpoint.hubert_hf import import_hubert
 from most_jax.cli import main
@@ -71,10 +72,8 @@ def test_padding_buckets_are_few_and_hold_every_length():
 def test_preset_and_layer_errors_name_the_argument(tiny, tmp_path):
     _, ck, manifest, _ = tiny
     base = ["data", "train-units", "--manifest", str(manifest), "--out", str(tmp_path / "u")]
-    with pytest.raises(SystemExit, match=r"--preset most needs a 25 Hz HuBERT .* 50 Hz"):
-        main([*base, "--preset", "most", "--hubert", str(ck), "--layer", "1"])
-    with pytest.raises(SystemExit, match=r"layer 3 is not a layer .*0\.\.2"):
-        main([*base, "--features", "hubert", "--hubert", str(ck), "--layer", "3"])
-    with pytest.raises(SystemExit, match=r"needs --hubert CKPT and --layer N"):
-        main([*base, "--features", "hubert", "--layer", "1"])
+    cli_error([*base, "--preset", "most", "--hubert", str(ck), "--layer", "1"],
+              r"--preset most needs a 25 Hz HuBERT .* 50 Hz")
+    cli_error([*base, "--features", "hubert", "--hubert", str(ck), "--layer", "3"], r"layer 3 is not a layer .*0\.\.2")
+    cli_error([*base, "--features", "hubert", "--layer", "1"], r"needs --hubert CKPT and --layer N")
     assert not (tmp_path / "u").exists()

@@ -6,6 +6,7 @@ import jax
 import pytest
 from flax import nnx
 
+from cli_check import cli_error
 from most_jax.bench.moe import MoEBenchShape
 from most_jax.cli import main
 from most_jax.nn.mlp import SwiGLU
@@ -41,5 +42,4 @@ def test_cli_json_report(capsys):
                                            (["--paths", "capacity,alltoall"], "--paths"),
                                            (["--top-k", "9", "--experts", "4"], "top_k")])
 def test_cli_rejects_bad_flags(args, culprit):
-    with pytest.raises(SystemExit, match=culprit):
-        main(["bench", "moe", "--dim", "8", "--ffn", "4", *args])
+    cli_error(["bench", "moe", "--dim", "8", "--ffn", "4", *args], culprit)

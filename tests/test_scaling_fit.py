@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
+from cli_check import cli_error
 from most_jax.cli import main
 from most_jax.scaling.fit import (COMPUTE_NAMES, analyse, fit_compute, compute_to_reach, fit_with_bootstrap, frontier_loss,
                                   optimal_params)
@@ -102,8 +103,7 @@ def test_compute_to_reach_inverts_the_law():
 def test_too_few_runs_is_a_clear_error(tmp_path):
     records = params_data_runs(np.random.default_rng(0))[:3]
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(SystemExit, match="L\\(C\\): 3 runs, need at least 4"):
-        main(["scaling", "fit", str(tmp_path), "--no-plots"])
+    cli_error(["scaling", "fit", str(tmp_path), "--no-plots"], "L\\(C\\): 3 runs, need at least 4")
 
 
 @pytest.mark.parametrize("line, message", [
@@ -128,8 +128,7 @@ def test_malformed_results_name_the_line(tmp_path, line, message):
 
 
 def test_missing_results_table(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no results table"):
-        main(["scaling", "fit", str(tmp_path / "nowhere")])
+    cli_error(["scaling", "fit", str(tmp_path / "nowhere")], "no results table")
 
 
 def test_cli_json_table_and_plots(tmp_path, capsys):

@@ -2,8 +2,8 @@
 through a vocoder to numbered WAV files."""
 
 import numpy as np
-import pytest
 import soundfile as sf
+from cli_check import cli_error
 from data_corpus import NUM_UNITS, make_prepared, make_tokenizer, tiny_most
 from flax import nnx
 from test_vocoder import GAN_TINY, tiny_cfg
@@ -59,7 +59,6 @@ def test_generate_tts_writes_numbered_waveforms(tmp_path, capsys):
     assert units.dtype == np.int32 and 0 < units.size <= 6
     wrong_cfg, wrong = _vocoder(11)
     save_params(tmp_path / "voc11", wrong_cfg, nnx.state(wrong, nnx.Param).to_pure_dict())
-    with pytest.raises(SystemExit, match="--vocoder .*voc11: 11 units, the checkpoint speaks 50"):
-        cli.main(args[:-4] + ["--vocoder", str(tmp_path / "voc11"), "--out", str(tmp_path / "x.wav")])
-    with pytest.raises(SystemExit, match="--out .*x.wav: the name must end in .npy"):
-        cli.main(args[:3] + ["the red dog", "--out", str(tmp_path / "x.wav")])
+    cli_error(args[:-4] + ["--vocoder", str(tmp_path / "voc11"), "--out", str(tmp_path / "x.wav")],
+              "--vocoder .*voc11: 11 units, the checkpoint speaks 50")
+    cli_error(args[:3] + ["the red dog", "--out", str(tmp_path / "x.wav")], "--out .*x.wav: the name must end in .npy")

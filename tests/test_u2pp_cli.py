@@ -9,6 +9,7 @@ import pytest
 import soundfile as sf
 from flax import nnx
 
+from cli_check import cli_error
 from data_corpus import make_tokenizer
 from most_jax import config as config_lib
 from most_jax.checkpoint.params_io import save_params
@@ -119,21 +120,20 @@ def test_bad_input_is_named(ckpt, tmp_path):
         (str(tmp_path / "missing.npz"), r"missing.npz: no such input file"),
     ]
     for inp, message in cases:
-        with pytest.raises(SystemExit, match=message):
-            main(["u2pp", "decode", str(path), "--input", inp, "--output", out, "--mode", "ctc_greedy"])
+        cli_error(["u2pp", "decode", str(path), "--input", inp, "--output", out, "--mode", "ctc_greedy"], message)
     good = _npz(tmp_path / "g.npz", feats=feats, feats_lengths=np.array([30, 20]))
-    with pytest.raises(SystemExit, match=r"beam must be >= 1, got 0"):
-        main(["u2pp", "decode", str(path), "--input", good, "--output", out, "--beam", "0"])
-    with pytest.raises(SystemExit, match=r"chunk must be -1 \(full context\) or a positive"):
-        main(["u2pp", "decode", str(path), "--input", good, "--output", out, "--chunk", "0"])
-    with pytest.raises(SystemExit, match=r"o.npz: the output file name must end in .json"):
-        main(["u2pp", "decode", str(path), "--input", good, "--output", str(tmp_path / "o.npz")])
+    cli_error(["u2pp", "decode", str(path), "--input", good, "--output", out, "--beam", "0"],
+              r"beam must be >= 1, got 0")
+    cli_error(["u2pp", "decode", str(path), "--input", good, "--output", out, "--chunk", "0"],
+              r"chunk must be -1 \(full context\) or a positive")
+    cli_error(["u2pp", "decode", str(path), "--input", good, "--output", str(tmp_path / "o.npz")],
+              r"o.npz: the output file name must end in .json")
 
 
 def test_a_most_checkpoint_is_refused(tmp_path, feats_npz):
     cfg = config_lib.load_config("configs/most_tiny.yaml")
     params = nnx.to_pure_dict(nnx.state(MoST(cfg.model, rngs=nnx.Rngs(0)), nnx.Param))
     save_params(tmp_path / "most", cfg, params)
-    with pytest.raises(SystemExit, match=r"most u2pp encode: error: .*most: a 'most' checkpoint, not a U2\+\+ one"):
-        main(["u2pp", "encode", str(tmp_path / "most"), "--input", str(feats_npz[0]), "--output",
-              str(tmp_path / "o.npz")])
+    cli_error(["u2pp", "encode", str(tmp_path / "most"), "--input", str(feats_npz[0]), "--output",
+               str(tmp_path / "o.npz")],
+              r"most u2pp encode: error: .*most: a 'most' checkpoint, not a U2\+\+ one")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
+from cli_check import cli_error
 from data_corpus import make_tokenizer, sentences
 
 from most_jax.checkpoint.params_io import load_checkpoint
@@ -270,9 +271,9 @@ def _losses(run_dir):
 def test_prepare_u2pp_refuses_text_only_inputs(prepared, tmp_path):
     root, _, tok, _ = prepared
     (tmp_path / "t.txt").write_text("hello\n")
-    with pytest.raises(SystemExit, match="--family u2pp takes speech only"):
-        most(["data", "prepare", "--family", "u2pp", "--text", str(tmp_path / "t.txt"), "--tokenizer", str(tok),
-              "--out", str(tmp_path / "o")])
+    cli_error(["data", "prepare", "--family", "u2pp", "--text", str(tmp_path / "t.txt"), "--tokenizer", str(tok),
+               "--out", str(tmp_path / "o")],
+              "--family u2pp takes speech only")
 
 
 def test_pipeline_refuses_mismatched_vocab_and_missing_index(prepared, tmp_path):

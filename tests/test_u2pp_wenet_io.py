@@ -11,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from cli_check import cli_error
 from most_jax.checkpoint import wenet  # noqa: E402
 from wenet_ref.asr_model import init_asr_model  # noqa: E402
 
@@ -317,16 +318,16 @@ def test_command_errors_are_one_line_and_name_the_culprit(wenet_dir, tmp_path):
     state = dict(ref.state_dict())
     state["decoder.left_decoder.decoders.0.src_attn.linear_k.weight"] = torch.zeros(12, 7)
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(SystemExit, match=r"import-wenet: error: .*src_attn\.linear_k\.weight' has shape \[12, 7\]"):
-        convert(["import-wenet", str(tmp_path / "bad.pt"), str(root / "train.yaml"), str(tmp_path / "c1")])
+    cli_error(["u2pp", "import-wenet", str(tmp_path / "bad.pt"), str(root / "train.yaml"), str(tmp_path / "c1")],
+              r"import-wenet: error: .*src_attn\.linear_k\.weight' has shape \[12, 7\]")
     conf = yaml.safe_load((root / "train.yaml").read_text())
     conf["encoder"] = "branchformer"
     (tmp_path / "branch.yaml").write_text(yaml.safe_dump(conf))
-    with pytest.raises(SystemExit, match=r"encoder: 'branchformer' is not supported"):
-        convert(["import-wenet", str(root / "final.pt"), str(tmp_path / "branch.yaml"), str(tmp_path / "c2")])
+    cli_error(["u2pp", "import-wenet", str(root / "final.pt"), str(tmp_path / "branch.yaml"), str(tmp_path / "c2")],
+              r"encoder: 'branchformer' is not supported")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(SystemExit, match=r"junk\.pt: not a readable PyTorch state_dict"):
-        convert(["import-wenet", str(tmp_path / "junk.pt"), str(root / "train.yaml"), str(tmp_path / "c3")])
+    cli_error(["u2pp", "import-wenet", str(tmp_path / "junk.pt"), str(root / "train.yaml"), str(tmp_path / "c3")],
+              r"junk\.pt: not a readable PyTorch state_dict")
     assert not any((tmp_path / c).exists() for c in ("c1", "c2", "c3"))
 
 
@@ -414,11 +415,9 @@ def test_export_refuses_what_is_not_a_new_u2pp_export(tmp_path):
 
     params = unflatten({p: np.zeros(s.shape, s.dtype) for p, s in abstract_params(most_cfg.model).items()})
     save_params(tmp_path / "most", most_cfg, params)
-    with pytest.raises(SystemExit, match=r"a most checkpoint, not u2pp"):
-        convert(["export-wenet", str(tmp_path / "most"), str(tmp_path / "out")])
+    cli_error(["u2pp", "export-wenet", str(tmp_path / "most"), str(tmp_path / "out")], r"a most checkpoint, not u2pp")
     (tmp_path / "there").mkdir()
-    with pytest.raises(SystemExit, match=r"there: already exists"):
-        convert(["export-wenet", str(tmp_path / "most"), str(tmp_path / "there")])
+    cli_error(["u2pp", "export-wenet", str(tmp_path / "most"), str(tmp_path / "there")], r"there: already exists")
 
 
 def test_torch_missing_is_said(monkeypatch, tmp_path):

@@ -60,10 +60,10 @@ def test_synth_refuses_bad_ids(hf, capsys):
     root = hf[0]
     np.save(root / "bad.npy", np.array([1, 13]))
     assert main(["vocoder", "synth", str(root / "ours"), "--units", str(root / "bad.npy"), "--out",
-                 str(root / "x.npy")]) == 1
+                 str(root / "x.npy")]) == 2
     assert "0..12" in capsys.readouterr().err
     assert main(["vocoder", "synth", str(root / "ours"), "--units", str(root / "units.npy"), "--speaker", "3",
-                 "--out", str(root / "x.npy")]) == 1
+                 "--out", str(root / "x.npy")]) == 2
     assert "--speaker 3" in capsys.readouterr().err and not (root / "x.npy").exists()
 
 

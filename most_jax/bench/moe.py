@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from most_jax.bench import BenchArgumentError
 from most_jax.bench.timing import time_interleaved
 from most_jax.config import ModelConfig, MoEConfig
 from most_jax.nn.mlp import SwiGLU
@@ -40,7 +41,7 @@ class MoEBenchShape:
     def model_config(self, dispatch: str) -> ModelConfig:
         """Validated config of one MoE layer (no modality groups: every token may use every expert)."""
         if self.seq_len <= 0 or self.tokens % self.seq_len:
-            raise ValueError(f"--tokens {self.tokens} must be a positive multiple of --seq-len {self.seq_len}")
+            raise BenchArgumentError(f"--tokens {self.tokens} must be a positive multiple of --seq-len {self.seq_len}")
         moe = MoEConfig(num_experts=self.experts, top_k=self.top_k, expert_ffn_dim=self.ffn,
                         num_shared_experts=self.shared, dispatch=dispatch, capacity_factor=self.capacity_factor)
         cfg = ModelConfig(hidden_size=self.dim, moe=moe, dtype=self.dtype, param_dtype="float32")
@@ -71,9 +72,9 @@ def _grad_step(module: nnx.Module, apply: Callable, x_BTD: jax.Array) -> Callabl
 def run(shape: MoEBenchShape, paths: tuple[str, ...], warmup: int = 1, repeats: int = 3) -> dict:
     unknown = [p for p in paths if p not in DISPATCH]
     if unknown or not paths:
-        raise ValueError(f"--paths: unknown dispatch {unknown or paths}; choose from {', '.join(DISPATCH)}")
+        raise BenchArgumentError(f"--paths: unknown dispatch {unknown or paths}; choose from {', '.join(DISPATCH)}")
     if warmup < 1 or repeats < 1:
-        raise ValueError("--warmup and --repeats must be at least 1 (the first warm-up compiles)")
+        raise BenchArgumentError("--warmup and --repeats must be at least 1 (the first warm-up compiles)")
     cfg = shape.model_config(paths[0])
     b, t = shape.tokens // shape.seq_len, shape.seq_len
     x_BTD = jax.random.normal(jax.random.PRNGKey(1), (b, t, shape.dim), jnp.float32).astype(cfg.dtype)

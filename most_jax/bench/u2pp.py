@@ -27,6 +27,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from most_jax.bench import BenchArgumentError
 from most_jax.bench.timing import time_interleaved
 from most_jax.config import U2ppConfig, U2ppDecoderConfig, U2ppEncoderConfig
 from most_jax.speech.features import FrameOptions, num_frames
@@ -60,13 +61,13 @@ class U2ppBenchShape:
     def validate(self) -> None:
         for name in ("dim", "blocks", "ffn", "experts", "top_k", "chunk", "vocab"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+                raise BenchArgumentError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.dim % 64:
-            raise ValueError(f"--dim {self.dim} must be a multiple of 64 (64 channels per attention head)")
+            raise BenchArgumentError(f"--dim {self.dim} must be a multiple of 64 (64 channels per attention head)")
         if self.top_k > self.experts:
-            raise ValueError(f"--top-k {self.top_k} exceeds --experts {self.experts}")
+            raise BenchArgumentError(f"--top-k {self.top_k} exceeds --experts {self.experts}")
         if self.audio_seconds <= 0:
-            raise ValueError(f"--audio-seconds must be positive, got {self.audio_seconds}")
+            raise BenchArgumentError(f"--audio-seconds must be positive, got {self.audio_seconds}")
 
     def configs(self) -> dict[str, U2ppConfig]:
         """The three models' configs (validated). The attention decoder, unused here, is one small
@@ -147,7 +148,7 @@ def measure(groups: dict[str, dict[str, BenchModel]], shape: U2ppBenchShape, war
     Returns the common fields and, per group, `models` (name -> params, RTFs from the median wall
     time, and from the median process CPU time) and `moe_over_dense` (the RTF ratios)."""
     if warmup < 1 or repeats < 1:
-        raise ValueError("--warmup and --repeats must be at least 1 (the first warm-up compiles)")
+        raise BenchArgumentError("--warmup and --repeats must be at least 1 (the first warm-up compiles)")
     steps = {f"{group}/{name} {mode}": getattr(m, mode)
              for mode in MODES for group, models in groups.items() for name, m in models.items()}
     times = time_interleaved(steps, warmup, repeats)

@@ -6,7 +6,7 @@ import dataclasses
 
 from most_jax.bench.data import bench_data, format_result
 from most_jax.commands.group import add_config_args
-from most_jax.config import ConfigError, load_config
+from most_jax.config import load_config
 
 
 def register(subparsers) -> None:
@@ -22,10 +22,7 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    try:
-        cfg = load_config(args.config, args.overrides).data
-    except ConfigError as err:
-        raise SystemExit(f"bench data: {err}") from None
+    cfg = load_config(args.config, args.overrides).data
     if args.records:
         cfg = dataclasses.replace(cfg, records=args.records)
     print(format_result(cfg, bench_data(cfg, args.seconds)))

@@ -36,12 +36,9 @@ def _run(args) -> int:
                                    + f" --xla_force_host_platform_device_count={args.devices}").strip()
     from most_jax import sharding
     from most_jax.bench.ep import format_report, run
-    from most_jax.config import ConfigError, load_config
+    from most_jax.config import load_config
 
-    try:
-        cfg = load_config(args.config, [*args.overrides, *sharding.parse_mesh_arg(args.mesh)])
-        result = run(cfg, tokens=args.tokens, skew=args.skew, repeats=args.repeats)
-    except (ConfigError, sharding.MeshError) as e:
-        raise SystemExit(f"most bench ep: error: {e}") from None
+    cfg = load_config(args.config, [*args.overrides, *sharding.parse_mesh_arg(args.mesh)])
+    result = run(cfg, tokens=args.tokens, skew=args.skew, repeats=args.repeats)
     print(json.dumps(result) if args.json else format_report(result))
     return 0

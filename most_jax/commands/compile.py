@@ -39,20 +39,16 @@ def run(args: argparse.Namespace) -> int:
     # Only compiling, never running: other processes holding libtpu (another compile) are no conflict.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     from most_jax import aot, sharding
-    from most_jax.config import ConfigError, load_config
+    from most_jax.config import load_config
 
     def say(message: str) -> None:
         print(f"[compile] {message}", file=sys.stderr, flush=True)
 
-    try:
-        topology = aot.parse_topology(args.topology)
-        mesh_overrides = sharding.parse_mesh_arg(args.mesh) if args.mesh else []
-        cfg = load_config(args.config, [*args.overrides, *mesh_overrides])
-        report = aot.compile_train_step(cfg, topology, dump_hlo=Path(args.dump_hlo) if args.dump_hlo else None,
-                                        say=say)
-    except (ConfigError, sharding.MeshError, aot.TopologyError) as e:
-        print(f"most compile: error: {e}", file=sys.stderr)
-        return 2
+    topology = aot.parse_topology(args.topology)
+    mesh_overrides = sharding.parse_mesh_arg(args.mesh) if args.mesh else []
+    cfg = load_config(args.config, [*args.overrides, *mesh_overrides])
+    report = aot.compile_train_step(cfg, topology, dump_hlo=Path(args.dump_hlo) if args.dump_hlo else None,
+                                    say=say)
     if args.json:
         print(json.dumps(report.as_json()))
     else:

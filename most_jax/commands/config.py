@@ -28,23 +28,19 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from most_jax.config import (DEMO_SECTION, ConfigError, DemoConfig, U2ppDemoConfig, load_config, load_demo_config,
+    from most_jax.config import (DEMO_SECTION, DemoConfig, U2ppDemoConfig, load_config, load_demo_config, 
                                  to_dict)
 
-    try:
-        if args.demo:
-            from most_jax.demo import DEFAULT_CONFIG
+    if args.demo:
+        from most_jax.demo import DEFAULT_CONFIG
 
-            path = args.config or DEFAULT_CONFIG
-            # the demo section's class follows the model family: U2++ configs are `most demo u2pp`'s
-            run_overrides = [o for o in args.overrides if not o.startswith(f"{DEMO_SECTION}.")]
-            u2pp = load_config(path, run_overrides).model.family == "u2pp"
-            cfg, demo = load_demo_config(path, args.overrides, U2ppDemoConfig if u2pp else DemoConfig)
-            data = to_dict(cfg) | {DEMO_SECTION: to_dict(demo)}
-        else:
-            data = to_dict(load_config(args.config, args.overrides))
-    except ConfigError as err:
-        print(f"most config: error: {err}", file=sys.stderr)
-        return 1
+        path = args.config or DEFAULT_CONFIG
+        # the demo section's class follows the model family: U2++ configs are `most demo u2pp`'s
+        run_overrides = [o for o in args.overrides if not o.startswith(f"{DEMO_SECTION}.")]
+        u2pp = load_config(path, run_overrides).model.family == "u2pp"
+        cfg, demo = load_demo_config(path, args.overrides, U2ppDemoConfig if u2pp else DemoConfig)
+        data = to_dict(cfg) | {DEMO_SECTION: to_dict(demo)}
+    else:
+        data = to_dict(load_config(args.config, args.overrides))
     sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
     return 0

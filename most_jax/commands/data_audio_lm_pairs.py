@@ -6,6 +6,8 @@ import json
 import random
 import sys
 
+from most_jax.commands import UsageError
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,35 +32,35 @@ def _run(args) -> int:
     from most_jax.corpus import pairs as pair_sets
     from most_jax.corpus.synth import SAMPLE_RATE, SpeakerSet, Utterance, render
     from most_jax.speech.audio import load_audio
-    from most_jax.speech.units import UnitExtractor, UnitExtractorError
+    from most_jax.speech.units import UnitExtractor
 
-    try:
-        if args.lexical < 0 or args.syntactic < 0:
-            raise ValueError("--lexical and --syntactic must be >= 0")
-        extractor = UnitExtractor.load(args.units) if args.units else None
+    if args.lexical < 0 or args.syntactic < 0:
+        raise UsageError("--lexical and --syntactic must be >= 0")
+    extractor = UnitExtractor.load(args.units) if args.units else None
+    try:  # asking for more pairs than the word lists / sentence pool make is the one ValueError here
         sets = {"lexical": pair_sets.lexical_pairs(args.lexical, args.seed) if args.lexical else [],
                 "syntactic": pair_sets.syntactic_pairs(args.syntactic, args.seed) if args.syntactic else []}
-        speakers = SpeakerSet().speakers
-        rng = random.Random(f"pairs-speech-{args.seed}")
-        with atomic_directory(args.out_dir, overwrite=args.overwrite) as tmp:
-            (tmp / "audio").mkdir()
-            for name, pairs in sets.items():
-                lines = []
-                for pair in pairs:
-                    speaker, rate, seed = rng.choice(speakers), rng.randint(150, 185), rng.randrange(2 ** 31)
-                    entry = {"id": pair.id, "category": pair.category}
-                    for side, text in (("real", pair.real), ("fake", pair.fake)):
-                        uid = f"{pair.id}-{side}"
-                        render(Utterance(uid, name, text, speaker, rate, seed), str(tmp / "audio"))
-                        item = {"text": text, "audio": f"audio/{uid}.wav"}
-                        if extractor is not None:
-                            wave, _ = load_audio(tmp / item["audio"], SAMPLE_RATE)
-                            item["units"] = extractor.extract(wave).tolist()
-                        entry[side] = item
-                    lines.append(json.dumps(entry))
-                (tmp / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
-                print(f"audio-lm-pairs: {len(lines)} {name} pairs", file=sys.stderr)
-    except (ValueError, FileExistsError, UnitExtractorError) as e:
-        raise SystemExit(f"most data audio-lm-pairs: error: {e}") from None
+    except ValueError as e:
+        raise UsageError(f"--lexical/--syntactic: {e}") from None
+    speakers = SpeakerSet().speakers
+    rng = random.Random(f"pairs-speech-{args.seed}")
+    with atomic_directory(args.out_dir, overwrite=args.overwrite) as tmp:
+        (tmp / "audio").mkdir()
+        for name, pairs in sets.items():
+            lines = []
+            for pair in pairs:
+                speaker, rate, seed = rng.choice(speakers), rng.randint(150, 185), rng.randrange(2 ** 31)
+                entry = {"id": pair.id, "category": pair.category}
+                for side, text in (("real", pair.real), ("fake", pair.fake)):
+                    uid = f"{pair.id}-{side}"
+                    render(Utterance(uid, name, text, speaker, rate, seed), str(tmp / "audio"))
+                    item = {"text": text, "audio": f"audio/{uid}.wav"}
+                    if extractor is not None:
+                        wave, _ = load_audio(tmp / item["audio"], SAMPLE_RATE)
+                        item["units"] = extractor.extract(wave).tolist()
+                    entry[side] = item
+                lines.append(json.dumps(entry))
+            (tmp / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
+            print(f"audio-lm-pairs: {len(lines)} {name} pairs", file=sys.stderr)
     print(f"wrote {args.out_dir}")
     return 0

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from most_jax.data import records as rec
-from most_jax.data.pipeline import TASK_KIND, PipelineError, PreparedData, format_record
+from most_jax.data.pipeline import TASK_KIND, PreparedData, format_record
 from most_jax.data.tasks import TASKS, Example
 
 
@@ -48,10 +48,7 @@ def render(example: Example, data: PreparedData, max_units: int = 12) -> list[st
 
 
 def _run(args) -> int:
-    try:
-        data = PreparedData(args.directory)
-    except PipelineError as err:
-        raise SystemExit(f"inspect: {err}") from None
+    data = PreparedData(args.directory)
     report_path = data.directory / rec.REPORT_FILE
     if report_path.is_file():
         print("prepare report:", json.dumps(json.loads(report_path.read_text()), indent=2))

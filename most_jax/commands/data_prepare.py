@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 
-from most_jax.data.prepare import PrepareError, PrepareOptions, manifest_items, prepare, text_items, tfds_items
-from most_jax.data.tokenizers import TokenizerError
+from most_jax.commands import UsageError
+from most_jax.data.prepare import PrepareOptions, manifest_items, prepare, text_items, tfds_items
 
 
 def register(subparsers) -> None:
@@ -47,19 +47,16 @@ def register(subparsers) -> None:
 
 def _run(args) -> int:
     if not (args.manifest or args.text or args.tfds):
-        raise SystemExit("prepare: give at least one of --manifest, --text, --tfds")
+        raise UsageError("give at least one of --manifest, --text, --tfds")
     if args.family == "u2pp" and (args.text or args.units):
-        raise SystemExit("prepare: --family u2pp takes speech only (--manifest, --tfds); drop --text and --units")
+        raise UsageError("--family u2pp takes speech only (--manifest, --tfds); drop --text and --units")
     options = PrepareOptions(args.tokenizer, args.units, args.max_audio_seconds, args.max_tokens, args.num_shards,
                              args.workers, family=args.family)
-    try:
-        items = [item for path in args.manifest for item in manifest_items(path)]
-        items += [item for path in args.text for item in text_items(path)]
-        total = None if args.tfds else len(items)
-        # TFDS examples carry decoded audio: stream them rather than hold a whole split in memory.
-        stream = itertools.chain(items, *(tfds_items(spec, args.tfds_data_dir) for spec in args.tfds))
-        report = prepare(stream, args.out, options, total=total, overwrite=args.overwrite)
-    except (PrepareError, TokenizerError) as err:
-        raise SystemExit(f"prepare: {err}") from None
+    items = [item for path in args.manifest for item in manifest_items(path)]
+    items += [item for path in args.text for item in text_items(path)]
+    total = None if args.tfds else len(items)
+    # TFDS examples carry decoded audio: stream them rather than hold a whole split in memory.
+    stream = itertools.chain(items, *(tfds_items(spec, args.tfds_data_dir) for spec in args.tfds))
+    report = prepare(stream, args.out, options, total=total, overwrite=args.overwrite)
     print(json.dumps(report, indent=2))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from most_jax.commands import UsageError
 from most_jax.corpus import synth
 
 
@@ -50,8 +51,8 @@ def _ints(text: str) -> tuple[int, ...]:
 def _run(args) -> int:
     try:
         speaker_set = synth.SpeakerSet(args.voices, args.pitches, args.rate_wpm)
-    except (ValueError, TypeError) as exc:
-        raise SystemExit(f"most data synth: {exc}") from None
+    except (ValueError, TypeError) as exc:  # "pitches must be ...": SpeakerSet names the field, the flag's name
+        raise UsageError(f"--{str(exc).split()[0].replace('_', '-')}: {exc}") from None
     synth.synthesize_corpus(args.out_dir, args.num, seed=args.seed, workers=args.workers,
                             dev_fraction=args.dev_fraction, test_fraction=args.test_fraction,
                             num_text_lm=args.text_lm, speaker_set=speaker_set, vocabulary_limit=args.vocabulary,

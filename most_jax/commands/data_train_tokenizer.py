@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from most_jax.data.tasks import TEMPLATE_TEXTS
-from most_jax.data.tokenizers import TokenizerError, train_sentencepiece
+from most_jax.data.tokenizers import train_sentencepiece
 
 
 def register(subparsers) -> None:
@@ -23,11 +23,8 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    try:
-        tok = train_sentencepiece(args.text, args.out, args.vocab_size, extra_lines=TEMPLATE_TEXTS,
-                                  model_type=args.model_type)
-    except TokenizerError as err:
-        raise SystemExit(f"train-tokenizer: {err}") from None
+    tok = train_sentencepiece(args.text, args.out, args.vocab_size, extra_lines=TEMPLATE_TEXTS,
+                              model_type=args.model_type)
     sample = TEMPLATE_TEXTS[0]
     print(f"train-tokenizer: wrote {tok.path} ({tok.text_size} pieces); {sample!r} -> {len(tok.encode(sample))} "
           f"pieces")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from most_jax.commands import UsageError
 from most_jax.speech import kmeans, units
 
 # MoST's units: layer 11 of mhubert-base-25hz (imported with `most hubert import-hf`), 500 clusters, 25 Hz.
@@ -52,22 +53,22 @@ def register(subparsers) -> None:
 
 def resolve_features(args) -> tuple[str, dict | None, float, int]:
     """(feature kind, its options, unit rate, K) from the arguments, the preset and the defaults;
-    SystemExit names the argument that does not fit."""
+    UsageError names the argument that does not fit."""
     chosen = {**DEFAULTS, **PRESETS.get(args.preset, {}),
               **{k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}}
     if chosen["features"] != "hubert":
         if args.hubert is not None or args.layer is not None:
-            raise SystemExit(f"train-units: --hubert and --layer need --features hubert (got {chosen['features']})")
+            raise UsageError(f"--hubert and --layer need --features hubert (got {chosen['features']})")
         return chosen["features"], None, chosen["rate"] or 25.0, chosen["k"]
     if args.hubert is None or chosen["layer"] is None:
-        raise SystemExit("train-units: --features hubert needs --hubert CKPT and --layer N")
+        raise UsageError("--features hubert needs --hubert CKPT and --layer N")
     options = {"checkpoint": args.hubert, "layer": chosen["layer"]}
     try:
         frame_rate = units.build_features("hubert", options).frame_rate
-    except ValueError as exc:
-        raise SystemExit(f"train-units: --hubert/--layer: {exc}") from None
+    except ValueError as exc:  # build_features checks the checkpoint and the layer against each other
+        raise UsageError(f"--hubert/--layer: {exc}") from None
     if args.preset == "most" and frame_rate != 25.0:
-        raise SystemExit(f"train-units: --preset most needs a 25 Hz HuBERT (mhubert-base-25hz); {args.hubert} gives "
+        raise UsageError(f"--preset most needs a 25 Hz HuBERT (mhubert-base-25hz); {args.hubert} gives "
                          f"{frame_rate:g} Hz frames")
     return "hubert", options, chosen["rate"] or frame_rate, chosen["k"]
 
@@ -77,13 +78,10 @@ def _run(args) -> int:
     options = kmeans.KMeansOptions(num_clusters=k, batch_size=args.batch_size, epochs=args.epochs,
                                    init=args.init, seed=args.seed)
     start = time.perf_counter()
-    try:
-        fit = units.fit_from_manifest(args.manifest, args.out, features=features, feature_options=feature_options,
-                                      unit_rate=rate, pooling=args.pooling, dedup=args.dedup,
-                                      utterance_cmvn=args.utterance_cmvn, min_run=args.min_run,
-                                      max_hours=args.max_hours, options=options)
-    except units.UnitExtractorError as exc:
-        raise SystemExit(f"train-units: {exc}") from exc
+    fit = units.fit_from_manifest(args.manifest, args.out, features=features, feature_options=feature_options,
+                                  unit_rate=rate, pooling=args.pooling, dedup=args.dedup,
+                                  utterance_cmvn=args.utterance_cmvn, min_run=args.min_run,
+                                  max_hours=args.max_hours, options=options)
     print(f"train-units: {fit['files']} files, {fit['hours']:.2f} h, skipped {fit['skipped'] or 'none'}; fitted in "
           f"{time.perf_counter() - start:.0f} s")
     layer = f" layer {feature_options['layer']}" if feature_options else ""

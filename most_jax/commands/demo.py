@@ -50,8 +50,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from most_jax.config import ConfigError, U2ppDemoConfig, load_demo_config
-    from most_jax.stages import DemoError, DemoInterrupted
+    from most_jax.config import U2ppDemoConfig, load_demo_config
+    from most_jax.stages import DemoInterrupted
 
     if args.job == "u2pp":
         from most_jax.demo_u2pp import DEFAULT_CONFIG, U2ppDemo as job, mode_names
@@ -70,9 +70,6 @@ def run(args: argparse.Namespace) -> int:
     except DemoInterrupted as stop:
         print(f"{name}: {stop}", file=sys.stderr)
         return 128 + int(signal.Signals[stop.signal_name])
-    except (ConfigError, DemoError) as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
-        return 1
     if args.job == "u2pp":
         print(wer_table(summary, mode_names(demo)))
         print(f"{summary['total_seconds'] / 60:.1f} min end to end")

@@ -7,7 +7,7 @@ import functools
 import json
 import sys
 
-from most_jax.commands.generate import ERRORS
+from most_jax.commands import UsageError
 from most_jax.commands.speech_args import add_model_args, load_model_and_assets
 from most_jax.eval.speech import evaluate_asr, evaluate_tts, load_eval_set
 
@@ -55,15 +55,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        model, data, sampling = load_model_and_assets(args)
-        items = load_eval_set(args.data, data, args.limit)
-        if not items:
-            raise ValueError(f"{args.data}: no usable utterances")
-        evaluate = evaluate_asr if args.task == "asr" else evaluate_tts
-        result = evaluate(model, data, items, sampling=sampling, batch_size=args.batch_size)
-    except ERRORS as e:
-        raise SystemExit(f"most eval {args.task}: error: {e}") from None
+    model, data, sampling = load_model_and_assets(args)
+    items = load_eval_set(args.data, data, args.limit)
+    if not items:
+        raise UsageError(f"{args.data}: no usable utterances")
+    evaluate = evaluate_asr if args.task == "asr" else evaluate_tts
+    result = evaluate(model, data, items, sampling=sampling, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(result))
     elif args.task == "asr":
@@ -84,23 +81,20 @@ def run_audio_lm(args: argparse.Namespace) -> int:
     from most_jax.eval.pair_sets import read_pair_set
     from most_jax.infer.speech import check_assets
 
-    try:
-        if args.batch_size <= 0:
-            raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-        cfg, model = restore_model(args.checkpoint, ["model.moe.dispatch=dropless", *args.overrides])
-        data = PreparedData(args.assets or cfg.data.records)
-        check_assets(model, data)
-        extractor = functools.cache(data.unit_extractor)  # loaded for the first item given as audio
-        pairs = read_pair_set(args.pairs, lambda wave: extractor().extract(wave))
-        num_units = data.layout.config.num_audio_units
-        for pair in pairs:
-            for side in ("real", "fake"):
-                if getattr(pair, side).max() >= num_units:
-                    raise ValueError(f"--pairs {args.pairs}: pair {pair.id!r} {side} has unit "
-                                     f"{getattr(pair, side).max()}, the checkpoint has {num_units} units")
-        result = score_pairs(model, data.formatter, pairs, batch_size=args.batch_size)
-    except ERRORS as e:
-        raise SystemExit(f"most eval audio-lm: error: {e}") from None
+    if args.batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    cfg, model = restore_model(args.checkpoint, ["model.moe.dispatch=dropless", *args.overrides])
+    data = PreparedData(args.assets or cfg.data.records)
+    check_assets(model, data)
+    extractor = functools.cache(data.unit_extractor)  # loaded for the first item given as audio
+    pairs = read_pair_set(args.pairs, lambda wave: extractor().extract(wave))
+    num_units = data.layout.config.num_audio_units
+    for pair in pairs:
+        for side in ("real", "fake"):
+            if getattr(pair, side).max() >= num_units:
+                raise UsageError(f"--pairs {args.pairs}: pair {pair.id!r} {side} has unit "
+                                 f"{getattr(pair, side).max()}, the checkpoint has {num_units} units")
+    result = score_pairs(model, data.formatter, pairs, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -7,8 +7,6 @@ import re
 import sys
 
 from most_jax.checkpoint.hf_export import MAX_SHARD_BYTES, export_hf
-from most_jax.checkpoint.params_io import CheckpointError
-from most_jax.config import ConfigError
 
 DESCRIPTION = """\
 Writes the parameters of CKPT (from `most import-hf` or `most init-most`, or a training run: its
@@ -49,9 +47,6 @@ def run(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    try:
-        export_hf(args.checkpoint, args.out_dir, args.model_type, args.dtype, args.max_shard_size, progress)
-    except (CheckpointError, ConfigError) as e:
-        raise SystemExit(f"most export-hf: error: {e}") from None
+    export_hf(args.checkpoint, args.out_dir, args.model_type, args.dtype, args.max_shard_size, progress)
     print(f"wrote {args.out_dir}")
     return 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from most_jax.commands.group import add_config_args
 
@@ -26,15 +25,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from most_jax.config import ConfigError, load_config
+    from most_jax.config import load_config
     from most_jax.scaling.accounting import config_budget
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        budget, per_step = config_budget(cfg, args.seq_len, args.frames)
-    except ConfigError as e:
-        print(f"most flops: error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    budget, per_step = config_budget(cfg, args.seq_len, args.frames)
     if args.json:
         print(json.dumps(budget.as_json(per_step)))
         return 0

@@ -9,14 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from most_jax.atomic import atomic_file
-from most_jax.checkpoint.params_io import CheckpointError
+from most_jax.commands import UsageError
 from most_jax.commands.speech_args import add_model_args, load_model_and_assets
-from most_jax.config import ConfigError
-from most_jax.data.pipeline import PipelineError
-from most_jax.infer.speech import AssetsMismatch, synthesize_units, transcribe
-from most_jax.speech.audio import AudioError, load_audio
-
-ERRORS = (CheckpointError, ConfigError, PipelineError, AssetsMismatch, AudioError, ValueError)
+from most_jax.infer.speech import synthesize_units, transcribe
+from most_jax.speech.audio import load_audio
 
 TTS_DESCRIPTION = """\
 Generates the speech units of each TEXT (all texts in batches of --batch-size). Without --vocoder
@@ -48,18 +44,15 @@ def register(subparsers) -> None:
 
 
 def run_asr(args: argparse.Namespace) -> int:
-    try:
-        model, data, sampling = load_model_and_assets(args)
-        extractor = data.unit_extractor()
-        units = []
-        for path in args.audio:
-            wave, _ = load_audio(path)
-            units.append(np.asarray(extractor.extract(wave), np.int32))
-            if units[-1].size == 0:
-                raise ValueError(f"{path}: too short to yield any speech units")
-        texts = transcribe(model, data, units, sampling=sampling, batch_size=args.batch_size, seed=args.seed)
-    except ERRORS as e:
-        raise SystemExit(f"most generate asr: error: {e}") from None
+    model, data, sampling = load_model_and_assets(args)
+    extractor = data.unit_extractor()
+    units = []
+    for path in args.audio:
+        wave, _ = load_audio(path)
+        units.append(np.asarray(extractor.extract(wave), np.int32))
+        if units[-1].size == 0:
+            raise UsageError(f"{path}: too short to yield any speech units")
+    texts = transcribe(model, data, units, sampling=sampling, batch_size=args.batch_size, seed=args.seed)
     for path, text in zip(args.audio, texts):
         print(f"{path}\t{text}")
     return 0
@@ -76,26 +69,23 @@ def output_paths(out: str, count: int) -> list[Path]:
 def run_tts(args: argparse.Namespace) -> int:
     from most_jax.infer.vocoder import load_vocoder, synthesize_batch, write_waveform
 
-    try:
-        suffixes = (".wav", ".npy") if args.vocoder else (".npy",)
-        if Path(args.out).suffix not in suffixes:
-            raise ValueError(f"--out {args.out}: the name must end in {' or '.join(suffixes)}"
-                             + ("" if args.vocoder else " (units; pass --vocoder for a waveform)"))
-        if not args.vocoder and (args.speaker is not None or args.lang is not None):
-            raise ValueError("--speaker and --lang choose the vocoder's embeddings: they need --vocoder")
-        model, data, sampling = load_model_and_assets(args)
-        vocoder = load_vocoder(args.vocoder) if args.vocoder else None
-        if vocoder is not None and vocoder.cfg.num_units != data.layout.config.num_audio_units:
-            raise ValueError(f"--vocoder {args.vocoder}: {vocoder.cfg.num_units} units, the checkpoint speaks "
-                             f"{data.layout.config.num_audio_units}")
-        units = synthesize_units(model, data, args.text, sampling=sampling, batch_size=args.batch_size,
-                                 seed=args.seed)
-        empty = [i + 1 for i, u in enumerate(units) if u.size == 0]
-        if vocoder is not None and empty:
-            raise ValueError(f"text {empty[0]} ({args.text[empty[0] - 1]!r}): the model wrote no speech units")
-        waves = synthesize_batch(vocoder, units, args.speaker, args.lang) if vocoder is not None else None
-    except ERRORS as e:
-        raise SystemExit(f"most generate tts: error: {e}") from None
+    suffixes = (".wav", ".npy") if args.vocoder else (".npy",)
+    if Path(args.out).suffix not in suffixes:
+        raise UsageError(f"--out {args.out}: the name must end in {' or '.join(suffixes)}"
+                         + ("" if args.vocoder else " (units; pass --vocoder for a waveform)"))
+    if not args.vocoder and (args.speaker is not None or args.lang is not None):
+        raise UsageError("--speaker and --lang choose the vocoder's embeddings: they need --vocoder")
+    model, data, sampling = load_model_and_assets(args)
+    vocoder = load_vocoder(args.vocoder) if args.vocoder else None
+    if vocoder is not None and vocoder.cfg.num_units != data.layout.config.num_audio_units:
+        raise UsageError(f"--vocoder {args.vocoder}: {vocoder.cfg.num_units} units, the checkpoint speaks "
+                         f"{data.layout.config.num_audio_units}")
+    units = synthesize_units(model, data, args.text, sampling=sampling, batch_size=args.batch_size,
+                             seed=args.seed)
+    empty = [i + 1 for i, u in enumerate(units) if u.size == 0]
+    if vocoder is not None and empty:
+        raise UsageError(f"text {empty[0]} ({args.text[empty[0] - 1]!r}): the model wrote no speech units")
+    waves = synthesize_batch(vocoder, units, args.speaker, args.lang) if vocoder is not None else None
     for i, path in enumerate(output_paths(args.out, len(args.text))):
         if waves is None:
             with atomic_file(path) as tmp, open(tmp, "wb") as f:

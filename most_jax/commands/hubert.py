@@ -80,15 +80,9 @@ def register(subparsers) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from most_jax.checkpoint.hf_import import HFImportError
     from most_jax.checkpoint.hubert_hf import import_hubert
-    from most_jax.checkpoint.params_io import CheckpointError
-    from most_jax.config import ConfigError
 
-    try:
-        cfg = import_hubert(args.hf_dir, args.out, args.dtype).model
-    except (HFImportError, CheckpointError, ConfigError) as e:
-        raise SystemExit(f"most hubert import-hf: error: {e}") from None
+    cfg = import_hubert(args.hf_dir, args.out, args.dtype).model
     kind = "stable layer norm" if cfg.do_stable_layer_norm else "post layer norm"
     print(f"wrote {args.out}: {cfg.num_hidden_layers} layers d={cfg.hidden_size} ({kind}, {cfg.feat_extract_norm} "
           f"norm features, {cfg.frame_rate_samples} samples per frame), dtype {args.dtype}")
@@ -125,22 +119,18 @@ def read_waveforms(path: str):
 
 def run_features(args: argparse.Namespace) -> int:
     from most_jax.checkpoint.params_io import CheckpointError, restore_model
-    from most_jax.config import ConfigError
-    from most_jax.infer.logits import LogitsInputError, write_npz_atomic
+    from most_jax.infer.logits import write_npz_atomic
     from most_jax.models.hubert.encode import encode
 
+    cfg, model = restore_model(args.checkpoint)
+    if cfg.model.family != "hubert":
+        raise CheckpointError(f"{args.checkpoint}: a {cfg.model.family} checkpoint, not hubert")
+    wave, lengths = read_waveforms(args.input)
     try:
-        cfg, model = restore_model(args.checkpoint)
-        if cfg.model.family != "hubert":
-            raise CheckpointError(f"{args.checkpoint}: a {cfg.model.family} checkpoint, not hubert")
-        wave, lengths = read_waveforms(args.input)
-        try:
-            hidden, last, frames = encode(model, wave, lengths)
-        except ValueError as e:
-            raise HubertInputError(f"{args.input}: {e}") from None
-        write_npz_atomic(args.output, hidden_states=hidden, last_hidden_state=last, frame_lengths=frames)
-    except (HubertInputError, CheckpointError, ConfigError, LogitsInputError) as e:
-        raise SystemExit(f"most hubert features: error: {e}") from None
+        hidden, last, frames = encode(model, wave, lengths)
+    except ValueError as e:
+        raise HubertInputError(f"{args.input}: {e}") from None
+    write_npz_atomic(args.output, hidden_states=hidden, last_hidden_state=last, frame_lengths=frames)
     print(f"wrote {args.output}: hidden_states {list(hidden.shape)}, frame_lengths {frames.tolist()}")
     return 0
 
@@ -149,15 +139,9 @@ def run_prepare(args: argparse.Namespace) -> int:
     import sys
 
     from most_jax.data.hubert_data import prepare_hubert
-    from most_jax.data.prepare import PrepareError
-    from most_jax.speech.manifest import ManifestError
-    from most_jax.speech.units import UnitExtractorError
 
-    try:
-        prepare_hubert(args.manifest, args.units, args.out, max_audio_seconds=args.max_audio_seconds,
-                       overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
-    except (PrepareError, ManifestError, UnitExtractorError) as e:
-        raise SystemExit(f"most hubert prepare: error: {e}") from None
+    prepare_hubert(args.manifest, args.units, args.out, max_audio_seconds=args.max_audio_seconds,
+                   overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
     return 0
 
 

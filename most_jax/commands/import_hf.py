@@ -6,9 +6,7 @@ import argparse
 import sys
 
 from most_jax.checkpoint.hf_config import norm_topk_reading_of, read_hf_config
-from most_jax.checkpoint.hf_import import HFImportError, import_hf
-from most_jax.checkpoint.params_io import CheckpointError
-from most_jax.checkpoint.safetensors_file import SafetensorsError
+from most_jax.checkpoint.hf_import import import_hf
 from most_jax.config import ConfigError
 
 DESCRIPTION = """\
@@ -57,13 +55,10 @@ def run(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    try:
-        sizes = None if args.mesh is None else mesh_sizes(args.mesh)
-        cfg = import_hf(args.hf_dir, args.out_dir, args.dtype, progress=progress, mesh_sizes=sizes,
-                        compress=args.compress)
-        reading, why = norm_topk_reading_of(read_hf_config(args.hf_dir))
-    except (HFImportError, ConfigError, CheckpointError, SafetensorsError) as e:
-        raise SystemExit(f"most import-hf: error: {e}") from None
+    sizes = None if args.mesh is None else mesh_sizes(args.mesh)
+    cfg = import_hf(args.hf_dir, args.out_dir, args.dtype, progress=progress, mesh_sizes=sizes,
+                    compress=args.compress)
+    reading, why = norm_topk_reading_of(read_hf_config(args.hf_dir))
     m = cfg.model
     groups = ", ".join(f"{g.name}={g.first_expert}..{g.first_expert + g.num_experts - 1}"
                        for g in m.moe.modality_groups) or "none"

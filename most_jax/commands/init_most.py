@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from most_jax.checkpoint.hf_import import HFImportError
 from most_jax.checkpoint.init_most import UPCYCLE, init_most
-from most_jax.checkpoint.params_io import CheckpointError
-from most_jax.checkpoint.safetensors_file import SafetensorsError
-from most_jax.config import ConfigError
 
 DESCRIPTION = """\
 Builds a MoST checkpoint (modality-aware routing) from a Hugging Face DeepSeek-V2 directory such as
@@ -45,12 +41,9 @@ def run(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    try:
-        cfg = init_most(args.hf_dir, args.out, upcycle=args.upcycle, audio_experts=args.audio_experts,
-                        reinit_audio_rows=args.reinit_audio_rows, seed=args.seed, dtype=args.dtype,
-                        progress=progress)
-    except (HFImportError, ConfigError, CheckpointError, SafetensorsError) as e:
-        raise SystemExit(f"most init-most: error: {e}") from None
+    cfg = init_most(args.hf_dir, args.out, upcycle=args.upcycle, audio_experts=args.audio_experts,
+                    reinit_audio_rows=args.reinit_audio_rows, seed=args.seed, dtype=args.dtype,
+                    progress=progress)
     groups = ", ".join(f"{g.name}={g.first_expert}..{g.first_expert + g.num_experts - 1}"
                        for g in cfg.model.moe.modality_groups)
     print(f"wrote {args.out}: {cfg.model.moe.num_experts} experts, modality groups {groups}")

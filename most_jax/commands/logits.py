@@ -6,9 +6,8 @@ import argparse
 import sys
 
 from most_jax import parallel, sharding
-from most_jax.checkpoint.params_io import CheckpointError, load_config, restore_model
-from most_jax.config import ConfigError
-from most_jax.infer.logits import LogitsInputError, batched_logits, read_token_batch, write_npz_atomic
+from most_jax.checkpoint.params_io import load_config, restore_model
+from most_jax.infer.logits import batched_logits, read_token_batch, write_npz_atomic
 
 DESCRIPTION = """\
 Runs the model of checkpoint CKPT (from `most import-hf`, or a training run: a checkpoint manager
@@ -41,22 +40,19 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        overrides = ["model.moe.dispatch=dropless", *args.overrides]
-        mesh = None
-        if args.mesh:
-            mesh, overrides = _mesh_overrides(args, overrides)
-        tokens, modality = read_token_batch(args.input, load_config(args.checkpoint, overrides).model)
-        cfg, model = restore_model(args.checkpoint, overrides)
-        print(f"{args.checkpoint}: {tokens.shape[0]} rows x {tokens.shape[1]} tokens"
-              f"{'' if modality is not None else ' (modality from token ids)'}", file=sys.stderr, flush=True)
-        if mesh is None:
-            logits = batched_logits(model, tokens, modality, args.batch_size)
-        else:
-            logits = _sharded_logits(cfg, model, mesh, tokens, modality, args.batch_size)
-        write_npz_atomic(args.output, logits=logits)
-    except (CheckpointError, ConfigError, LogitsInputError, sharding.MeshError) as e:
-        raise SystemExit(f"most logits: error: {e}") from None
+    overrides = ["model.moe.dispatch=dropless", *args.overrides]
+    mesh = None
+    if args.mesh:
+        mesh, overrides = _mesh_overrides(args, overrides)
+    tokens, modality = read_token_batch(args.input, load_config(args.checkpoint, overrides).model)
+    cfg, model = restore_model(args.checkpoint, overrides)
+    print(f"{args.checkpoint}: {tokens.shape[0]} rows x {tokens.shape[1]} tokens"
+          f"{'' if modality is not None else ' (modality from token ids)'}", file=sys.stderr, flush=True)
+    if mesh is None:
+        logits = batched_logits(model, tokens, modality, args.batch_size)
+    else:
+        logits = _sharded_logits(cfg, model, mesh, tokens, modality, args.batch_size)
+    write_npz_atomic(args.output, logits=logits)
     print(f"wrote {args.output}: logits {list(logits.shape)} float32")
     return 0
 

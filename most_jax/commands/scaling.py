@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from most_jax.commands import UsageError
 
 FIT_DESCRIPTION = """\
 Fits DIR/results.jsonl (one JSON object per run: run, variant, params_active, tokens, flops, loss,
@@ -39,19 +40,16 @@ def register(subparsers) -> None:
 
 
 def run_fit(args) -> int:
-    from most_jax.scaling.fit import FitError, analyse, json_ready, summary_table
-    from most_jax.scaling.results import ResultsError, read_results, results_path
+    from most_jax.scaling.fit import analyse, json_ready, summary_table
+    from most_jax.scaling.results import read_results, results_path
 
     if args.bootstrap < 0:
-        raise SystemExit(f"most scaling fit: error: --bootstrap must be >= 0, got {args.bootstrap}")
+        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if not args.huber_delta > 0:
-        raise SystemExit(f"most scaling fit: error: --huber-delta must be positive, got {args.huber_delta}")
-    try:
-        runs = read_results(args.dir)
-        analysis = analyse(runs, baseline=args.baseline, bootstrap=args.bootstrap, seed=args.seed,
-                           delta=args.huber_delta)
-    except (ResultsError, FitError) as e:
-        raise SystemExit(f"most scaling fit: error: {e}") from None
+        raise UsageError(f"--huber-delta must be positive, got {args.huber_delta}")
+    runs = read_results(args.dir)
+    analysis = analyse(runs, baseline=args.baseline, bootstrap=args.bootstrap, seed=args.seed,
+                       delta=args.huber_delta)
     written = []
     if not args.no_plots:
         from most_jax.scaling.plots import write_plots

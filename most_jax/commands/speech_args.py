@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from most_jax.checkpoint.params_io import restore_model
+from most_jax.commands import UsageError
 from most_jax.data.pipeline import PreparedData
 from most_jax.infer.generate import Sampling
 
@@ -28,11 +29,15 @@ def add_model_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None
 def load_model_and_assets(args: argparse.Namespace):
     """(model, PreparedData, Sampling) from parsed arguments. Routed experts run dropless, so a
     row's output never depends on the other rows of its batch."""
-    cfg, model = restore_model(args.checkpoint, ["model.moe.dispatch=dropless", *args.overrides])
-    data = PreparedData(args.assets or cfg.data.records)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                         max_new_tokens=args.max_new_tokens)
-    sampling.validate()
+    try:
+        sampling.validate()
+    except ValueError as e:  # "top_k must be >= 0, ...": the field is the flag
+        field = str(e).split()[0]
+        raise UsageError(f"--{field.replace('_', '-')}: {e}") from None
     if args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be positive, got {args.batch_size}")
+    cfg, model = restore_model(args.checkpoint, ["model.moe.dispatch=dropless", *args.overrides])
+    data = PreparedData(args.assets or cfg.data.records)
     return model, data, sampling

@@ -45,32 +45,26 @@ def run(args: argparse.Namespace, family_name: str | None = None) -> int:
 
     from most_jax import parallel, sharding
     from most_jax.config import ConfigError, load_config
-    from most_jax.data.pipeline import PipelineError
     from most_jax.models.family import get_family
-    from most_jax.train.checkpoints import CheckpointError
-    from most_jax.train.loop import NonFiniteError, run_training
+    from most_jax.train.loop import run_training
 
-    try:
-        sharding.initialize_distributed()
-        mesh_overrides = sharding.parse_mesh_arg(args.mesh) if args.mesh else []
-        cfg = load_config(args.config, [*args.overrides, *mesh_overrides])
-        family = get_family(cfg.model)
-        if family_name is not None and family.name != family_name:
-            raise ConfigError(f"model.family: {family.name!r}; this command trains a {family_name} model")
-        if family.batches is None:
-            raise ConfigError(f"model.family: family {family.name} has no training data pipeline")
-        mesh = sharding.make_mesh(cfg.mesh)
-        parallel.check_config(cfg, mesh)
-        batches = family.batches(cfg)
-        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (Path(args.config).stem if args.config
-                                                                          else "default")
-        print(f"[train] mesh {sharding.describe(mesh)} over {jax.device_count()} devices in {jax.process_count()} "
-              f"process(es)", file=sys.stderr, flush=True)
-        result = run_training(cfg, run_dir, batches, resume=args.resume, init_from=args.init_from,
-                              stop_after=args.stop_after, mesh=mesh, param_shardings=parallel.param_sharding_fn(cfg.model))
-    except (ConfigError, PipelineError, CheckpointError, NonFiniteError, sharding.MeshError) as e:
-        print(f"most train: error: {e}", file=sys.stderr)
-        return 1
+    sharding.initialize_distributed()
+    mesh_overrides = sharding.parse_mesh_arg(args.mesh) if args.mesh else []
+    cfg = load_config(args.config, [*args.overrides, *mesh_overrides])
+    family = get_family(cfg.model)
+    if family_name is not None and family.name != family_name:
+        raise ConfigError(f"model.family: {family.name!r}; this command trains a {family_name} model")
+    if family.batches is None:
+        raise ConfigError(f"model.family: family {family.name} has no training data pipeline")
+    mesh = sharding.make_mesh(cfg.mesh)
+    parallel.check_config(cfg, mesh)
+    batches = family.batches(cfg)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / (Path(args.config).stem if args.config
+                                                                      else "default")
+    print(f"[train] mesh {sharding.describe(mesh)} over {jax.device_count()} devices in {jax.process_count()} "
+          f"process(es)", file=sys.stderr, flush=True)
+    result = run_training(cfg, run_dir, batches, resume=args.resume, init_from=args.init_from,
+                          stop_after=args.stop_after, mesh=mesh, param_shardings=parallel.param_sharding_fn(cfg.model))
     if result.last_record is not None and result.last_record.get("loss") is not None:
         print(f"step {result.step}: loss {result.last_record['loss']:.4f}")
     return 0

@@ -163,30 +163,20 @@ def _options(args: argparse.Namespace, model):
     return opts
 
 
-def _errors():
-    from most_jax.checkpoint.params_io import CheckpointError
-    from most_jax.config import ConfigError
-
-    return (U2ppInputError, CheckpointError, ConfigError)
-
-
 def run_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from most_jax.infer.logits import LogitsInputError, write_npz_atomic
+    from most_jax.infer.logits import write_npz_atomic
     from most_jax.models.u2pp import decode
 
-    try:
-        if args.chunk == 0 or args.chunk < -1:
-            raise U2ppInputError(f"--chunk must be -1 (full context) or positive, got {args.chunk}")
-        cfg, model = _load(args.checkpoint)
-        feats, lengths = read_feats(args.input, cfg.model.input_dim)
-        out, enc_lengths, log_probs = decode.encode(model, feats, lengths, args.chunk, args.left_chunks)
-        _check_encoded(args.input, enc_lengths)
-        write_npz_atomic(args.output, encoder_out=out.astype(np.float32),
-                         encoder_lengths=enc_lengths.astype(np.int32), ctc_log_probs=log_probs.astype(np.float32))
-    except (*_errors(), LogitsInputError) as e:
-        raise SystemExit(f"most u2pp encode: error: {e}") from None
+    if args.chunk == 0 or args.chunk < -1:
+        raise U2ppInputError(f"--chunk must be -1 (full context) or positive, got {args.chunk}")
+    cfg, model = _load(args.checkpoint)
+    feats, lengths = read_feats(args.input, cfg.model.input_dim)
+    out, enc_lengths, log_probs = decode.encode(model, feats, lengths, args.chunk, args.left_chunks)
+    _check_encoded(args.input, enc_lengths)
+    write_npz_atomic(args.output, encoder_out=out.astype(np.float32),
+                     encoder_lengths=enc_lengths.astype(np.int32), ctc_log_probs=log_probs.astype(np.float32))
     print(f"wrote {args.output}: encoder_out {list(out.shape)}, ctc_log_probs {list(log_probs.shape)}")
     return 0
 
@@ -198,17 +188,14 @@ def run_decode(args: argparse.Namespace) -> int:
     from most_jax.atomic import atomic_file
     from most_jax.models.u2pp import decode
 
-    try:
-        if not args.output.endswith(".json"):
-            raise U2ppInputError(f"{args.output}: the output file name must end in .json")
-        cfg, model = _load(args.checkpoint)
-        opts = _options(args, model)
-        feats, lengths = read_feats(args.input, cfg.model.input_dim)
-        out, enc_lengths, log_probs = decode.encode(model, feats, lengths, opts.chunk, opts.left_chunks)
-        _check_encoded(args.input, enc_lengths)
-        hyps = decode.finish(model, opts, out, enc_lengths, log_probs)
-    except _errors() as e:
-        raise SystemExit(f"most u2pp decode: error: {e}") from None
+    if not args.output.endswith(".json"):
+        raise U2ppInputError(f"{args.output}: the output file name must end in .json")
+    cfg, model = _load(args.checkpoint)
+    opts = _options(args, model)
+    feats, lengths = read_feats(args.input, cfg.model.input_dim)
+    out, enc_lengths, log_probs = decode.encode(model, feats, lengths, opts.chunk, opts.left_chunks)
+    _check_encoded(args.input, enc_lengths)
+    hyps = decode.finish(model, opts, out, enc_lengths, log_probs)
     result = {"mode": opts.mode, "options": dataclasses.asdict(opts),
               "utterances": [{"tokens": list(h.tokens), "score": h.score} for h in hyps]}
     with atomic_file(args.output) as tmp:
@@ -220,31 +207,28 @@ def run_decode(args: argparse.Namespace) -> int:
 def run_transcribe(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from most_jax.data.tokenizers import TokenizerError, load_tokenizer
+    from most_jax.data.tokenizers import load_tokenizer
     from most_jax.models.u2pp import decode
-    from most_jax.speech.audio import AudioError, load_audio
+    from most_jax.speech.audio import load_audio
     from most_jax.speech.features import fbank
 
-    try:
-        cfg, model = _load(args.checkpoint)
-        opts = _options(args, model)
-        tokenizer = load_tokenizer(args.tokenizer)
-        if tokenizer.text_size + 2 != cfg.model.vocab_size:
-            raise U2ppInputError(f"{args.tokenizer}: {tokenizer.text_size} text ids, but the model's vocab_size "
-                                 f"{cfg.model.vocab_size} needs {cfg.model.vocab_size - 2} (+ blank and sos/eos)")
-        if cfg.model.input_dim != 80:
-            raise U2ppInputError(f"the model reads {cfg.model.input_dim}-bin features; transcribe computes "
-                                 "80-bin fbank")
-        for path in args.audio:
-            wave, _ = load_audio(path, 16000)
-            feats = fbank(wave).astype(np.float32)
-            if opts.chunk > 0:
-                hyp = decode.transcribe_streaming(model, feats, opts)
-            else:
-                out, enc_lengths, log_probs = decode.encode(model, feats[None], np.array([len(feats)], np.int32))
-                _check_encoded(path, enc_lengths)
-                hyp = decode.finish(model, opts, out, enc_lengths, log_probs)[0]
-            print(f"{path}\t{tokenizer.decode([t - 1 for t in hyp.tokens])}", flush=True)
-    except (*_errors(), TokenizerError, AudioError) as e:
-        raise SystemExit(f"most u2pp transcribe: error: {e}") from None
+    cfg, model = _load(args.checkpoint)
+    opts = _options(args, model)
+    tokenizer = load_tokenizer(args.tokenizer)
+    if tokenizer.text_size + 2 != cfg.model.vocab_size:
+        raise U2ppInputError(f"{args.tokenizer}: {tokenizer.text_size} text ids, but the model's vocab_size "
+                             f"{cfg.model.vocab_size} needs {cfg.model.vocab_size - 2} (+ blank and sos/eos)")
+    if cfg.model.input_dim != 80:
+        raise U2ppInputError(f"the model reads {cfg.model.input_dim}-bin features; transcribe computes "
+                             "80-bin fbank")
+    for path in args.audio:
+        wave, _ = load_audio(path, 16000)
+        feats = fbank(wave).astype(np.float32)
+        if opts.chunk > 0:
+            hyp = decode.transcribe_streaming(model, feats, opts)
+        else:
+            out, enc_lengths, log_probs = decode.encode(model, feats[None], np.array([len(feats)], np.int32))
+            _check_encoded(path, enc_lengths)
+            hyp = decode.finish(model, opts, out, enc_lengths, log_probs)[0]
+        print(f"{path}\t{tokenizer.decode([t - 1 for t in hyp.tokens])}", flush=True)
     return 0

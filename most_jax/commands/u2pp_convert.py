@@ -45,14 +45,9 @@ def register_export(subparsers) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from most_jax.checkpoint.params_io import CheckpointError
-    from most_jax.checkpoint.wenet import WenetError, import_wenet
-    from most_jax.config import ConfigError
+    from most_jax.checkpoint.wenet import import_wenet
 
-    try:
-        cfg = import_wenet(args.wenet_pt, args.train_yaml, args.out, args.dtype).model
-    except (WenetError, CheckpointError, ConfigError) as e:
-        raise SystemExit(f"most u2pp import-wenet: error: {e}") from None
+    cfg = import_wenet(args.wenet_pt, args.train_yaml, args.out, args.dtype).model
     enc, dec = cfg.encoder, cfg.decoder
     ffn = (f"{enc.moe.num_experts} experts top-{enc.moe.top_k}" if enc.mlp_type == "moe" else "dense FFNs")
     print(f"wrote {args.out}: encoder {enc.num_blocks} blocks d={enc.output_size} ({ffn}), decoder "
@@ -61,13 +56,8 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from most_jax.checkpoint.params_io import CheckpointError
-    from most_jax.checkpoint.wenet import WenetError, export_wenet
-    from most_jax.config import ConfigError
+    from most_jax.checkpoint.wenet import export_wenet
 
-    try:
-        written = export_wenet(args.ckpt, args.out_dir)
-    except (WenetError, CheckpointError, ConfigError) as e:
-        raise SystemExit(f"most u2pp export-wenet: error: {e}") from None
+    written = export_wenet(args.ckpt, args.out_dir)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

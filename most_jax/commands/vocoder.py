@@ -67,31 +67,18 @@ def register(subparsers) -> None:
     tr.set_defaults(handler=run_train)
 
 
-def _fail(command: str, e: Exception) -> int:
-    print(f"most vocoder {command}: error: {e}", file=sys.stderr)
-    return 1
-
-
 def run_import_hf(args: argparse.Namespace) -> int:
-    from most_jax.checkpoint.params_io import CheckpointError
-    from most_jax.checkpoint.vocoder_import import VocoderImportError, import_hf
+    from most_jax.checkpoint.vocoder_import import import_hf
 
-    try:
-        cfg = import_hf(args.hf_dir, args.out, args.overrides)
-    except (VocoderImportError, CheckpointError) as e:
-        return _fail("import-hf", e)
+    cfg = import_hf(args.hf_dir, args.out, args.overrides)
     print(f"wrote {args.out}: {cfg.model.num_units} units, hop {cfg.model.hop}")
     return 0
 
 
 def run_import_unit_hifigan(args: argparse.Namespace) -> int:
-    from most_jax.checkpoint.params_io import CheckpointError
-    from most_jax.checkpoint.vocoder_import import VocoderImportError, import_unit_hifigan
+    from most_jax.checkpoint.vocoder_import import import_unit_hifigan
 
-    try:
-        cfg = import_unit_hifigan(args.generator_pt, args.config_json, args.out, args.overrides)
-    except (VocoderImportError, CheckpointError) as e:
-        return _fail("import-unit-hifigan", e)
+    cfg = import_unit_hifigan(args.generator_pt, args.config_json, args.out, args.overrides)
     print(f"wrote {args.out}: {cfg.model.num_units} units, hop {cfg.model.hop}")
     return 0
 
@@ -99,41 +86,31 @@ def run_import_unit_hifigan(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from most_jax.checkpoint.params_io import CheckpointError
     from most_jax.infer.vocoder import SynthesisError, load_vocoder, synthesize, write_waveform
 
+    generator = load_vocoder(args.checkpoint, "CKPT")
     try:
-        generator = load_vocoder(args.checkpoint, "CKPT")
-        try:
-            units = np.load(args.units, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise SynthesisError(f"--units {args.units}: unreadable .npy ({e})") from None
-        wave = synthesize(generator, units, args.speaker, args.lang, use_durations=not args.frame_units)
-        write_waveform(args.out, wave, generator.cfg.sample_rate)
-    except (SynthesisError, CheckpointError) as e:
-        return _fail("synth", e)
+        units = np.load(args.units, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SynthesisError(f"--units {args.units}: unreadable .npy ({e})") from None
+    wave = synthesize(generator, units, args.speaker, args.lang, use_durations=not args.frame_units)
+    write_waveform(args.out, wave, generator.cfg.sample_rate)
     print(f"wrote {args.out}: {wave.size / generator.cfg.sample_rate:.2f} s")
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
     from most_jax.config import ConfigError, load_config
-    from most_jax.data.vocoder_batches import VocoderDataError, from_manifest
-    from most_jax.speech.manifest import ManifestError
-    from most_jax.speech.units import UnitExtractorError
-    from most_jax.train.checkpoints import CheckpointError
-    from most_jax.train.loop import NonFiniteError, run_training
+    from most_jax.data.vocoder_batches import from_manifest
+    from most_jax.train.loop import run_training
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if cfg.model.family != "vocoder":
-            raise ConfigError(f"model.family: {cfg.model.family!r}; `most vocoder train` trains a vocoder section")
-        batches = from_manifest(cfg, args.units, args.manifest, args.max_utterances,
-                                log=lambda m: print(m, file=sys.stderr))
-        result = run_training(cfg, args.run_dir, batches, resume=args.resume, init_from=args.init_from,
-                              stop_after=args.stop_after)
-    except (ConfigError, VocoderDataError, ManifestError, UnitExtractorError, CheckpointError, NonFiniteError) as e:
-        return _fail("train", e)
+    cfg = load_config(args.config, args.overrides)
+    if cfg.model.family != "vocoder":
+        raise ConfigError(f"model.family: {cfg.model.family!r}; `most vocoder train` trains a vocoder section")
+    batches = from_manifest(cfg, args.units, args.manifest, args.max_utterances,
+                            log=lambda m: print(m, file=sys.stderr))
+    result = run_training(cfg, args.run_dir, batches, resume=args.resume, init_from=args.init_from,
+                          stop_after=args.stop_after)
     rec = result.last_record or {}
     if rec.get("mel_l1") is not None:
         print(f"step {result.step}: mel L1 {rec['mel_l1']:.4f}, discriminator loss {rec['loss_disc']:.4f}")
