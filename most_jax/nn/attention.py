@@ -81,10 +81,14 @@ class MLAttention(nnx.Module):
         kv = self.kv_b_proj(c_BSM)
         kv = kv.reshape(kv.shape[:2] + (self.num_heads, self.nope_dim + self.v_dim))  # [B, S, H, O + Z]
         k_nope_BSHO, v_BSHZ = jnp.split(kv, [self.nope_dim], axis=-1)
-        # Scores in float32: the rope part uses the single shared key for every head.
-        f32 = jnp.float32
-        scores_BHTS = (jnp.einsum("BTHO,BSHO->BHTS", q_nope_BTHO, k_nope_BSHO, preferred_element_type=f32)
-                       + jnp.einsum("BTHR,BSR->BHTS", q_rope_BTHR, k_rope_BSR, preferred_element_type=f32))
+        # Scores in float32 from one contraction over [nope | rope] = Q: the single shared rope key is
+        # repeated for every head (on CPU a separate rope contraction over R alone, with its
+        # transposes, cost about as much as the nope one).
+        q_BTHQ = jnp.concatenate([q_nope_BTHO, q_rope_BTHR], axis=-1)
+        k_rope_BSHR = jnp.broadcast_to(k_rope_BSR[:, :, None, :].astype(k_nope_BSHO.dtype),
+                                       k_nope_BSHO.shape[:3] + (self.rope_dim,))
+        k_BSHQ = jnp.concatenate([k_nope_BSHO, k_rope_BSHR], axis=-1)
+        scores_BHTS = jnp.einsum("BTHQ,BSHQ->BHTS", q_BTHQ, k_BSHQ, preferred_element_type=jnp.float32)
         probs_BHTS = self._attend(scores_BHTS, mask_BTS).astype(v_BSHZ.dtype)
         out_BTHZ = jnp.einsum("BHTS,BSHZ->BTHZ", probs_BHTS, v_BSHZ)
         return self.o_proj(out_BTHZ.reshape(out_BTHZ.shape[:2] + (-1,)))
