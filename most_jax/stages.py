@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from most_jax.atomic import atomic_file
+from most_jax.bench.timing import cpu_model
 
 LEDGER = "stages.json"
 TRAIN_STAGE = "train"  # the one stage that resumes instead of rebuilding
@@ -65,17 +65,6 @@ def write_json(path: Path, obj: Any) -> None:
     """Writes through a temporary file renamed into place, so readers never see half a file."""
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1) + "\n")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux; the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class StagedJob:

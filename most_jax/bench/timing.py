@@ -1,9 +1,12 @@
-"""Interleaved timing of several no-argument steps, for benchmarks on a shared machine."""
+"""Interleaved timing of several no-argument steps, for benchmarks on a shared machine, and the
+CPU model that every timing is reported with (machines of one size differ by CPU kind)."""
 
 from __future__ import annotations
 
+import platform
 import sys
 import time
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
@@ -35,3 +38,14 @@ def time_interleaved(steps: dict[str, Callable[[], object]], warmup: int, repeat
         report = ", ".join(f"{name} {t.wall[-1]:.3f} s" for name, t in times.items())
         print(f"round {r + 1}/{repeats}: {report}", file=sys.stderr, flush=True)
     return times
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

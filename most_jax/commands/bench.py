@@ -3,7 +3,7 @@
 from most_jax.commands.group import register_group
 
 # Each name X is the module most_jax/commands/bench_X.py.
-MEMBERS: tuple[str, ...] = ("moe", "data", "ep", "convert", "u2pp")
+MEMBERS: tuple[str, ...] = ("moe", "data", "ep", "convert", "u2pp", "step")
 
 
 def register(subparsers) -> None:
