@@ -32,8 +32,8 @@ def config(tmp_path_factory):
     return str(path)
 
 
-def test_real_tokens_are_those_of_the_pipeline_batches_each_variant_cycles_through(config):
-    result = run(config, VARIANTS, warmup=1, repeats=2, batches=2)
+def test_real_tokens_are_those_of_the_pipeline_batches_each_variant_cycles_through(config, tmp_path):
+    result = run(config, VARIANTS, warmup=1, repeats=2, batches=2, profile_dir=tmp_path / "trace")
     assert list(result["variants"]) == ["rows64", "rows128"]
     for variant in VARIANTS:
         row = result["variants"][variant.name]
@@ -48,6 +48,12 @@ def test_real_tokens_are_those_of_the_pipeline_batches_each_variant_cycles_throu
                                                          rel=1e-2)  # from the rounded seconds
     assert result["variants"]["rows64"]["speed_vs_first"] == 1.0
     assert result["machine"]["cpu_model"]
+    # the profile of the first variant: its ops' times, each traced back to the JAX operation
+    total, *ops = result["profile"]
+    assert total["op"] == "(all ops)" and ops and total["ms_per_step"] >= sum(o["ms_per_step"] for o in ops) - 0.1
+    assert all(o["ms_per_step"] > 0 for o in ops)
+    assert any("train_step" in o["from"] and o["shape"].startswith("f32[") for o in ops)
+    assert list((tmp_path / "trace").glob("**/*.trace.json.gz"))
 
 
 def test_variant_syntax_and_bad_variants():

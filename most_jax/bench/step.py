@@ -10,9 +10,14 @@ step that `most train` builds (one device), fed batches that the family's traini
 
 from __future__ import annotations
 
+import collections
+import gzip
 import itertools
+import json
+import re
 import statistics
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -73,7 +78,7 @@ class _Stepper:
 
 
 def run(config: str | None, variants: list[StepVariant], *, base_overrides: tuple[str, ...] = (),
-        warmup: int = 2, repeats: int = 10, batches: int = 4) -> dict:
+        warmup: int = 2, repeats: int = 10, batches: int = 4, profile_dir: str | Path | None = None) -> dict:
     """Median wall seconds per step and real tokens per second of each variant, with ratios to the first."""
     if not variants:
         variants = [StepVariant("config")]
@@ -97,12 +102,50 @@ def run(config: str | None, variants: list[StepVariant], *, base_overrides: tupl
     first = rows[names[0]]["real_tokens_per_s"]
     for row in rows.values():
         row["speed_vs_first"] = round(row["real_tokens_per_s"] / first, 3)
-    return {"config": config, "base_overrides": list(base_overrides), "repeats": repeats, "variants": rows,
-            "machine": {"cpu_model": cpu_model(), "devices": str(jax.devices()[0])}}
+    result = {"config": config, "base_overrides": list(base_overrides), "repeats": repeats, "variants": rows,
+              "machine": {"cpu_model": cpu_model(), "devices": str(jax.devices()[0])}}
+    if profile_dir is not None:
+        result["profile_dir"] = str(profile_dir)
+        result["profile"] = profile_ops(steppers[names[0]], profile_dir)
+    return result
+
+
+def profile_ops(stepper: _Stepper, out_dir: str | Path, steps: int = 3, top: int = 20) -> list[dict]:
+    """The XLA:CPU ops that take the most time in `steps` calls of one variant's step: a jax.profiler
+    trace (kept in out_dir, for TensorBoard or Perfetto), its op events summed per op name, each
+    op with its output shape and the JAX operation it came from (the compiled HLO's op_name)."""
+    out_dir = Path(out_dir)
+    hlo = stepper.step.lower(stepper.state, stepper.batches[0]).compile().as_text()
+    jax.block_until_ready(stepper())  # compiled and warm before the trace starts
+    with jax.profiler.trace(str(out_dir), create_perfetto_trace=True):
+        for _ in range(steps):
+            jax.block_until_ready(stepper())
+    traces = sorted(out_dir.glob("**/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not traces:
+        raise RuntimeError(f"jax.profiler wrote no trace under {out_dir}")
+    events = json.load(gzip.open(traces[-1]))["traceEvents"]
+    totals: collections.Counter = collections.Counter()
+    for e in events:
+        # complete events of the executed thunks; runtime bookkeeping and Python frames left out
+        if e.get("ph") == "X" and not e["name"].startswith(("ThunkExecutor", "$", "SlinkyThreadPool")):
+            totals[e["name"]] += e["dur"]
+    rows = []
+    for name, micros in totals.most_common(top):
+        line = re.search(r"^\s*%?" + re.escape(name) + r" = (\S+)(.*)$", hlo, re.M)
+        origin = re.search(r'op_name="([^"]*)"', line.group(2)) if line else None
+        rows.append({"op": name, "ms_per_step": round(micros / 1e3 / steps, 2),
+                     "shape": line.group(1).split("{")[0] if line else "", "from": origin.group(1) if origin else ""})
+    total = sum(totals.values()) / 1e3 / steps
+    return [{"op": "(all ops)", "ms_per_step": round(total, 1), "shape": "", "from": ""}, *rows]
 
 
 def format_report(result: dict) -> str:
-    lines = [f"train step of {result['config']} ({result['repeats']} interleaved rounds, medians)",
+    lines = []
+    if result.get("profile"):
+        lines.append(f"most expensive XLA ops of {next(iter(result['variants']))} (ms per step; trace in "
+                     f"{result['profile_dir']}):")
+        lines += [f"  {r['ms_per_step']:8.2f}  {r['op']:<30} {r['shape']:<22} {r['from'][-70:]}" for r in result["profile"]]
+    lines += [f"train step of {result['config']} ({result['repeats']} interleaved rounds, medians)",
              f"  {'variant':<14} {'s/step':>8} {'tokens':>7} {'real':>7} {'real tok/s':>11} {'vs first':>9}"]
     for name, r in result["variants"].items():
         lines.append(f"  {name:<14} {r['seconds_per_step']:>8.3f} {r['tokens_per_step']:>7} "

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant, the first compiles (default 2)")
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds; medians are reported (default 10)")
     parser.add_argument("--batches", type=int, default=4, help="pipeline batches each variant cycles through (default 4)")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="also trace 3 steps of the first variant with jax.profiler into DIR and list the XLA ops "
+                             "that take the most time, with the JAX operation each came from")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_config_args(parser)
     parser.set_defaults(handler=_run)
@@ -32,6 +35,6 @@ def register(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     result = run(args.config, [parse_variant(v) for v in args.variant], base_overrides=tuple(args.overrides),
-                 warmup=args.warmup, repeats=args.repeats, batches=args.batches)
+                 warmup=args.warmup, repeats=args.repeats, batches=args.batches, profile_dir=args.profile)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
