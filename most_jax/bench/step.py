@@ -124,10 +124,11 @@ def profile_ops(stepper: _Stepper, out_dir: str | Path, steps: int = 3, top: int
     if not traces:
         raise RuntimeError(f"jax.profiler wrote no trace under {out_dir}")
     events = json.load(gzip.open(traces[-1]))["traceEvents"]
+    instructions = set(re.findall(r"^\s*%?([\w.\-]+) = ", hlo, re.M))
     totals: collections.Counter = collections.Counter()
     for e in events:
-        # complete events of the executed thunks; runtime bookkeeping and Python frames left out
-        if e.get("ph") == "X" and not e["name"].startswith(("ThunkExecutor", "$", "SlinkyThreadPool")):
+        # complete events of the compiled step's instructions only (no runtime or Python frames)
+        if e.get("ph") == "X" and e["name"] in instructions:
             totals[e["name"]] += e["dur"]
     rows = []
     for name, micros in totals.most_common(top):
