@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from most_jax.data import records as rec
 from most_jax.data.prepare import ShardWriter
@@ -83,3 +84,11 @@ def tiny_most(prepared: Path, seed: int = 0):
     cfg = config_from_dict(to_dict(dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, vocab=layout.config, vocab_size=layout.vocab_size))))
     return cfg, MoST(cfg.model, rngs=nnx.Rngs(seed))
+
+
+def tiny_model_config(prepared: Path) -> dict:
+    """configs/most_tiny.yaml as a dict, 2 unrolled layers, its vocabulary that of `prepared`."""
+    layout = json.loads((prepared / rec.LAYOUT_FILE).read_text())
+    cfg = yaml.safe_load(open("configs/most_tiny.yaml"))
+    cfg["model"].update(vocab_size=layout["vocab_size"], vocab=layout["vocab"], num_layers=2, scan_layers=False)
+    return cfg

@@ -6,13 +6,12 @@ import json
 import pytest
 import yaml
 from cli_check import cli_error
-from data_corpus import make_prepared, make_tokenizer
+from data_corpus import make_prepared, make_tokenizer, tiny_model_config
 
 from most_jax.bench import BenchArgumentError
 from most_jax.bench.step import StepVariant, parse_variant, run
 from most_jax.cli import main
 from most_jax.config import load_config
-from most_jax.data import records as rec
 from most_jax.data.pipeline import build_dataset
 
 VARIANTS = [StepVariant("rows64", ("data.seq_len=64", "data.batch_size=4")),
@@ -23,9 +22,7 @@ VARIANTS = [StepVariant("rows64", ("data.seq_len=64", "data.batch_size=4")),
 def config(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_step")
     prepared = make_prepared(root / "prepared", make_tokenizer(root / "tok"))
-    layout = json.loads((prepared / rec.LAYOUT_FILE).read_text())
-    cfg = yaml.safe_load(open("configs/most_tiny.yaml"))
-    cfg["model"].update(vocab_size=layout["vocab_size"], vocab=layout["vocab"], num_layers=2, scan_layers=False)
+    cfg = tiny_model_config(prepared)
     cfg["data"] = {"records": str(prepared), "mixture": {"asr": 0.5, "tts": 0.3, "text_lm": 0.2}}
     path = root / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))

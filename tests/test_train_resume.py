@@ -14,11 +14,10 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from data_corpus import make_prepared, make_tokenizer
+from data_corpus import make_prepared, make_tokenizer, tiny_model_config
 
 from most_jax.checkpoint.params_io import load_checkpoint, step_dir
 from most_jax.config import load_config
-from most_jax.data import records as rec
 from most_jax.data.pipeline import build_dataset
 from most_jax.train.loop import CHECKPOINT_DIR, run_training
 
@@ -31,9 +30,7 @@ STEPS, COMPARE = 400, 10
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     prepared = make_prepared(root / "prepared", make_tokenizer(root / "tok"))
-    layout = json.loads((prepared / rec.LAYOUT_FILE).read_text())
-    cfg_dict = yaml.safe_load(open("configs/most_tiny.yaml"))
-    cfg_dict["model"].update(vocab_size=layout["vocab_size"], vocab=layout["vocab"], num_layers=2, scan_layers=False)
+    cfg_dict = tiny_model_config(prepared)
     cfg_dict["data"] = {"records": str(prepared), "seq_len": 48, "batch_size": 4,
                         "mixture": {"asr": 0.4, "tts": 0.4, "text_lm": 0.2}}
     cfg_dict["train"] = {"steps": STEPS, "warmup_steps": 3, "lr": 3e-3, "log_every": 1, "checkpoint_every": 4,
