@@ -10,9 +10,10 @@ Stages, each writing its outputs under OUT:
     eval       eval.json        dev and test ASR WER and test TTS unit accuracy, by generation
     report     curves.png summary.json
 
-Recipe choices are judged on dev; the test WER is the reported figure. OUT/stages.json records each finished stage (most_jax/stages.py, shared with `most demo u2pp`): a
-re-run skips finished stages, rebuilds those whose settings changed and resumes an interrupted
-training run from its latest checkpoint.
+Recipe choices are judged on dev; the test WER is the reported figure. OUT/stages.json records
+each finished stage (most_jax/stages.py, shared with `most demo u2pp`): a re-run skips finished
+stages, rebuilds those whose settings changed and resumes an interrupted training run from its
+latest checkpoint.
 """
 
 from __future__ import annotations
