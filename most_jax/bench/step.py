@@ -64,9 +64,11 @@ class _Stepper:
         shardings = state_shardings(abstract_state(params_shape, optimizer, cfg.train.seed), mesh)
         self.state = init_state(cfg.model, optimizer, cfg.train.seed, shardings)
         sharding = batch_sharding_for(mesh)
-        self.step = make_train_step(graphdef, cfg, optimizer, learning_rate_schedule(cfg.train),
-                                    state_shardings=shardings, batch_sharding=sharding)
         self.batches = [put_batch(b, sharding) for b in itertools.islice(iter(family.batches(cfg)), batches)]
+        # Compiled once, as the training loop does; the profile reads the same executable's HLO.
+        self.step = make_train_step(graphdef, cfg, optimizer, learning_rate_schedule(cfg.train),
+                                    state_shardings=shardings, batch_sharding=sharding
+                                    ).lower(self.state, self.batches[0]).compile()
         self.rows_x_len = int(np.prod(next(iter(self.batches[0].values())).shape[:2]))
         self.real_tokens: list[float] = []
         self._next = itertools.cycle(self.batches)
@@ -115,8 +117,8 @@ def profile_ops(stepper: _Stepper, out_dir: str | Path, steps: int = 3, top: int
     trace (kept in out_dir, for TensorBoard or Perfetto), its op events summed per op name, each
     op with its output shape and the JAX operation it came from (the compiled HLO's op_name)."""
     out_dir = Path(out_dir)
-    hlo = stepper.step.lower(stepper.state, stepper.batches[0]).compile().as_text()
-    jax.block_until_ready(stepper())  # compiled and warm before the trace starts
+    hlo = stepper.step.as_text()
+    jax.block_until_ready(stepper())  # warm before the trace starts
     with jax.profiler.trace(str(out_dir), create_perfetto_trace=True):
         for _ in range(steps):
             jax.block_until_ready(stepper())
