@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from most_jax import aot
-from most_jax.models.most_family import train_flops_per_step
+from most_jax.scaling.accounting import train_flops_per_step
 from most_jax.config import load_config
 
 
@@ -27,11 +27,12 @@ def test_topology_names():
 def test_analytic_flops_of_the_16b_model():
     """6 x active params x tokens dominates: about 2.4B active matmul params per token (embedding
     lookup excluded, lm_head included) for 512 x 2048 tokens, plus attention."""
-    model = load_config("configs/most_v2_lite.yaml").model
-    flops = train_flops_per_step(model, 512, 2048)
+    shape = ["data.seq_len=2048"]
+    flops = train_flops_per_step(load_config("configs/most_v2_lite.yaml", [*shape, "data.batch_size=512"]))
     tokens = 512 * 2048
     assert 6 * 2.2e9 * tokens < flops < 6 * 3.2e9 * tokens
-    assert train_flops_per_step(model, 1024, 2048) == pytest.approx(2 * flops)
+    double = train_flops_per_step(load_config("configs/most_v2_lite.yaml", [*shape, "data.batch_size=1024"]))
+    assert double == pytest.approx(2 * flops)
 
 
 def _compile(*args):

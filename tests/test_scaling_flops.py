@@ -11,7 +11,7 @@ from flax import nnx
 
 from most_jax.config import load_config
 from most_jax.models.most import MoST, count_params
-from most_jax.models.most_family import train_flops_per_step
+from most_jax.models.family import get_family
 from most_jax.scaling.flops import most_budget
 
 
@@ -65,9 +65,11 @@ def test_forward_flops_match_xla_cost_analysis():
 
 
 def test_family_train_flops_is_the_budget():
-    model = _tiny()
-    assert train_flops_per_step(model, 4, 64) == 4 * 64 * 3 * most_budget(model, 64).forward_flops_per_token
-    assert train_flops_per_step(model, 4, 128) > 2 * train_flops_per_step(model, 4, 64)  # attention grows with T
+    cfg = load_config("most_tiny.yaml", ["model.scan_layers=false", "data.batch_size=4", "data.seq_len=64"])
+    flops = get_family(cfg.model).train_flops
+    assert flops(cfg) == 4 * 64 * 3 * most_budget(cfg.model, 64).forward_flops_per_token
+    longer = load_config("most_tiny.yaml", ["model.scan_layers=false", "data.batch_size=4", "data.seq_len=128"])
+    assert flops(longer) > 2 * flops(cfg)  # attention grows with T
 
 
 def test_cli_json_and_bad_input():

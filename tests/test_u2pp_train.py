@@ -22,9 +22,11 @@ from flax import nnx
 from most_jax import parallel, sharding
 from most_jax.checkpoint import wenet
 from most_jax.config import MeshConfig, TrainConfig, load_config
+from most_jax.data.buckets import bucket_frames
 from most_jax.models.family import abstract_model, build_model
 from most_jax.models.u2pp import loss as loss_lib
 from most_jax.models.u2pp import masks
+from most_jax.scaling.u2pp_flops import u2pp_budget
 from most_jax.train.loop import run_training
 from most_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from most_jax.train.state import abstract_state, init_state, model_graphdef, single_device_mesh, state_shardings
@@ -415,3 +417,8 @@ def test_most_compile_compiles_a_tiny_u2pp_moe_train_step_for_a_tpu_slice(tmp_pa
     b = report["per_chip_bytes"]
     assert b["optimizer"] == pytest.approx(2 * b["params"], rel=0.05)  # Adam: two moments per param
     assert "all-to-all" in (tmp_path / "train_step.v5p-8.hlo.txt").read_text()
+    # the analytic FLOPs of the compiled (longest-bucket) step: 3 x the forward count
+    cfg = load_config(DEMO, [item for item in TINY if not item.startswith("train.")])
+    budget = u2pp_budget(cfg.model, bucket_frames(cfg.data)[-1], cfg.data.seq_len)
+    assert report["flops_per_step"] == pytest.approx(
+        3 * cfg.data.batch_size * bucket_frames(cfg.data)[-1] * budget.forward_flops_per_token)

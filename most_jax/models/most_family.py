@@ -18,7 +18,7 @@ from most_jax.data.tasks import TASKS
 from most_jax.models.family import Family, LossContext
 from most_jax.models.most import MoST
 from most_jax.models.most_loss import MODALITY_NAMES, loss_sums, micro_batch_objective
-from most_jax.scaling.flops import most_budget
+from most_jax.scaling.accounting import train_flops_per_step
 
 # Every array is [B, T] int32; `targets` are already the next tokens (the pipeline shifts).
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "modality", "segment_ids", "positions", "task")
@@ -130,16 +130,7 @@ def _ratio(num, den) -> float | None:
     return float(num) / float(den)
 
 
-# ----------------------------------------------------------------------------- FLOPs and data
-
-def train_flops_per_step(model: ModelConfig, batch: int, seq_len: int) -> float:
-    """Model FLOPs of one training step (forward + backward); conventions in most_jax/scaling/flops.py."""
-    return batch * seq_len * most_budget(model, seq_len).train_flops_per_token
-
-
-def _train_flops(cfg: Config) -> float:
-    return train_flops_per_step(cfg.model, cfg.data.batch_size, cfg.data.seq_len)
-
+# ----------------------------------------------------------------------------- data
 
 def _batches(cfg: Config) -> Iterator[dict[str, np.ndarray]]:
     """Packed batches of the prepared records `data.records` (`most data prepare`)."""
@@ -169,4 +160,4 @@ def _build(model_cfg: ModelConfig, rngs: nnx.Rngs) -> MoST:
 FAMILY = Family(
     name="most", config_class=ModelConfig, build=_build, batch_spec=batch_spec, step_totals=step_totals,
     loss_fn=loss_fn, summarise=summarise, count_tokens=count_tokens, moe_layers=moe_layers, check_batch=check_batch,
-    train_flops=_train_flops, batches=_batches)
+    train_flops=train_flops_per_step, batches=_batches)

@@ -33,3 +33,10 @@ def config_budget(cfg: Config, seq_len: int | None = None, frames: int | None = 
     except ValueError as e:
         raise ConfigError(f"--frames: {e}") from None
     return budget, cfg.data.batch_size * frames
+
+
+def train_flops_per_step(cfg: Config) -> float:
+    """Analytic FLOPs of one training step (forward + backward) at the step batch's shape (U2++:
+    the longest length bucket, the batch the AOT compile builds)."""
+    budget, units = config_budget(cfg)
+    return units * budget.train_flops_per_token

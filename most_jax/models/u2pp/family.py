@@ -23,6 +23,7 @@ from most_jax.config import Config, MoEConfig, U2ppConfig
 from most_jax.models.family import Family, LossContext
 from most_jax.models.u2pp.loss import u2pp_loss
 from most_jax.models.u2pp.model import U2pp
+from most_jax.scaling.accounting import train_flops_per_step
 from most_jax.data.buckets import bucket_frames
 
 BATCH_KEYS = ("feats", "feats_lengths", "target", "target_lengths")
@@ -143,4 +144,5 @@ def _build(model_cfg: U2ppConfig, rngs: nnx.Rngs) -> U2pp:
 FAMILY = Family(
     name="u2pp", config_class=U2ppConfig, build=_build, batch_spec=batch_spec, step_totals=step_totals,
     loss_fn=loss_fn, summarise=summarise, count_tokens=count_tokens, moe_layers=moe_layers, check_batch=check_batch,
-    frozen=frozen, batches=_batches, batch_specs=batch_specs, data_params=data_params)
+    frozen=frozen, train_flops=train_flops_per_step, batches=_batches, batch_specs=batch_specs,
+    data_params=data_params)
