@@ -323,6 +323,9 @@ class DataConfig:
     """Training data: prepared records (`most data prepare`) -> task mixture -> packed batches."""
 
     records: str = "data/prepared"  # a directory written by `most data prepare`
+    # Held-out records (`most data prepare` of other utterances) for the trainer's evaluation
+    # every train.eval_every steps; None: no held-out evaluation.
+    eval_records: str | None = None
     seq_len: int = 2048  # packed row length (MoST max length)
     batch_size: int = 8  # global rows per step, split evenly over JAX processes
     seed: int = 0
@@ -373,10 +376,14 @@ class TrainConfig:
     keep: int = 3  # checkpoints kept (the oldest are deleted)
     async_checkpoint: bool = True  # write checkpoints in a background thread while training goes on
     max_nonfinite: int = 10  # this many non-finite steps in a row stop the run
+    # Held-out evaluation: the loss on train.eval_batches fixed batches of data.eval_records every
+    # eval_every steps and at the last step (RUN_DIR/eval.jsonl); 0: none.
+    eval_every: int = 0
+    eval_batches: int = 4
     seed: int = 0  # parameter initialisation and the training RNG
 
     def validate(self, prefix: str = "train") -> None:
-        for name in ("steps", "micro_batches", "log_every", "checkpoint_every", "keep", "max_nonfinite"):
+        for name in ("steps", "micro_batches", "log_every", "checkpoint_every", "keep", "max_nonfinite", "eval_batches"):
             value = getattr(self, name)
             _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
         _check(self.lr > 0, f"{prefix}.lr", f"must be positive, got {self.lr}")
@@ -394,6 +401,7 @@ class TrainConfig:
         _check(self.eps > 0, f"{prefix}.eps", f"must be positive, got {self.eps}")
         _check(self.weight_decay >= 0, f"{prefix}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.clip_norm >= 0, f"{prefix}.clip_norm", f"must be >= 0 (0: no clipping), got {self.clip_norm}")
+        _check(self.eval_every >= 0, f"{prefix}.eval_every", f"must be >= 0 (0: no evaluation), got {self.eval_every}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -808,6 +816,8 @@ class Config:
         self.mesh.validate("mesh")
         _check(self.data.batch_size % self.train.micro_batches == 0, "train.micro_batches",
                f"{self.train.micro_batches} does not divide data.batch_size={self.data.batch_size}")
+        _check(self.train.eval_every == 0 or bool(self.data.eval_records), "train.eval_every",
+               f"{self.train.eval_every} asks for a held-out evaluation, but data.eval_records names no records")
 
 
 def _check(ok: bool, field: str, message: str) -> None:

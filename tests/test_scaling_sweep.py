@@ -88,3 +88,20 @@ def test_launch_commands_and_filters(ladder, tmp_path, capsys):
     assert "--sizes: c not in the ladder" in capsys.readouterr().err
     assert main(["sweep", str(spec), "--out", str(tmp_path), "--records", str(tmp_path)]) == 2
     assert "--records" in capsys.readouterr().err
+
+
+def test_sweep_on_held_out_records(ladder, tmp_path):
+    """--eval-records: every log window also scores held-out batches, and those are the results' losses."""
+    spec, prepared, root = ladder
+    dev = make_prepared(tmp_path / "dev", root / "tok" / "tok", num_pairs=16, num_text=0, num_dialogs=0, seed=5)
+    runs = plan(spec, SETTINGS, prepared, sizes=["a"], variants=["dense"], eval_records=dev)
+    cfg = runs[0].config
+    assert cfg.data.eval_records == str(dev) and cfg.train.eval_every == cfg.train.log_every
+    assert run_sweep(runs, tmp_path / "out", console=io.StringIO())["trained"] == ["a-dense"]
+    (rec,) = _lines(tmp_path / "out")
+    run_dir = tmp_path / "out" / "runs" / "a-dense"
+    held_out = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rec["loss_source"] == "held_out" and [e["step"] for e in rec["evals"]] == [r["step"] for r in held_out]
+    assert rec["loss"] == held_out[-1]["ce_loss"] != train[-1]["ce_loss"]
+    assert rec["loss_audio"] == held_out[-1]["loss_modality/audio"]

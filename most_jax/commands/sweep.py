@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     parser.add_argument("--records", metavar="DIR",
                         help="prepared records to train on (`most data prepare`); the vocabulary comes from their "
                              "layout (default: the base config's data.records and vocabulary)")
+    parser.add_argument("--eval-records", metavar="DIR",
+                        help="held-out records of the same vocabulary (e.g. a demo's dev/): every run is scored on "
+                             "them at each log window and the results' losses are those held-out losses")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of the base config for every run, e.g. --set data.batch_size=8")
     parser.add_argument("--sizes", type=_names, metavar="A,B", help="only these sizes of the ladder")
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from most_jax.scaling.sweep import finished, launch_commands, plan, run_sweep
 
     out = Path(args.out)
-    runs = plan(args.ladder, args.overrides, args.records, args.sizes, args.variants)
+    runs = plan(args.ladder, args.overrides, args.records, args.sizes, args.variants, args.eval_records)
     if args.list:
         done = finished(out)
         print(f"{'run':<16}{'active params':>16}{'total params':>16}{'steps':>10}{'tokens':>16}"

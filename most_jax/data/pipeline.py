@@ -183,32 +183,15 @@ def task_weights(cfg: DataConfig) -> dict[str, float]:
 def build_dataset(cfg: DataConfig, data: PreparedData | None = None, *, process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
     """The training stream of one JAX process (defaults: jax.process_index() / process_count())."""
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index, process_count = jax.process_index(), jax.process_count()
-    if not 0 <= process_index < process_count:
-        raise PipelineError(f"process_index={process_index} outside 0..{process_count - 1}")
-    if cfg.batch_size % process_count:
-        raise PipelineError(f"data.batch_size={cfg.batch_size} does not split over {process_count} processes")
+    process_index, process_count = _process(cfg, process_index, process_count)
     data = data if data is not None else PreparedData(cfg.records)
     weights = task_weights(cfg)
-    streams = []
     for task in weights:
         kind = TASK_KIND[task]
-        source = data.source(kind)
-        if source is None or len(source) < process_count:
+        if data.num_records(kind) < process_count:
             raise PipelineError(f"data.mixture.{task}: {data.directory} has {data.num_records(kind)} '{kind}' "
                                 f"records, fewer than the {process_count} processes that must share them")
-        stream = grain.MapDataset.source(source)[process_index::process_count]
-        # Seeds differ per task so two tasks over the same records do not walk them in step.
-        stream = stream.shuffle(seed=cfg.seed * len(TASKS) + TASK_IDS[task]).repeat()
-        streams.append(stream.map(_FormatTask(data.formatter, task, cfg.seq_len)))
-    mixed = grain.MapDataset.mix(streams, list(weights.values())) if len(streams) > 1 else streams[0]
-    packed = grain.experimental.FirstFitPackIterDataset(
-        mixed.to_iter_dataset(), length_struct={"columns": cfg.seq_len}, num_packing_bins=cfg.packing_bins,
-        seed=cfg.seed)
-    batched = packed.batch(cfg.batch_size // process_count, drop_remainder=True).map(_Unpack(data.layout.pad_id))
+    batched = _batches(cfg, data, weights, process_index, process_count)
     if cfg.num_workers > 0:
         from absl import flags
 
@@ -218,3 +201,66 @@ def build_dataset(cfg: DataConfig, data: PreparedData | None = None, *, process_
             flags.FLAGS.mark_as_parsed()
         batched = batched.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
     return batched
+
+
+def build_eval_batches(cfg: DataConfig, data: PreparedData, count: int, *, process_index: int | None = None,
+                       process_count: int | None = None) -> list[dict[str, np.ndarray]]:
+    """`count` batches of held-out records for this process, the same at every call: the training
+    mixture's tasks that `data` has records for (a dev split of speech pairs has no text-LM
+    lines), at their relative weights, packed as in training."""
+    process_index, process_count = _process(cfg, process_index, process_count)
+    weights = {task: w for task, w in task_weights(cfg).items() if data.num_records(TASK_KIND[task]) >= process_count}
+    if not weights:
+        raise PipelineError(f"data.eval_records: {data.directory} has no records for the mixture's tasks "
+                            f"({', '.join(task_weights(cfg))}), at least {process_count} per task")
+    for task in weights:
+        _check_fits(cfg, data, task)
+    stream = iter(_batches(cfg, data, weights, process_index, process_count))
+    return [next(stream) for _ in range(count)]
+
+
+def _check_fits(cfg: DataConfig, data: PreparedData, task: str) -> None:
+    """Some record of `task` must fit a row (the packer would otherwise wait forever for one);
+    the search stops at the first that does."""
+    source = data.source(TASK_KIND[task])
+    shortest = None
+    for i in range(len(source)):
+        try:
+            length = len(format_record(data.formatter, task, rec.decode_record(source[i])))
+        except (rec.RecordError, KeyError, ValueError):
+            continue
+        if length <= cfg.seq_len:
+            return
+        shortest = length if shortest is None else min(shortest, length)
+    raise PipelineError(f"data.eval_records: no {task} record of {data.directory} fits data.seq_len={cfg.seq_len} "
+                        f"(the shortest is {shortest} tokens)" if shortest is not None else
+                        f"data.eval_records: no {task} record of {data.directory} decodes")
+
+
+def _process(cfg: DataConfig, process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if not 0 <= process_index < process_count:
+        raise PipelineError(f"process_index={process_index} outside 0..{process_count - 1}")
+    if cfg.batch_size % process_count:
+        raise PipelineError(f"data.batch_size={cfg.batch_size} does not split over {process_count} processes")
+    return process_index, process_count
+
+
+def _batches(cfg: DataConfig, data: PreparedData, weights: dict[str, float], process_index: int,
+             process_count: int) -> grain.IterDataset:
+    """The tasks' record streams (this process's slice, shuffled, repeated), mixed by weight, packed
+    and batched."""
+    streams = []
+    for task in weights:
+        stream = grain.MapDataset.source(data.source(TASK_KIND[task]))[process_index::process_count]
+        # Seeds differ per task so two tasks over the same records do not walk them in step.
+        stream = stream.shuffle(seed=cfg.seed * len(TASKS) + TASK_IDS[task]).repeat()
+        streams.append(stream.map(_FormatTask(data.formatter, task, cfg.seq_len)))
+    mixed = grain.MapDataset.mix(streams, list(weights.values())) if len(streams) > 1 else streams[0]
+    packed = grain.experimental.FirstFitPackIterDataset(
+        mixed.to_iter_dataset(), length_struct={"columns": cfg.seq_len}, num_packing_bins=cfg.packing_bins,
+        seed=cfg.seed)
+    return packed.batch(cfg.batch_size // process_count, drop_remainder=True).map(_Unpack(data.layout.pad_id))

@@ -73,6 +73,9 @@ class Family:
         the trainer compiles one step per shape met. None: batch_spec(cfg) alone.
     data_params(cfg): {parameter path: array} a fresh run takes from the training data rather than
         from the initialiser (U2++: the global CMVN statistics). None: nothing.
+    eval_batches(cfg): the held-out host batches (this process's rows, a batch_spec shape) of
+        data.eval_records that train.eval_every scores, the same list at every call. None: the
+        family has no held-out evaluation in the trainer.
     """
 
     name: str
@@ -92,6 +95,7 @@ class Family:
 
     batch_specs: Callable[[Config], tuple[dict[str, jax.ShapeDtypeStruct], ...]] | None = None
     data_params: Callable[[Config], dict[Path_, np.ndarray]] | None = None
+    eval_batches: Callable[[Config], list[dict[str, np.ndarray]]] | None = None
 
 
 # Built-in families: name -> the module defining FAMILY, imported on first use.

@@ -141,6 +141,15 @@ def _batches(cfg: Config) -> Iterator[dict[str, np.ndarray]]:
     return iter(build_dataset(cfg.data, data))
 
 
+def _eval_batches(cfg: Config) -> list[dict[str, np.ndarray]]:
+    """train.eval_batches packed batches of the held-out records `data.eval_records`."""
+    from most_jax.data.pipeline import PreparedData, build_eval_batches
+
+    data = PreparedData(cfg.data.eval_records)
+    check_vocab(cfg, data)
+    return build_eval_batches(cfg.data, data, cfg.train.eval_batches)
+
+
 def check_vocab(cfg: Config, data) -> None:
     """The model's token layout must be the one the records were tokenised with."""
     layout = data.layout
@@ -160,4 +169,4 @@ def _build(model_cfg: ModelConfig, rngs: nnx.Rngs) -> MoST:
 FAMILY = Family(
     name="most", config_class=ModelConfig, build=_build, batch_spec=batch_spec, step_totals=step_totals,
     loss_fn=loss_fn, summarise=summarise, count_tokens=count_tokens, moe_layers=moe_layers, check_batch=check_batch,
-    train_flops=train_flops_per_step, batches=_batches)
+    train_flops=train_flops_per_step, batches=_batches, eval_batches=_eval_batches)

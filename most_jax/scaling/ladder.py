@@ -13,7 +13,9 @@ A spec names a base config (data, training, vocabulary: every run starts from it
 Each size gets a token budget of `tokens_per_param` x its dense variant's active parameters (a
 Chinchilla-style multiple, 20 by default), the same for its three variants, rounded up to whole
 steps of data.batch_size x data.seq_len tokens; train.steps, the warmup and the log cadence
-(`evals_per_run` log windows, the results' per-eval losses) follow from it.
+(`evals_per_run` log windows, the results' per-eval losses) follow from it. When the base config
+names held-out records (data.eval_records), each log window also scores `eval_batches` held-out
+batches (train.eval_every), and those losses are the results' losses.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class LadderSpec:
     experts: ExpertSpec = ExpertSpec()
     warmup_fraction: float = 0.05
     evals_per_run: int = 10
+    eval_batches: int = 8  # held-out batches per evaluation, when the base config has data.eval_records
     checkpoints_per_run: int = 4
     sizes: tuple[SizeSpec, ...] = ()
 
@@ -116,8 +119,8 @@ def _validate(spec: LadderSpec) -> None:
           f"must be a non-empty list of {', '.join(VARIANTS)}, got {list(spec.variants)}")
     check(spec.ffn_ratio > 0, "ffn_ratio", "must be positive")
     check(0 <= spec.warmup_fraction < 1, "warmup_fraction", "must be in [0, 1)")
-    check(spec.evals_per_run > 0 and spec.checkpoints_per_run > 0, "evals_per_run",
-          "evals_per_run and checkpoints_per_run must be positive")
+    check(spec.evals_per_run > 0 and spec.checkpoints_per_run > 0 and spec.eval_batches > 0, "evals_per_run",
+          "evals_per_run, eval_batches and checkpoints_per_run must be positive")
     e = spec.experts
     check((e.top_k + e.num_shared_experts) > 0 and spec.ffn_ratio % (e.top_k + e.num_shared_experts) == 0,
           "experts", f"top_k + num_shared_experts = {e.top_k + e.num_shared_experts} must divide ffn_ratio "
@@ -174,9 +177,11 @@ def expand(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         tokens_per_step = dense.data.batch_size * dense.data.seq_len
         target = spec.tokens_per_param * most_budget(dense.model, dense.data.seq_len).params_active
         steps = max(1, math.ceil(target / tokens_per_step))
-        train = {"steps": steps, "warmup_steps": round(spec.warmup_fraction * steps),
-                 "log_every": max(1, steps // spec.evals_per_run),
+        every = max(1, steps // spec.evals_per_run)
+        train = {"steps": steps, "warmup_steps": round(spec.warmup_fraction * steps), "log_every": every,
                  "checkpoint_every": max(1, steps // spec.checkpoints_per_run)}
+        if base["data"].get("eval_records"):
+            train |= {"eval_every": every, "eval_batches": spec.eval_batches}
         if size.lr is not None:
             train["lr"] = size.lr
         for variant in spec.variants:

@@ -13,9 +13,11 @@ A result holds run, size, variant, params_active / params_total / params_embeddi
 tokens (train.steps x data.batch_size x data.seq_len: what the model computed, padding included),
 flops (tokens x the exact training FLOPs per token), flops_6n (6 x active params x tokens), steps,
 wall_s (training wall time summed over the sessions of the run), loss / loss_text / loss_audio (the
-cross-entropy of the last log window: overall, on text and on audio target tokens; the window is
-train.log_every steps of data the run has not trained on yet when the corpus is larger than the
-run's tokens) and evals (that triple at every log window, with its step and tokens).
+cross-entropy at the last step, overall, on text and on audio target tokens: on held-out records
+when the base config has data.eval_records (`--eval-records`; loss_source "held_out"), else of the
+last log window (train.log_every steps of data the run had not trained on yet when the corpus is
+larger than the run's tokens; loss_source "train_window")) and evals (that triple at every
+evaluation or log window, with its step and tokens).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from most_jax.atomic import atomic_file
 from most_jax.config import to_dict
 from most_jax.scaling.ladder import LadderRun, expand
 from most_jax.scaling.results import RESULTS_FILE
+from most_jax.train.metrics import EVAL_FILE, METRICS_FILE
 
 CONFIGS_DIR, RUNS_DIR, WALL_FILE = "configs", "runs", "wall.json"
 LAUNCH_KINDS = ("tpu_pod", "slurm")
@@ -42,9 +45,13 @@ class SweepError(RuntimeError):
 
 
 def plan(ladder: str | Path, overrides: list[str] | tuple[str, ...] = (), records: str | Path | None = None,
-         sizes: list[str] | None = None, variants: list[str] | None = None) -> list[LadderRun]:
+         sizes: list[str] | None = None, variants: list[str] | None = None,
+         eval_records: str | Path | None = None) -> list[LadderRun]:
     """The ladder's runs, filtered to `sizes` and `variants` (None: all). `records`: a prepared
-    directory to train on; the model's vocabulary comes from its layout.json (as `most demo` does)."""
+    directory to train on; the model's vocabulary comes from its layout.json (as `most demo` does).
+    `eval_records`: held-out records (the same vocabulary) every run is scored on."""
+    if eval_records is not None:
+        overrides = [*overrides, f"data.eval_records={eval_records}"]
     base_edit = None if records is None else _on_records(Path(records))
     _, runs = expand(ladder, overrides, base_edit)
     for what, wanted, key in (("--sizes", sizes, "size"), ("--variants", variants, "variant")):
@@ -186,14 +193,14 @@ def _wall(run_dir: Path) -> float:
 
 
 def _final_step(run_dir: Path) -> int | None:
-    evals = _evals(run_dir, 1) if (run_dir / "metrics.jsonl").is_file() else []
+    evals = _evals(run_dir / METRICS_FILE, 1) if (run_dir / METRICS_FILE).is_file() else []
     return evals[-1]["step"] if evals else None
 
 
-def _evals(run_dir: Path, tokens_per_step: int) -> list[dict[str, Any]]:
-    """The log windows of metrics.jsonl, one per step (a resumed run's repeated steps: the last)."""
+def _evals(file: Path, tokens_per_step: int) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl or eval.jsonl, one per step (a resumed run's repeated steps: the last)."""
     by_step = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in file.read_text().splitlines():
         if line.strip():
             rec = json.loads(line)
             by_step[rec["step"]] = {"step": rec["step"], "tokens": rec["step"] * tokens_per_step,
@@ -203,24 +210,28 @@ def _evals(run_dir: Path, tokens_per_step: int) -> list[dict[str, Any]]:
 
 
 def result(run: LadderRun, run_dir: Path) -> dict[str, Any]:
-    """The results-table object of a finished run."""
+    """The results-table object of a finished run: its losses are the held-out ones (eval.jsonl)
+    when the run was evaluated, else those of its training log windows (metrics.jsonl)."""
     cfg = run.config
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise SweepError(f"run {run.name}: {run_dir / 'metrics.jsonl'} missing; the run never logged")
-    evals = _evals(run_dir, tokens_per_step)
+    held_out = cfg.train.eval_every > 0
+    file = run_dir / (EVAL_FILE if held_out else METRICS_FILE)
+    if not file.is_file():
+        raise SweepError(f"run {run.name}: {file} missing; the run never logged")
+    evals = _evals(file, tokens_per_step)
     last = evals[-1]
     if last["step"] != cfg.train.steps:
-        raise SweepError(f"run {run.name}: {run_dir} logged up to step {last['step']} of {cfg.train.steps}")
+        raise SweepError(f"run {run.name}: {file} holds records up to step {last['step']} of {cfg.train.steps}")
     if last["loss"] is None:
-        raise SweepError(f"run {run.name}: the last log window has no finite loss")
+        raise SweepError(f"run {run.name}: the last record of {file} has no finite loss")
     budget = run.budget
     tokens = cfg.train.steps * tokens_per_step
     return {"run": run.name, "size": run.size, "variant": run.variant, "params_active": budget.params_active,
             "params_total": budget.params, "params_embedding": budget.embedding_params, "tokens": tokens,
             "flops": tokens * budget.train_flops_per_token, "flops_6n": 6.0 * budget.params_active * tokens,
             "steps": cfg.train.steps, "wall_s": _wall(run_dir), "loss": last["loss"], "loss_text": last["loss_text"],
-            "loss_audio": last["loss_audio"], "evals": evals, "config_digest": config_digest(run)}
+            "loss_audio": last["loss_audio"], "loss_source": "held_out" if held_out else "train_window",
+            "evals": evals, "config_digest": config_digest(run)}
 
 
 def _append(out: Path, record: dict[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 Step t's metrics are read (device_get) only after step t+1 has been dispatched, so the host never
 stalls the device. Checkpoints are saved every `train.checkpoint_every` steps, at the end, when
-SIGTERM/SIGINT arrives (then the loop exits cleanly) and at `stop_after`; a run of
+SIGTERM/SIGINT arrives (then the loop exits cleanly) and at `stop_after`; with train.eval_every the
+held-out loss is scored every that many steps and at the end (train/evaluation.py). A run of
 `train.max_nonfinite` non-finite steps stops with NonFiniteError and saves nothing more, leaving the
 last good checkpoint as the latest.
 """
@@ -26,6 +27,7 @@ from most_jax.checkpoint.params_io import load_checkpoint
 from most_jax.config import Config, ConfigError, config_from_dict, to_dict
 from most_jax.models.family import frozen_mask, get_family, step_batch_specs, with_data_params
 from most_jax.train.checkpoints import CheckpointError, TrainCheckpointManager
+from most_jax.train.evaluation import HeldOutEval
 from most_jax.train.metrics import MetricsLogger, MetricsWindow
 from most_jax.train.optimizer import learning_rate_schedule, make_family_optimizer
 from most_jax.train.state import (TrainState, abstract_state, init_state, model_graphdef, replicated_shardings,
@@ -138,10 +140,15 @@ def _start(cfg: Config, run_dir: Path, batches: BatchIterator, ckpt: TrainCheckp
             # Leaves the data determines (U2++'s global CMVN) replace their initial values; the
             # optimizer state (zeros) does not depend on them.
             state = state._replace(params=jax.device_put(with_data_params(cfg, state.params), shardings.params))
+    held_out = None
+    if cfg.train.eval_every:
+        held_out = HeldOutEval(cfg, graphdef, shardings.params, batch_sharding, get_family(cfg.model).batch_spec(cfg))
+        say(f"held-out evaluation every {cfg.train.eval_every} steps on {len(held_out.batches)} batches of "
+            f"{cfg.data.eval_records}")
     return _Loop(cfg, run_dir, batches, ckpt, say, console).run(
         state, make_train_step(graphdef, cfg, optimizer, schedule, state_shardings=shardings,
                                batch_sharding=batch_sharding),
-        target, batch_sharding, stop_after)
+        target, batch_sharding, stop_after, held_out)
 
 
 class _Loop:
@@ -149,7 +156,8 @@ class _Loop:
                  say: Callable[[str], None], console: TextIO):
         self.cfg, self.run_dir, self.batches, self.ckpt, self.say, self.console = cfg, run_dir, batches, ckpt, say, console
 
-    def run(self, state: TrainState, step_fn, target: TrainState, batch_sharding, stop_after: int | None) -> RunResult:
+    def run(self, state: TrainState, step_fn, target: TrainState, batch_sharding, stop_after: int | None,
+            held_out: HeldOutEval | None) -> RunResult:
         cfg = self.cfg.train
         step = int(jax.device_get(state.step))
         end = cfg.steps if stop_after is None else min(stop_after, cfg.steps)
@@ -195,6 +203,10 @@ class _Loop:
                     if pending is not None:
                         self._consume(*pending, end)
                     pending = (step, metrics)
+                    if held_out is not None and held_out.due(step):
+                        started = time.perf_counter()
+                        self.logger.write_eval(held_out(state.params, step))
+                        self.window.start += time.perf_counter() - started  # throughput counts training
                     if step % cfg.checkpoint_every == 0:
                         # the iterator stands right after this step's batch until the next `next`
                         self.ckpt.save(state, data_state=self.batches.get_state(), cfg=self.cfg)

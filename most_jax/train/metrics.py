@@ -22,6 +22,7 @@ from most_jax.config import Config
 from most_jax.models.family import get_family
 
 METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 # Step metrics that are not sums over a window: read from the window's last step, or counted.
@@ -94,10 +95,7 @@ class ProgressBar:
         parts = [f"step {step}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}] {frac:4.0%}"]
         if rec["loss"] is not None:
             parts.append(f"loss {rec['loss']:.4f}")
-        for prefix in ("loss_task/", "loss_modality/"):
-            detail = [f"{k[len(prefix):]} {v:.3f}" for k, v in rec.items() if k.startswith(prefix)]
-            if detail:
-                parts.append("(" + ", ".join(detail) + ")")
+        parts += _loss_details(rec)
         if rec["grad_norm"] is not None:
             parts.append(f"gnorm {rec['grad_norm']:.3f}")
         parts.append(f"lr {rec['lr']:.2e}")
@@ -113,10 +111,25 @@ class ProgressBar:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def note(self, line: str) -> None:
+        """A line of its own between progress lines (an in-place bar is redrawn by the next update)."""
+        self.stream.write(("\r\x1b[K" if self.in_place else "") + line + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.in_place:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _loss_details(rec: dict[str, Any]) -> list[str]:
+    """"(asr 1.234, tts 2.345)"-style groups of a record's per-task and per-modality losses."""
+    parts = []
+    for prefix in ("loss_task/", "loss_modality/"):
+        detail = [f"{k[len(prefix):]} {v:.3f}" for k, v in rec.items() if k.startswith(prefix) and v is not None]
+        if detail:
+            parts.append("(" + ", ".join(detail) + ")")
+    return parts
 
 
 def _duration(seconds: float) -> str:
@@ -127,10 +140,11 @@ def _duration(seconds: float) -> str:
 
 
 class MetricsLogger:
-    """Writes each record to RUN_DIR/metrics.jsonl, TensorBoard (RUN_DIR/tensorboard) and the console.
+    """Writes each record to RUN_DIR/metrics.jsonl, TensorBoard (RUN_DIR/tensorboard) and the console,
+    and each held-out evaluation (train/evaluation.py) to RUN_DIR/eval.jsonl and TensorBoard's eval/.
 
     `start_step` > 0 means a resumed run: records after it (written by the interrupted run past its
-    last checkpoint) are removed from metrics.jsonl and purged from TensorBoard, so the files
+    last checkpoint) are removed from both files and purged from TensorBoard, so the files
     describe one consistent history."""
 
     def __init__(self, run_dir: str | Path, *, total_steps: int, start_step: int, stream: TextIO | None = None):
@@ -140,21 +154,33 @@ class MetricsLogger:
 
         run_dir = Path(run_dir)
         self.path = run_dir / METRICS_FILE
+        self.eval_path = run_dir / EVAL_FILE
         self.progress = ProgressBar(total_steps, stream)
         # Metrics are replicated, so every process of a multi-process run holds the same records; only
         # process 0 writes the shared run directory's files.
-        self._file = self._tb = None
+        self._files: dict[Path, TextIO] = {}
+        self._tb = None
         if jax.process_index() == 0:
-            _truncate_jsonl(self.path, start_step)
-            self._file = self.path.open("a", encoding="utf-8")
+            for path in (self.path, self.eval_path):
+                _truncate_jsonl(path, start_step)
             self._tb = SummaryWriter(str(run_dir / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
 
     def write(self, rec: dict[str, Any]) -> None:
-        if self._file is None:
-            self.progress.update(rec)
+        self._record(self.path, rec, "")
+        self.progress.update(rec)
+
+    def write_eval(self, rec: dict[str, Any]) -> None:
+        self._record(self.eval_path, rec, "eval/")
+        head = [f"ce_loss {rec['ce_loss']:.4f}"] if rec.get("ce_loss") is not None else []
+        self.progress.note(f"[eval] step {rec['step']}: held-out " + "  ".join(head + _loss_details(rec)))
+
+    def _record(self, path: Path, rec: dict[str, Any], prefix: str) -> None:
+        if self._tb is None:
             return
-        self._file.write(json.dumps(rec) + "\n")
-        self._file.flush()
+        if path not in self._files:
+            self._files[path] = path.open("a", encoding="utf-8")
+        self._files[path].write(json.dumps(rec) + "\n")
+        self._files[path].flush()
         step = rec["step"]
         for key, value in rec.items():
             if key == "step" or value is None or key.endswith(("/tokens_per_expert", "/layers")):
@@ -162,15 +188,15 @@ class MetricsLogger:
             if isinstance(value, list):
                 layers = rec[key.rsplit("/", 1)[0] + "/layers"]
                 for layer, v in zip(layers, value):
-                    self._tb.add_scalar(f"{key}/layer_{layer}", v, step)
+                    self._tb.add_scalar(f"{prefix}{key}/layer_{layer}", v, step)
             else:
-                self._tb.add_scalar(key, value, step)
-        self.progress.update(rec)
+                self._tb.add_scalar(prefix + key, value, step)
 
     def close(self) -> None:
         self.progress.close()
-        if self._file is not None:
-            self._file.close()
+        for file in self._files.values():
+            file.close()
+        if self._tb is not None:
             self._tb.close()
 
 

@@ -58,22 +58,27 @@ def accumulate_gradients(graphdef: nnx.GraphDef, params: Any, batch: dict[str, j
         return family.loss_fn(nnx.merge(graphdef, full), mb, jax.random.fold_in(key, i), ctx)
 
     grad_fn = jax.value_and_grad(objective, has_aux=True)
-    micro = _micro_batches(batch, count)
     wrt = params if phase is None else params[phase]
-
-    def body(totals, xs):
-        mb, i = xs
-        out = grad_fn(wrt, mb, i)
-        return jax.tree.map(lambda acc, x: acc + x.astype(acc.dtype), totals, out), None
-
-    first = jax.tree.map(lambda x: x[0], micro)
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32 if jnp.issubdtype(s.dtype, jnp.floating)
-                                             else s.dtype), jax.eval_shape(grad_fn, wrt, first, 0))
-    ((obj, sums), grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(count)))
+    (obj, sums), grads = _sum_over_micro_batches(lambda mb, i: grad_fn(wrt, mb, i), batch, count)
     clash = sorted(set(sums) & set(STEP_METRICS))
     if clash:
         raise ValueError(f"model family {family.name!r}: loss sums {clash} clash with the step's own metrics")
     return grads, obj, sums
+
+
+def _sum_over_micro_batches(fn: Callable[[dict[str, jax.Array], jax.Array], Any], batch: dict[str, jax.Array],
+                            count: int) -> Any:
+    """fn(micro-batch i, i) summed over `count` micro-batches with lax.scan (floats in float32)."""
+    micro = _micro_batches(batch, count)
+
+    def body(totals, xs):
+        return jax.tree.map(lambda acc, x: acc + x.astype(acc.dtype), totals, fn(*xs)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32 if jnp.issubdtype(s.dtype, jnp.floating)
+                                             else s.dtype), jax.eval_shape(fn, first, 0))
+    totals, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(count)))
+    return totals
 
 
 def make_train_step(graphdef: nnx.GraphDef, cfg: Config, optimizer: optax.GradientTransformation,
@@ -150,6 +155,28 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: Config, optimizer: optax.Gradie
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
     return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
+def make_eval_step(graphdef: nnx.GraphDef, cfg: Config, *, params_sharding: Any,
+                   batch_sharding: NamedSharding) -> Callable[[Any, dict], dict]:
+    """The jitted `eval_step(params, batch) -> sums`: the family's loss sums of a held-out batch
+    (its micro-batches as in training), no gradient and the same random key at every call."""
+    abstract_mesh = batch_sharding.mesh.abstract_mesh
+    family = get_family(cfg.model)
+    count = cfg.train.micro_batches
+
+    def eval_step(params, batch):
+        ctx = LossContext(totals=family.step_totals(batch), micro_batches=count)
+        key = jax.random.key(0)
+
+        def sums(mb, i):
+            return family.loss_fn(nnx.merge(graphdef, params), mb, jax.random.fold_in(key, i), ctx)[1]
+
+        with jax.sharding.use_abstract_mesh(abstract_mesh):
+            return _sum_over_micro_batches(sums, batch, count)
+
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding), out_shardings=replicated)
 
 
 def batch_sharding_for(mesh) -> NamedSharding:
