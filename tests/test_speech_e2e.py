@@ -8,13 +8,21 @@ import io
 import json
 
 import pytest
+from cli_check import cli_error
+from flax import nnx
+from test_vocoder import GAN_TINY, tiny_cfg
 
 from most_jax import cli
+from most_jax.checkpoint.params_io import restore_model, save_params
 from most_jax.config import config_from_dict, load_config, to_dict
 from most_jax.data.pipeline import PreparedData, build_dataset
 from most_jax.data.prepare import PrepareOptions, manifest_items, prepare
 from most_jax.data.tasks import TEMPLATE_TEXTS
 from most_jax.data.tokenizers import train_sentencepiece
+from most_jax.eval.speech import load_eval_set
+from most_jax.infer.generate import Sampling
+from most_jax.infer.speech import synthesize_units
+from most_jax.models.vocoder.model import Vocoder
 from most_jax.speech import kmeans, units
 from most_jax.speech.audio import load_audio
 from most_jax.speech.manifest import read_manifest
@@ -74,3 +82,42 @@ def test_eval_tts_gives_back_the_memorised_units(trained, capsys):
     out = _eval(capsys, "tts", root)
     assert out["utterances"] == NUM_PAIRS
     assert out["unit_accuracy"] >= 0.9 and out["unit_error_rate"] <= 0.1, out
+
+
+def test_eval_tts_wer_and_its_floors(trained, capsys, tmp_path):
+    """TTS WER through the memorised model as its own ASR and a random vocoder (hop 640: one 25 Hz
+    unit). The original-audio floor is `most eval asr` on the manifest's audio; where the TTS wrote
+    exactly the reference units, its transcript is the resynthesis floor's."""
+    root, _ = trained
+    vcfg = tiny_cfg(**{**GAN_TINY, "upsample_rates": [8, 80], "upsample_kernel_sizes": [16, 160]}, num_units=24)
+    save_params(tmp_path / "voc", vcfg, nnx.state(Vocoder(vcfg.model, rngs=nnx.Rngs(0)), nnx.Param).to_pure_dict())
+    manifest = str(root / "corpus" / "train.jsonl")
+    base = ["eval", "tts", str(root / "run"), "--data", manifest, "--batch-size", "4"]
+    capsys.readouterr()
+    assert cli.main([*base, "--asr", str(root / "run"), "--vocoder", str(tmp_path / "voc"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    capsys.readouterr()
+    assert cli.main(["eval", "asr", str(root / "run"), "--data", manifest, "--batch-size", "4", "--json"]) == 0
+    asr = json.loads(capsys.readouterr().out)
+    assert out["floors"]["original"]["wer"] == asr["wer"] <= 0.05
+    assert [ex["original"] for ex in out["examples"]] == [ex["hypothesis"] for ex in asr["examples"]]
+    assert {"wer", "word_errors", "words"} <= set(out["tts_wer"]) and out["utterances"] == NUM_PAIRS
+    tts = _eval(capsys, "tts", root)  # the generated units, from the prepared records' texts
+    assert out["unit_accuracy"] == tts["unit_accuracy"]
+    data = PreparedData(root / "prepared")
+    items = load_eval_set(manifest, data)
+    _, model = restore_model(root / "run", ["model.moe.dispatch=dropless"])
+    units = synthesize_units(model, data, [it.text for it in items], sampling=Sampling(max_new_tokens=512),
+                             batch_size=4)
+    same = [i for i, (u, it) in enumerate(zip(units, items)) if u.tolist() == it.units.tolist()]
+    assert same, "the memorised TTS wrote no utterance's units exactly"
+    for i in same:
+        assert out["examples"][i]["tts"] == out["examples"][i]["resynthesis"]
+    cli_error([*base, "--asr", str(root / "run")], "TTS WER needs both --asr .* and --vocoder")
+    cli_error([*base[:4], str(root / "prepared"), *base[5:], "--asr", str(root / "run"), "--vocoder",
+               str(tmp_path / "voc")], "--data .*prepared: a prepared directory holds units, not audio")
+    vcfg11 = tiny_cfg(**GAN_TINY, num_units=11)
+    save_params(tmp_path / "voc11", vcfg11, nnx.state(Vocoder(vcfg11.model, rngs=nnx.Rngs(0)),
+                                                      nnx.Param).to_pure_dict())
+    cli_error([*base, "--asr", str(root / "run"), "--vocoder", str(tmp_path / "voc11")],
+              "--vocoder .*voc11: 11 units, the TTS checkpoint speaks 24")

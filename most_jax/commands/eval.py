@@ -7,6 +7,8 @@ import functools
 import json
 import sys
 
+import numpy as np
+
 from most_jax.commands import UsageError
 from most_jax.commands.speech_args import add_model_args, load_model_and_assets
 from most_jax.eval.speech import evaluate_asr, evaluate_tts, load_eval_set
@@ -16,7 +18,11 @@ DATA is a manifest (JSONL with id, audio, text; units are extracted with the ass
 extractor) or a prepared directory (its speech/transcript records). ASR reports the word error
 rate after normalisation (lowercase; characters other than a-z, 0-9 and apostrophes become
 spaces). TTS reports the unit error rate (edit distance / reference units) and position-wise unit
-accuracy of the generated units against the reference units.
+accuracy of the generated units against the reference units. With --asr ASR_CKPT and --vocoder V
+it also reports TTS WER: the generated units spoken by the vocoder, given units by the ASR
+checkpoint's unit extractor and transcribed by it (greedy), against the input texts; next to two
+floors the same ASR sets: the original audio of DATA (a manifest, then), and the vocoder's
+resynthesis of the reference units.
 """
 
 
@@ -39,6 +45,15 @@ def register(subparsers) -> None:
         p.add_argument("--data", required=True, metavar="DATA", help="manifest .jsonl or prepared directory")
         p.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
         p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        if task == "tts":
+            p.add_argument("--asr", default=None, metavar="ASR_CKPT",
+                           help="a MoST checkpoint that transcribes the synthesised speech (TTS WER)")
+            p.add_argument("--asr-assets", default=None, metavar="PREPARED_DIR",
+                           help="the ASR checkpoint's tokenizer, unit extractor and layout (default: its "
+                                "data.records)")
+            p.add_argument("--vocoder", default=None, metavar="V", help="vocoder checkpoint speaking the units")
+            p.add_argument("--speaker", type=int, default=None, metavar="N", help="the vocoder's speaker id")
+            p.add_argument("--lang", type=int, default=None, metavar="N", help="the vocoder's language id")
         p.set_defaults(handler=run, task=task)
     lm = sub.add_parser("audio-lm", help="pair accuracy of unit log-likelihoods (sWUGGY / sBLIMP style)",
                         description=AUDIO_LM_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,12 +70,21 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    judged = args.task == "tts" and (args.asr is not None or args.vocoder is not None)
+    if judged and (args.asr is None or args.vocoder is None):
+        raise UsageError("TTS WER needs both --asr ASR_CKPT (who listens) and --vocoder V (who speaks)")
     model, data, sampling = load_model_and_assets(args)
-    items = load_eval_set(args.data, data, args.limit)
+    try:
+        items = load_eval_set(args.data, data, args.limit, keep_audio=judged)
+    except ValueError as e:
+        raise UsageError(f"--data {e}") from None
     if not items:
         raise UsageError(f"{args.data}: no usable utterances")
-    evaluate = evaluate_asr if args.task == "asr" else evaluate_tts
-    result = evaluate(model, data, items, sampling=sampling, batch_size=args.batch_size)
+    if args.task == "asr":
+        result = evaluate_asr(model, data, items, sampling=sampling, batch_size=args.batch_size)
+    else:
+        result = evaluate_tts(model, data, items, sampling=sampling, batch_size=args.batch_size,
+                              judge=_judge(args, data) if judged else None)
     if args.json:
         print(json.dumps(result))
     elif args.task == "asr":
@@ -71,7 +95,41 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"TTS unit error rate {100 * result['unit_error_rate']:.2f}%, unit accuracy "
               f"{100 * result['unit_accuracy']:.2f}% ({result['utterances']} utterances, {result['seconds']:.1f} s)")
+        if judged:
+            for ex in result["examples"][:3]:
+                print(f"TEXT: {ex['text']}\nTTS -> ASR: {ex['tts']}\n", file=sys.stderr)
+            floors = result["floors"]
+            print(f"TTS WER {100 * result['tts_wer']['wer']:.2f}% through {args.asr} (floors: original audio "
+                  f"{100 * floors['original']['wer']:.2f}%, vocoder resynthesis of the reference units "
+                  f"{100 * floors['resynthesis']['wer']:.2f}%)")
     return 0
+
+
+def _judge(args: argparse.Namespace, data):
+    """The ASR model, its assets and the vocoder of TTS WER, checked against the TTS model's units."""
+    from most_jax.checkpoint.params_io import restore_model
+    from most_jax.data.pipeline import PreparedData
+    from most_jax.eval.speech import AsrJudge
+    from most_jax.infer.speech import check_assets
+    from most_jax.infer.vocoder import SynthesisError, check_ids, load_vocoder
+
+    vocoder = load_vocoder(args.vocoder)
+    if vocoder.cfg.num_units != data.layout.config.num_audio_units:
+        raise UsageError(f"--vocoder {args.vocoder}: {vocoder.cfg.num_units} units, the TTS checkpoint speaks "
+                         f"{data.layout.config.num_audio_units}")
+    try:
+        check_ids(vocoder, np.zeros(1, np.int32), args.speaker, args.lang, "--vocoder")
+    except SynthesisError as e:
+        raise UsageError(str(e)) from None
+    asr_cfg, asr_model = restore_model(args.asr, ["model.moe.dispatch=dropless"])
+    if asr_cfg.model.family != "most":
+        raise UsageError(f"--asr {args.asr}: a {asr_cfg.model.family!r} checkpoint; the ASR must be a MoST checkpoint")
+    asr_data = PreparedData(args.asr_assets or asr_cfg.data.records)
+    try:
+        check_assets(asr_model, asr_data)
+    except ValueError as e:
+        raise UsageError(f"--asr-assets {e}") from None
+    return AsrJudge(asr_model, asr_data, vocoder, args.speaker, args.lang)
 
 
 def run_audio_lm(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a model (MoST: on prepared data)", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Writes RUN_DIR/metrics.jsonl (one JSON object per logged step), RUN_DIR/tensorboard/ and "
+        epilog="Writes RUN_DIR/metrics.jsonl (one JSON object per logged step), RUN_DIR/eval.jsonl (held-out "
+               "losses on data.eval_records every train.eval_every steps, when set), RUN_DIR/tensorboard/ and "
                "RUN_DIR/checkpoints/<step>/. SIGTERM or Ctrl-C saves a checkpoint and exits; run again with "
                "--resume to continue exactly where it stopped.")
     add_train_args(parser)

@@ -103,7 +103,15 @@ def _read(path: str, allow_truncated: bool) -> tuple[np.ndarray, int, str, bool]
         return wave, handle.samplerate, f"{handle.format}/{handle.subtype}", truncated
 
 
-def load_audio(path: str | os.PathLike, target_sr: int = 16000,
+SAMPLE_RATE = 16000  # what the unit extractors and feature front ends read
+
+
+def resample(wave: np.ndarray, sample_rate: int, target_sr: int) -> np.ndarray:
+    """float32 mono `wave` at `sample_rate` -> at `target_sr` (soxr, high quality)."""
+    return np.asarray(soxr.resample(wave, sample_rate, target_sr, quality="HQ"), np.float32)
+
+
+def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE,
                allow_truncated: bool = False) -> tuple[np.ndarray, AudioInfo]:
     """Reads `path` -> (float32 mono waveform at `target_sr`, AudioInfo); raises AudioError on a bad file."""
     path = os.fspath(path)
@@ -122,7 +130,7 @@ def load_audio(path: str | os.PathLike, target_sr: int = 16000,
     mono = wave.mean(axis=1) if channels > 1 else wave[:, 0]
     resampled = sample_rate != target_sr
     if resampled:
-        mono = soxr.resample(mono, sample_rate, target_sr, quality="HQ")
+        mono = resample(mono, sample_rate, target_sr)
     info = AudioInfo(path=path, sample_rate=sample_rate, channels=channels, frames=len(wave),
                      format=format_name, resampled=resampled, downmixed=channels > 1,
                      truncated=truncated)
