@@ -3,7 +3,7 @@
 from most_jax.commands.group import register_group
 
 # Each name X is the module most_jax/commands/data_X.py.
-MEMBERS: tuple[str, ...] = ("synth", "train_units", "train_tokenizer", "prepare", "inspect", "audio_lm_pairs")
+MEMBERS: tuple[str, ...] = ("synth", "train_units", "train_tokenizer", "prepare", "inspect", "audio_lm_pairs", "sqa")
 
 
 def register(subparsers) -> None:

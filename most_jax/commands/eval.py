@@ -35,8 +35,17 @@ given as audio get their units from the assets' unit extractor.
 """
 
 
+SQA_DESCRIPTION = """\
+Answers each spoken question of a dialog manifest (`most data sqa`: prompt.audio, the expected
+answer in response.text; units from the assets' unit extractor) in text (S->T) and, with --asr and
+--vocoder, in speech (S->S: the generated units spoken by the vocoder and transcribed by the ASR
+checkpoint). An answer is right when the expected answer's normalised words (as for WER) occur as
+a contiguous run of the response's normalised words.
+"""
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="held-out ASR WER / TTS unit error by generation")
+    parser = subparsers.add_parser("eval", help="held-out ASR WER, TTS unit error / WER, spoken QA, audio-LM scores")
     sub = parser.add_subparsers(dest="eval_command", required=True, metavar="TASK")
     for task, max_new in (("asr", 128), ("tts", 512)):
         p = sub.add_parser(task, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -46,15 +55,16 @@ def register(subparsers) -> None:
         p.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
         p.add_argument("--json", action="store_true", help="print the result as one JSON object")
         if task == "tts":
-            p.add_argument("--asr", default=None, metavar="ASR_CKPT",
-                           help="a MoST checkpoint that transcribes the synthesised speech (TTS WER)")
-            p.add_argument("--asr-assets", default=None, metavar="PREPARED_DIR",
-                           help="the ASR checkpoint's tokenizer, unit extractor and layout (default: its "
-                                "data.records)")
-            p.add_argument("--vocoder", default=None, metavar="V", help="vocoder checkpoint speaking the units")
-            p.add_argument("--speaker", type=int, default=None, metavar="N", help="the vocoder's speaker id")
-            p.add_argument("--lang", type=int, default=None, metavar="N", help="the vocoder's language id")
+            _add_judge_args(p, "TTS WER")
         p.set_defaults(handler=run, task=task)
+    sqa = sub.add_parser("sqa", help="spoken question answering: S->T (and S->S) accuracy",
+                         description=SQA_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(sqa, max_new_tokens=64)
+    sqa.add_argument("--data", required=True, metavar="MANIFEST", help="dialog manifest (`most data sqa`'s test.jsonl)")
+    sqa.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
+    sqa.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _add_judge_args(sqa, "S->S accuracy")
+    sqa.set_defaults(handler=run_sqa)
     lm = sub.add_parser("audio-lm", help="pair accuracy of unit log-likelihoods (sWUGGY / sBLIMP style)",
                         description=AUDIO_LM_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     lm.add_argument("checkpoint", metavar="CKPT", help="MoST checkpoint")
@@ -69,10 +79,25 @@ def register(subparsers) -> None:
     lm.set_defaults(handler=run_audio_lm)
 
 
+def _add_judge_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--asr", default=None, metavar="ASR_CKPT",
+                        help=f"a MoST checkpoint that transcribes the model's speech ({what}); it may be CKPT")
+    parser.add_argument("--asr-assets", default=None, metavar="PREPARED_DIR",
+                        help="the ASR checkpoint's tokenizer, unit extractor and layout (default: its data.records)")
+    parser.add_argument("--vocoder", default=None, metavar="V", help="vocoder checkpoint speaking the units")
+    parser.add_argument("--speaker", type=int, default=None, metavar="N", help="the vocoder's speaker id")
+    parser.add_argument("--lang", type=int, default=None, metavar="N", help="the vocoder's language id")
+
+
+def _judged(args: argparse.Namespace, what: str) -> bool:
+    """Whether --asr and --vocoder ask for a spoken-output figure (both, or neither)."""
+    if (args.asr is None) != (args.vocoder is None):
+        raise UsageError(f"{what} needs both --asr ASR_CKPT (who listens) and --vocoder V (who speaks)")
+    return args.asr is not None
+
+
 def run(args: argparse.Namespace) -> int:
-    judged = args.task == "tts" and (args.asr is not None or args.vocoder is not None)
-    if judged and (args.asr is None or args.vocoder is None):
-        raise UsageError("TTS WER needs both --asr ASR_CKPT (who listens) and --vocoder V (who speaks)")
+    judged = args.task == "tts" and _judged(args, "TTS WER")
     model, data, sampling = load_model_and_assets(args)
     try:
         items = load_eval_set(args.data, data, args.limit, keep_audio=judged)
@@ -102,6 +127,29 @@ def run(args: argparse.Namespace) -> int:
             print(f"TTS WER {100 * result['tts_wer']['wer']:.2f}% through {args.asr} (floors: original audio "
                   f"{100 * floors['original']['wer']:.2f}%, vocoder resynthesis of the reference units "
                   f"{100 * floors['resynthesis']['wer']:.2f}%)")
+    return 0
+
+
+def run_sqa(args: argparse.Namespace) -> int:
+    from most_jax.eval.sqa import evaluate_sqa, load_questions
+
+    judged = _judged(args, "S->S accuracy")
+    model, data, sampling = load_model_and_assets(args)
+    questions = load_questions(args.data, data, args.limit)
+    if not questions:
+        raise UsageError(f"--data {args.data}: no usable questions")
+    result = evaluate_sqa(model, data, questions, sampling=sampling, batch_size=args.batch_size,
+                          judge=_judge(args, data) if judged else None)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for ex in result["examples"][:5]:
+        print(f"ANSWER: {ex['answer']}\nS->T: {ex['text']}" + (f"\nS->S: {ex['speech']}" if judged else "") + "\n",
+              file=sys.stderr)
+    line = f"spoken QA over {result['questions']} questions: S->T accuracy {100 * result['s2t']['accuracy']:.2f}%"
+    if judged:
+        line += f", S->S accuracy {100 * result['s2s']['accuracy']:.2f}% (through {args.asr})"
+    print(line)
     return 0
 
 

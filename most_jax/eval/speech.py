@@ -105,9 +105,9 @@ def evaluate_tts(model: MoST, data: PreparedData, items: list[EvalItem], *, samp
               "utterances": len(items)}
     if judge is not None:
         texts = [it.text for it in items]
-        heard = {"tts": _transcribe_speech(judge, _speak(judge, hyps), batch_size),
-                 "original": _transcribe_speech(judge, [it.wave for it in items], batch_size),
-                 "resynthesis": _transcribe_speech(judge, _speak(judge, [it.units for it in items]), batch_size)}
+        heard = {"tts": listen(judge, speak(judge, hyps), batch_size),
+                 "original": listen(judge, [it.wave for it in items], batch_size),
+                 "resynthesis": listen(judge, speak(judge, [it.units for it in items]), batch_size)}
         wers = {name: word_error_rate(texts, hyp) for name, hyp in heard.items()}
         result.update(tts_wer=wers["tts"], floors={"original": wers["original"], "resynthesis": wers["resynthesis"]},
                       examples=[{"id": it.id, "text": it.text, **{name: hyp[i] for name, hyp in heard.items()}}
@@ -116,7 +116,7 @@ def evaluate_tts(model: MoST, data: PreparedData, items: list[EvalItem], *, samp
     return result
 
 
-def _speak(judge: AsrJudge, unit_seqs: list[np.ndarray]) -> list[np.ndarray | None]:
+def speak(judge: AsrJudge, unit_seqs: list[np.ndarray]) -> list[np.ndarray | None]:
     """16 kHz waveforms of the unit sequences through the judge's vocoder (None: no units to speak)."""
     spoken = [i for i, u in enumerate(unit_seqs) if len(u)]
     waves = synthesize_batch(judge.vocoder, [unit_seqs[i] for i in spoken], judge.speaker, judge.lang)
@@ -127,7 +127,7 @@ def _speak(judge: AsrJudge, unit_seqs: list[np.ndarray]) -> list[np.ndarray | No
     return out
 
 
-def _transcribe_speech(judge: AsrJudge, waves: list[np.ndarray | None], batch_size: int) -> list[str]:
+def listen(judge: AsrJudge, waves: list[np.ndarray | None], batch_size: int) -> list[str]:
     """The judge's transcripts of 16 kHz waveforms ("" where there is no speech or no unit)."""
     extractor = judge.data.unit_extractor()
     units = [np.zeros(0, np.int32) if w is None else np.asarray(extractor.extract(w), np.int32) for w in waves]

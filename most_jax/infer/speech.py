@@ -1,4 +1,5 @@
-"""Speech tasks by generation: ASR (units -> text) and TTS (text -> units) with a trained MoST.
+"""Speech tasks by generation with a trained MoST: ASR (units -> text), TTS (text -> units) and
+spoken question answering (units -> text or units).
 
 Prompts follow the training template (most_jax/data/tasks.py). Decoding is constrained to the
 modality being written: text ids and EOS for transcripts, unit ids and end-of-audio for speech.
@@ -48,24 +49,34 @@ def _batched_generate(model: MoST, prompts: Sequence[np.ndarray], *, allowed: np
     return results
 
 
+SPEECH_ANSWERS = ("tts", "spoken_qa_speech")  # generation tasks that answer in speech units
+
+
+def respond(model: MoST, data: PreparedData, task: str, sources: Sequence[np.ndarray], *, sampling: Sampling,
+            batch_size: int = 8, seed: int = 0) -> list:
+    """The answers of a generation task (Formatter.generation_prompt) to formatted sources: text
+    for asr / spoken_qa_text, unit id arrays (0..K-1) for tts / spoken_qa_speech."""
+    check_assets(model, data)
+    cfg = model.cfg
+    speech = task in SPEECH_ANSWERS
+    prompts = [data.formatter.generation_prompt(task, source) for source in sources]
+    allowed = speech_token_mask(cfg.vocab, cfg.vocab_size) if speech else text_token_mask(cfg.vocab, cfg.vocab_size)
+    outs = _batched_generate(model, prompts, allowed=allowed, stop_id=cfg.vocab.end_audio_id if speech else
+                             cfg.vocab.eos_id, sampling=sampling, batch_size=batch_size, seed=seed)
+    if speech:
+        return [data.layout.tokens_to_units(np.asarray(out, np.int32)) for out in outs]
+    return [data.tokenizer.decode(out) for out in outs]
+
+
 def transcribe(model: MoST, data: PreparedData, unit_seqs: Sequence[np.ndarray], *, sampling: Sampling,
                batch_size: int = 8, seed: int = 0) -> list[str]:
     """ASR: unit id sequences (0..K-1) -> transcripts."""
-    check_assets(model, data)
-    cfg = model.cfg
-    prompts = [data.formatter.generation_prompt("asr", data.formatter.audio(u)) for u in unit_seqs]
-    outs = _batched_generate(model, prompts, allowed=text_token_mask(cfg.vocab, cfg.vocab_size),
-                             stop_id=cfg.vocab.eos_id, sampling=sampling, batch_size=batch_size, seed=seed)
-    return [data.tokenizer.decode(out) for out in outs]
+    return respond(model, data, "asr", [data.formatter.audio(u) for u in unit_seqs], sampling=sampling,
+                   batch_size=batch_size, seed=seed)
 
 
 def synthesize_units(model: MoST, data: PreparedData, texts: Sequence[str], *, sampling: Sampling,
                      batch_size: int = 8, seed: int = 0) -> list[np.ndarray]:
     """TTS: texts -> unit id sequences (0..K-1), deduplicated units as the model was trained on."""
-    check_assets(model, data)
-    cfg = model.cfg
-    prompts = [data.formatter.generation_prompt("tts", data.formatter.text(data.tokenizer.encode(t)))
-               for t in texts]
-    outs = _batched_generate(model, prompts, allowed=speech_token_mask(cfg.vocab, cfg.vocab_size),
-                             stop_id=cfg.vocab.end_audio_id, sampling=sampling, batch_size=batch_size, seed=seed)
-    return [data.layout.tokens_to_units(np.asarray(out, np.int32)) for out in outs]
+    return respond(model, data, "tts", [data.formatter.text(data.tokenizer.encode(t)) for t in texts],
+                   sampling=sampling, batch_size=batch_size, seed=seed)
