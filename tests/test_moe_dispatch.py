@@ -2,6 +2,7 @@
 and without biases) and both routers (mamoe, topk_softmax): outputs, gradients, capacity drops."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -123,8 +124,23 @@ def _experts(seed, kind="swiglu_mamoe_groups"):
     return ExpertWeights(w[0], None, w[2], w[3] if bias else None, w[4] if bias else None, activation)
 
 
-def _expected_drops(routing, capacity):
-    """Independent count: each expert keeps its first `capacity` active assignments in (n, k) order."""
+def _capacities(group_N, kind, capacity_factor):
+    """Independent C_e: without modality groups ceil(cf N K / E) for every expert; with them, from
+    the routed tokens of e's group over its experts; at least 16, at most N."""
+    n = len(group_N)
+    groups = KINDS[kind][4]
+    if not groups:
+        return np.full(E, min(n, max(math.ceil(capacity_factor * n * K / E), 16)))
+    caps = np.zeros(E, int)
+    for g, group in enumerate(groups):
+        tokens = int((np.asarray(group_N) == g).sum())
+        wanted = math.ceil(capacity_factor * K * tokens / group.num_experts)
+        caps[group.first_expert:group.first_expert + group.num_experts] = min(n, max(wanted, 16))
+    return caps
+
+
+def _expected_drops(routing, capacity_E):
+    """Independent count: each expert keeps its first C_e active assignments in (n, k) order."""
     expert = np.asarray(routing.expert_NK)
     active = np.asarray(routing.active_N)
     taken = np.zeros(E, int)
@@ -134,18 +150,21 @@ def _expected_drops(routing, capacity):
             continue
         for j in range(K):
             e = expert[n, j]
-            dropped[n, j] = taken[e] >= capacity
+            dropped[n, j] = taken[e] >= capacity_E[e]
             taken[e] += 1
     return dropped
 
 
 @pytest.mark.parametrize("kind", ["swiglu_mamoe_groups", "ffn_relu_bias_topk_softmax"])
 def test_capacity_drops_counted_and_output_matches_reference_without_dropped(kind):
-    n = 97  # C = ceil(0.6 * 97 * 2 / 5) = 24 > MIN_CAPACITY, below the mean load of ~35
+    # Without groups C = ceil(0.6 * 97 * 2 / 5) = 24 > MIN_CAPACITY, below the mean load of ~35; with
+    # them each group's experts get 0.6 x their fair share of the group's tokens.
+    n = 97
     x_ND, routing, stats = _routing(n, seed=2, kind=kind)
-    capacity = expert_capacity(n, K, E, 0.6)
-    assert capacity == 24
-    expected = _expected_drops(routing, capacity)
+    capacity_E = _capacities(stats.group_N, kind, 0.6)
+    assert KINDS[kind][4] or list(capacity_E) == [expert_capacity(n, K, E, 0.6)] * E == [24] * E
+    assert len(set(capacity_E)) == (2 if KINDS[kind][4] else 1)
+    expected = _expected_drops(routing, capacity_E)
     assert expected.sum() > 5, "the test needs real drops"
     experts = _experts(3, kind)
 
@@ -157,7 +176,7 @@ def test_capacity_drops_counted_and_output_matches_reference_without_dropped(kin
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-5)
 
     def loss(fn, x, weight, ex):
-        r = Routing(routing.expert_NK, weight, routing.active_N)
+        r = routing._replace(weight_NK=weight)
         # sin: padding tokens (y = 0) still get a cotangent, so their weight gradient is checked too
         return jnp.sum(jnp.sin(fn(x, r, ex, 0.6)[0]))
 
@@ -170,13 +189,31 @@ def test_capacity_drops_counted_and_output_matches_reference_without_dropped(kin
     _assert_trees_close((g[0], g[2]), (g_ref[0], g_ref[2]), rtol=1e-5, atol=1e-5)
 
 
+def test_group_capacity_keeps_an_imbalanced_modality_mix():
+    """80% audio tokens: a capacity sized for all tokens over all experts drops a third of the audio
+    assignments; sized per group from its own tokens, none (both audio experts take every audio
+    token) and few text ones."""
+    n = 400
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(1, n, D)), jnp.float32)
+    modality = jnp.asarray(rng.choice([0, 1], size=(1, n), p=[0.2, 0.8]), jnp.int32)
+    cfg = _moe_cfg("capacity", capacity_factor=1.25)
+    gate = jnp.asarray(rng.normal(size=(D, E)), jnp.float32)
+    routing, stats = jax.jit(route, static_argnums=4)(x, modality, jnp.ones((1, n), bool), gate, cfg)
+    uniform = _expected_drops(routing, np.full(E, expert_capacity(n, K, E, 1.25)))
+    _, dropped = jax.jit(DISPATCH["capacity"], static_argnums=3)(x[0], routing, _experts(0), 1.25)
+    audio = np.asarray(stats.group_N) == 1
+    assert uniform[audio].mean() > 0.3
+    assert not np.asarray(dropped)[audio].any() and np.asarray(dropped)[~audio].mean() < 0.05
+
+
 def test_layer_reports_drops_per_modality_group():
     b, t = 2, 53
     x, modality, valid = _inputs(b, t, seed=4)
     model = _layer(_moe_cfg("capacity", capacity_factor=0.5))
     _, stats = nnx.jit(lambda m, *a: m(*a))(model, x, valid, modality)
     routing, rstats = jax.jit(route, static_argnums=4)(x, modality, valid, model.gate[...], model.cfg)
-    expected = _expected_drops(routing, expert_capacity(b * t, K, E, 0.5))
+    expected = _expected_drops(routing, _capacities(rstats.group_N, "swiglu_mamoe_groups", 0.5))
     assert expected.sum() > 0
     group = np.asarray(rstats.group_N)
     per_group = [expected[group == g].sum() for g in range(len(GROUPS))]

@@ -267,7 +267,8 @@ def test_auto_dispatch_needs_an_expert_axis_and_divisible_tokens():
         ep_lib.select_dispatch(forced, 64)(x_ND, routing, experts, 1.0)
     with jax.set_mesh(sharding.make_mesh(MeshConfig(data=2, expert=4))):
         with pytest.raises(sharding.MeshError, match="60 tokens do not split"):
-            ep_lib.expert_parallel(x_ND[:60], Routing(*(a[:60] for a in routing)), experts, 1.0)
+            head = Routing(routing.expert_NK[:60], routing.weight_NK[:60], routing.active_N[:60])
+            ep_lib.expert_parallel(x_ND[:60], head, experts, 1.0)
 
 
 def test_most_logits_with_a_mesh_equals_one_device(tmp_path):

@@ -7,7 +7,11 @@ the same hidden-unit dropout mask per assignment (experts.ExpertDropout) on ever
 
 - `reference`: loop over experts, each applied to every token; obviously right, E times the work.
 - `capacity`: fixed buffers of C rows per expert (C from capacity_factor); assignments beyond an
-  expert's C are dropped in token order. Dense batched matmuls, the fast path on CPU.
+  expert's C are dropped in token order. Dense batched matmuls, the fast path on CPU. Under
+  modality groups (MAMoE) a modality's tokens share only its group's experts, so expert e's
+  capacity C_e is sized from its group's routed tokens (Routing.fair_load_E): each expert's rows
+  fill whole blocks of a buffer sized for any split of the tokens between the groups, and each
+  block is a dense matmul with its expert's weights.
 - `dropless`: assignments sorted by expert and multiplied with `jax.lax.ragged_dot`; nothing dropped.
   Fast where ragged_dot is (TPU/GPU); about 12x slower than a dense matmul on XLA:CPU.
 - `blocked`: for few tokens (batch-1 decoding): assignments sorted by expert, each expert's run cut
@@ -35,6 +39,8 @@ from most_jax.nn.moe.router import Routing
 # Below this many rows a matmul is bound by reading the expert weights, so a larger buffer is free;
 # the floor also keeps small decode batches (<= 16 tokens) from dropping anything.
 MIN_CAPACITY = 16
+# Rows per block of the group-capacity buffer (at most; fewer when the uniform capacity is small).
+BLOCK_ROWS = 64
 
 
 class Layout(NamedTuple):
@@ -176,8 +182,74 @@ def reference(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacit
     return y_ND, jnp.zeros(routing.expert_NK.shape, bool)
 
 
+def fair_capacities(fair_load_E: jax.Array, num_tokens: int, capacity_factor: float) -> jax.Array:
+    """int32 [E]: C_e = ceil(capacity_factor x fair load), at least MIN_CAPACITY, at most N. The
+    fair load is a float32 quotient (e.g. 2 x 45 / 3 = 30.000002): shrunk by a millionth before the
+    ceiling, a whole number stays itself."""
+    wanted_E = jnp.ceil(capacity_factor * fair_load_E * (1.0 - 1e-6)).astype(jnp.int32)
+    return jnp.minimum(num_tokens, jnp.maximum(wanted_E, MIN_CAPACITY))
+
+
+def blocked_capacity_shape(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> tuple[int, int]:
+    """(blocks, rows per block) of the group-capacity buffer: room for every expert's C_e rounded
+    up to whole blocks, whatever the split of the tokens between the groups. sum_e C_e <=
+    capacity_factor N K + E (MIN_CAPACITY + 1) since the fair loads add up to at most N K."""
+    block = min(BLOCK_ROWS, -(-expert_capacity(num_tokens, top_k, num_experts, capacity_factor) // 8) * 8)
+    rows = math.ceil(capacity_factor * num_tokens * top_k) + num_experts * (MIN_CAPACITY + 1)
+    return -(-rows // block) + num_experts + 1, block  # + 1: slack for float rounding in C_e
+
+
+def group_capacity_layout(routing: Routing, num_experts: int, capacity_E: jax.Array, num_blocks: int,
+                          block: int) -> tuple[Layout, jax.Array, jax.Array]:
+    """Each expert's first C_e assignments (token order) in its own run of whole blocks of `block`
+    rows, runs in expert order; returns (layout, dropped_NK, int32 [num_blocks] expert of each
+    block; blocks past the runs belong to the last expert and hold no row)."""
+    n, k = routing.expert_NK.shape
+    key_A, order_A, counts_E, starts_E = _sort_by_expert(routing, num_experts)
+    rank_A = _inverse_permutation(order_A)
+    key_safe_A = jnp.minimum(key_A, num_experts - 1)
+    pos_A = rank_A - starts_E[key_safe_A]
+    kept_E = jnp.minimum(counts_E, capacity_E)
+    blocks_E = -(-kept_E // block)
+    first_block_E = jnp.cumsum(blocks_E) - blocks_E
+    active_A = key_A < num_experts
+    kept_A = active_A & (pos_A < kept_E[key_safe_A])
+    rows = num_blocks * block
+    row_NK = jnp.where(kept_A, first_block_E[key_safe_A] * block + pos_A, rows).reshape(n, k)
+
+    block_expert_B = jnp.minimum(jnp.searchsorted(jnp.cumsum(blocks_E), jnp.arange(num_blocks), side="right"),
+                                 num_experts - 1).astype(jnp.int32)
+    expert_P = jnp.repeat(block_expert_B, block, total_repeat_length=rows)
+    local_P = jnp.arange(rows, dtype=jnp.int32) - first_block_E[expert_P] * block
+    filled_P = (local_P >= 0) & (local_P < kept_E[expert_P])
+    sorted_index_P = jnp.clip(starts_E[expert_P] + local_P, 0, n * k - 1)
+    assignment_P = jnp.where(filled_P, order_A[sorted_index_P], n * k)
+    token_P = jnp.where(assignment_P < n * k, assignment_P // k, n)
+    dropped_NK = (active_A & ~kept_A).reshape(n, k)
+    return Layout(token_P=token_P, assignment_P=assignment_P, row_NK=row_NK), dropped_NK, block_expert_B
+
+
+def _group_capacity(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float,
+                    dropout: ExpertDropout | None) -> tuple[jax.Array, jax.Array]:
+    """`capacity` under modality groups: C_e from the fair load of e's group, in blocks of rows,
+    each block a dense matmul with its expert's weights."""
+    num_experts, d = experts.num_experts, x_ND.shape[1]
+    n, k = routing.expert_NK.shape
+    num_blocks, block = blocked_capacity_shape(n, k, num_experts, capacity_factor)
+    capacity_E = fair_capacities(routing.fair_load_E, n, capacity_factor)
+    layout, dropped_NK, block_expert_B = group_capacity_layout(routing, num_experts, capacity_E, num_blocks, block)
+    x_BCD = gather_tokens(x_ND, layout).reshape(num_blocks, block, d)
+    per_block = jax.tree.map(lambda w: None if w is None else jnp.take(w, block_expert_B, axis=0), experts)
+    scale_PF = dropout_scale(dropout, layout.assignment_P, experts)
+    out_BCD = on_buffer(x_BCD, per_block, None if scale_PF is None else scale_PF.reshape(num_blocks, block, -1))
+    y_ND = combine_rows(out_BCD.reshape(num_blocks * block, d), routing.weight_NK, layout)
+    return with_output_bias(y_ND, routing, experts, dropped_NK), dropped_NK
+
+
 def capacity(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float,
              dropout: ExpertDropout | None = None) -> tuple[jax.Array, jax.Array]:
+    if routing.fair_load_E is not None:
+        return _group_capacity(x_ND, routing, experts, capacity_factor, dropout)
     num_experts, d = experts.num_experts, x_ND.shape[1]
     n, k = routing.expert_NK.shape
     c = expert_capacity(n, k, num_experts, capacity_factor)

@@ -34,11 +34,17 @@ _NORM_EPS = 1e-20
 
 
 class Routing(NamedTuple):
-    """What dispatch needs: K experts per token, their weights (f32) and which tokens are routed."""
+    """What dispatch needs: K experts per token, their weights (f32) and which tokens are routed.
+
+    `fair_load_E` (modality groups only): f32 [E], the assignments expert e would get if its group's
+    tokens spread evenly over the group's experts (K x the group's routed tokens / its experts; 0
+    for an expert in no group); capacity is sized from it. None: every routed token may use every
+    expert, and the fair load is K x routed tokens / E for all."""
 
     expert_NK: jax.Array  # int32; meaningless where not active_N
     weight_NK: jax.Array  # float32; zero where not active_N
     active_N: jax.Array  # bool: valid token whose modality has a group
+    fair_load_E: jax.Array | None = None
 
 
 class RouterStats(NamedTuple):
@@ -207,7 +213,12 @@ def route(x_BTD: jax.Array, modality_BT: jax.Array | None, valid_BT: jax.Array, 
         aux = cfg.aux_loss_alpha * balance
     zl = cfg.z_loss_alpha * z_loss(logits_NE, active_N) if cfg.z_loss_alpha else jnp.zeros((), jnp.float32)
     stats = _stats(group_N, counts_NE, aux, zl, balance, cfg)
-    return Routing(expert_NK=expert_NK, weight_NK=weight_NK, active_N=active_N), stats
+    fair = None
+    if cfg.modality_groups:
+        member_GE = allowed_experts(cfg)[:g].astype(np.float32)
+        share_GE = member_GE * cfg.top_k / member_GE.sum(axis=1, keepdims=True)
+        fair = jnp.einsum("G,GE->E", stats.tokens_G, jnp.asarray(share_GE))
+    return Routing(expert_NK=expert_NK, weight_NK=weight_NK, active_N=active_N, fair_load_E=fair), stats
 
 
 def _route_topk_softmax(x_BTD: jax.Array, valid_BT: jax.Array, gate_DE: jax.Array,
