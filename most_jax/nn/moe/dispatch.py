@@ -8,10 +8,12 @@ the same hidden-unit dropout mask per assignment (experts.ExpertDropout) on ever
 - `reference`: loop over experts, each applied to every token; obviously right, E times the work.
 - `capacity`: fixed buffers of C rows per expert (C from capacity_factor); assignments beyond an
   expert's C are dropped in token order. Dense batched matmuls, the fast path on CPU. Under
-  modality groups (MAMoE) a modality's tokens share only its group's experts, so expert e's
-  capacity C_e is sized from its group's routed tokens (Routing.fair_load_E): each expert's rows
-  fill whole blocks of a buffer sized for any split of the tokens between the groups, and each
-  block is a dense matmul with its expert's weights.
+  modality groups (MAMoE) a modality's tokens share only its group's experts, so a buffer split
+  evenly over all experts overflows the experts of the larger modality. There, each expert's rows
+  fill whole blocks of one buffer of capacity_factor x N x K rows (plus rounding), each block a
+  dense matmul with its expert's weights: nothing is dropped while the routed assignments fit it
+  (always at a factor >= 1), and past that expert e keeps C_e = capacity_factor x its fair share
+  of its own group's tokens (Routing.fair_load_E).
 - `dropless`: assignments sorted by expert and multiplied with `jax.lax.ragged_dot`; nothing dropped.
   Fast where ragged_dot is (TPU/GPU); about 12x slower than a dense matmul on XLA:CPU.
 - `blocked`: for few tokens (batch-1 decoding): assignments sorted by expert, each expert's run cut
@@ -199,17 +201,21 @@ def blocked_capacity_shape(num_tokens: int, top_k: int, num_experts: int, capaci
     return -(-rows // block) + num_experts + 1, block  # + 1: slack for float rounding in C_e
 
 
-def group_capacity_layout(routing: Routing, num_experts: int, capacity_E: jax.Array, num_blocks: int,
-                          block: int) -> tuple[Layout, jax.Array, jax.Array]:
-    """Each expert's first C_e assignments (token order) in its own run of whole blocks of `block`
-    rows, runs in expert order; returns (layout, dropped_NK, int32 [num_blocks] expert of each
-    block; blocks past the runs belong to the last expert and hold no row)."""
+def group_capacity_layout(routing: Routing, num_experts: int, capacity_factor: float, capacity_E: jax.Array,
+                          num_blocks: int, block: int) -> tuple[Layout, jax.Array, jax.Array]:
+    """Each expert's kept assignments (token order) in its own run of whole blocks of `block` rows,
+    runs in expert order: all of them when the routed assignments fit capacity_factor x N x K
+    rows, else each expert's first C_e. Returns (layout, dropped_NK, int32 [num_blocks] expert of
+    each block; blocks past the runs belong to the last expert and hold no row)."""
     n, k = routing.expert_NK.shape
     key_A, order_A, counts_E, starts_E = _sort_by_expert(routing, num_experts)
     rank_A = _inverse_permutation(order_A)
     key_safe_A = jnp.minimum(key_A, num_experts - 1)
     pos_A = rank_A - starts_E[key_safe_A]
-    kept_E = jnp.minimum(counts_E, capacity_E)
+    # Every assignment is kept while they all fit the rows the capacity factor pays for (always, at
+    # a factor >= 1); past that, each expert keeps its first C_e.
+    budget = math.ceil(capacity_factor * n * k)
+    kept_E = jnp.where(jnp.sum(counts_E) <= budget, counts_E, jnp.minimum(counts_E, capacity_E))
     blocks_E = -(-kept_E // block)
     first_block_E = jnp.cumsum(blocks_E) - blocks_E
     active_A = key_A < num_experts
@@ -231,13 +237,15 @@ def group_capacity_layout(routing: Routing, num_experts: int, capacity_E: jax.Ar
 
 def _group_capacity(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacity_factor: float,
                     dropout: ExpertDropout | None) -> tuple[jax.Array, jax.Array]:
-    """`capacity` under modality groups: C_e from the fair load of e's group, in blocks of rows,
-    each block a dense matmul with its expert's weights."""
+    """`capacity` under modality groups: the assignments in blocks of rows, each block a dense
+    matmul with its expert's weights; when they overflow the factor's rows, C_e per expert from the
+    fair load of its group."""
     num_experts, d = experts.num_experts, x_ND.shape[1]
     n, k = routing.expert_NK.shape
     num_blocks, block = blocked_capacity_shape(n, k, num_experts, capacity_factor)
     capacity_E = fair_capacities(routing.fair_load_E, n, capacity_factor)
-    layout, dropped_NK, block_expert_B = group_capacity_layout(routing, num_experts, capacity_E, num_blocks, block)
+    layout, dropped_NK, block_expert_B = group_capacity_layout(routing, num_experts, capacity_factor, capacity_E,
+                                                               num_blocks, block)
     x_BCD = gather_tokens(x_ND, layout).reshape(num_blocks, block, d)
     per_block = jax.tree.map(lambda w: None if w is None else jnp.take(w, block_expert_B, axis=0), experts)
     scale_PF = dropout_scale(dropout, layout.assignment_P, experts)
