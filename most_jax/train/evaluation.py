@@ -22,6 +22,9 @@ from most_jax.train.step import check_batch, make_eval_step, put_batch
 
 
 class HeldOutEval:
+    """The held-out batches of a run (checked once against the step's batch spec) and the jitted
+    forward pass that scores them; `due(step)` says when, calling it makes the record."""
+
     def __init__(self, cfg: Config, graphdef, params_sharding: Any, batch_sharding: NamedSharding, spec: dict):
         family = get_family(cfg.model)
         if family.eval_batches is None:
