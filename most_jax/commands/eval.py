@@ -154,7 +154,8 @@ def run_sqa(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace, data):
-    """The ASR model, its assets and the vocoder of TTS WER, checked against the TTS model's units."""
+    """The ASR model, its assets and the vocoder that hear the model's speech (TTS WER, S->S), checked
+    against the units the model speaks."""
     from most_jax.checkpoint.params_io import restore_model
     from most_jax.data.pipeline import PreparedData
     from most_jax.eval.speech import AsrJudge
