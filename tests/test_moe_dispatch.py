@@ -125,8 +125,8 @@ def _experts(seed, kind="swiglu_mamoe_groups"):
 
 
 def _capacities(group_N, kind, capacity_factor):
-    """Independent C_e: without modality groups ceil(cf N K / E) for every expert; with them, from
-    the routed tokens of e's group over its experts; at least 16, at most N."""
+    """Independent C_e: without modality groups ceil(cf N K / E) for every expert, at least 16; with
+    them, from the routed tokens of e's group over its experts; at most N."""
     n = len(group_N)
     groups = KINDS[kind][4]
     if not groups:
@@ -135,7 +135,7 @@ def _capacities(group_N, kind, capacity_factor):
     for g, group in enumerate(groups):
         tokens = int((np.asarray(group_N) == g).sum())
         wanted = math.ceil(capacity_factor * K * tokens / group.num_experts)
-        caps[group.first_expert:group.first_expert + group.num_experts] = min(n, max(wanted, 16))
+        caps[group.first_expert:group.first_expert + group.num_experts] = min(n, wanted)
     return caps
 
 

@@ -53,8 +53,9 @@ def test_params_equal_the_built_models(overrides):
 
 def test_forward_flops_match_xla_cost_analysis():
     """Capacity dispatch (the CPU default) computes capacity_factor x the routed tokens, and XLA
-    counts elementwise work too: both within 10% of the analytic count on the unscanned tiny model."""
-    model_cfg = _tiny()
+    counts elementwise work too: both within 10% of the analytic count on the unscanned tiny model
+    (without modality groups: their blocked buffer adds rounding rows, a lot at 128 tokens)."""
+    model_cfg = load_config("most_tiny.yaml", ["model.scan_layers=false", "model.moe.modality_groups=[]"]).model
     model = MoST(model_cfg, rngs=nnx.Rngs(0))
     graph, state = nnx.split(model)
     tokens = jnp.zeros((2, 64), jnp.int32)

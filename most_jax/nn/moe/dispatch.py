@@ -185,19 +185,22 @@ def reference(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, capacit
 
 
 def fair_capacities(fair_load_E: jax.Array, num_tokens: int, capacity_factor: float) -> jax.Array:
-    """int32 [E]: C_e = ceil(capacity_factor x fair load), at least MIN_CAPACITY, at most N. The
-    fair load is a float32 quotient (e.g. 2 x 45 / 3 = 30.000002): shrunk by a millionth before the
-    ceiling, a whole number stays itself."""
+    """int32 [E]: C_e = ceil(capacity_factor x fair load), at most N. The fair load is a float32
+    quotient (e.g. 2 x 45 / 3 = 30.000002): shrunk by a millionth before the ceiling, a whole number
+    stays itself. No MIN_CAPACITY floor: a small batch never overflows the buffer at a factor >= 1."""
     wanted_E = jnp.ceil(capacity_factor * fair_load_E * (1.0 - 1e-6)).astype(jnp.int32)
-    return jnp.minimum(num_tokens, jnp.maximum(wanted_E, MIN_CAPACITY))
+    return jnp.minimum(num_tokens, wanted_E)
 
 
 def blocked_capacity_shape(num_tokens: int, top_k: int, num_experts: int, capacity_factor: float) -> tuple[int, int]:
-    """(blocks, rows per block) of the group-capacity buffer: room for every expert's C_e rounded
-    up to whole blocks, whatever the split of the tokens between the groups. sum_e C_e <=
-    capacity_factor N K + E (MIN_CAPACITY + 1) since the fair loads add up to at most N K."""
-    block = min(BLOCK_ROWS, -(-expert_capacity(num_tokens, top_k, num_experts, capacity_factor) // 8) * 8)
-    rows = math.ceil(capacity_factor * num_tokens * top_k) + num_experts * (MIN_CAPACITY + 1)
+    """(blocks, rows per block) of the group-capacity buffer: room for every expert's kept rows
+    rounded up to whole blocks, whatever the split of the tokens between the groups. The kept rows
+    add up to at most capacity_factor N K + E (each C_e rounds up once; the fair loads add up to at
+    most N K), and each expert's run wastes less than a block. Blocks are a quarter of the uniform
+    capacity, 8 to BLOCK_ROWS rows."""
+    quarter = expert_capacity(num_tokens, top_k, num_experts, capacity_factor) / 4
+    block = min(BLOCK_ROWS, max(8, math.ceil(quarter / 8) * 8))
+    rows = math.ceil(capacity_factor * num_tokens * top_k) + num_experts
     return -(-rows // block) + num_experts + 1, block  # + 1: slack for float rounding in C_e
 
 
