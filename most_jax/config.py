@@ -105,6 +105,10 @@ class MoEConfig:
     # "reference" is the slow per-expert loop.
     dispatch: str = "auto"
     capacity_factor: float = 1.25
+    # Capacity dispatch under modality groups: True sizes each expert's capacity from its own group's
+    # tokens in a blocked buffer (nothing drops at a factor >= 1; on the demo's step 26% slower on
+    # CPU, BENCHMARKS.md); False splits capacity_factor x N x K rows evenly over all experts.
+    group_capacity: bool = False
     # Expert parallelism (nn/moe/expert_parallel.py). ep_exchange: "auto" (fixed-capacity all-to-all
     # on CPU, ragged all-to-all on TPU/GPU), "capacity" or "ragged". ep_placement: "canonical"
     # (rank r holds experts r*E/EP..) or "balanced" (modality groups interleaved over the ranks).

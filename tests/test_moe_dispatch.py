@@ -1,6 +1,7 @@
 """Every dispatch path against the per-expert reference, for both expert functions (swiglu, ffn with
 and without biases) and both routers (mamoe, topk_softmax): outputs, gradients, capacity drops."""
 
+import dataclasses
 import functools
 import math
 
@@ -32,7 +33,7 @@ KINDS = {
 
 def _moe_cfg(dispatch, capacity_factor=E / K, kind="swiglu_mamoe_groups", shared=None):
     expert, activation, bias, router, groups, default_shared = KINDS[kind]
-    cfg = MoEConfig(num_experts=E, top_k=K, expert_ffn_dim=F, modality_groups=groups,
+    cfg = MoEConfig(num_experts=E, top_k=K, expert_ffn_dim=F, modality_groups=groups, group_capacity=bool(groups),
                     num_shared_experts=default_shared if shared is None else shared, dispatch=dispatch,
                     capacity_factor=capacity_factor, aux_loss_alpha=0.01, z_loss_alpha=0.001, router=router,
                     expert=expert, activation=activation, expert_bias=bias)
@@ -191,9 +192,9 @@ def test_capacity_drops_counted_and_output_matches_reference_without_dropped(kin
 
 
 def test_group_capacity_keeps_an_imbalanced_modality_mix():
-    """80% audio tokens and a skewed router: a capacity sized for all tokens over all experts drops
-    a third of the audio assignments at factor 1.25; the group-capacity buffer keeps every one (at
-    1.0 too) and equals the reference."""
+    """80% audio tokens and a skewed router: a capacity sized for all tokens over all experts (the
+    default) drops a third of the audio assignments at factor 1.25; with moe.group_capacity the
+    blocked buffer keeps every one (at 1.0 too) and equals the reference."""
     n = 400
     rng = np.random.default_rng(6)
     x = jnp.asarray(rng.normal(size=(1, n, D)), jnp.float32)
@@ -204,6 +205,11 @@ def test_group_capacity_keeps_an_imbalanced_modality_mix():
     uniform = _expected_drops(routing, np.full(E, expert_capacity(n, K, E, 1.25)))
     assert uniform[np.asarray(stats.group_N) == 1].mean() > 0.3
     experts = _experts(0)
+    evenly, _ = jax.jit(route, static_argnums=4)(x, modality, jnp.ones((1, n), bool), gate, dataclasses.replace(
+        _moe_cfg("capacity", capacity_factor=1.25), group_capacity=False))  # the default: split over all experts
+    assert evenly.fair_load_E is None
+    _, dropped = jax.jit(DISPATCH["capacity"], static_argnums=3)(x[0], evenly, experts, 1.25)
+    np.testing.assert_array_equal(np.asarray(dropped), uniform)
     y_ref, _ = jax.jit(DISPATCH["reference"], static_argnums=3)(x[0], routing, experts, 1.0)
     for factor in (1.25, 1.0):
         y, dropped = jax.jit(DISPATCH["capacity"], static_argnums=3)(x[0], routing, experts, factor)

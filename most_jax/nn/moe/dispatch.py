@@ -250,7 +250,10 @@ def _group_capacity(x_ND: jax.Array, routing: Routing, experts: ExpertWeights, c
     layout, dropped_NK, block_expert_B = group_capacity_layout(routing, num_experts, capacity_factor, capacity_E,
                                                                num_blocks, block)
     x_BCD = gather_tokens(x_ND, layout).reshape(num_blocks, block, d)
-    per_block = jax.tree.map(lambda w: None if w is None else jnp.take(w, block_expert_B, axis=0), experts)
+    # Block b's weights as a one-hot matmul: its transpose sums the blocks' gradients per expert (a
+    # gather's would be a scatter-add, slow on XLA:CPU).
+    onehot_BE = (block_expert_B[:, None] == jnp.arange(num_experts)[None, :]).astype(experts.w_in_EDF.dtype)
+    per_block = jax.tree.map(lambda w: jnp.einsum("BE,E...->B...", onehot_BE, w), experts)
     scale_PF = dropout_scale(dropout, layout.assignment_P, experts)
     out_BCD = on_buffer(x_BCD, per_block, None if scale_PF is None else scale_PF.reshape(num_blocks, block, -1))
     y_ND = combine_rows(out_BCD.reshape(num_blocks * block, d), routing.weight_NK, layout)

@@ -36,7 +36,7 @@ _NORM_EPS = 1e-20
 class Routing(NamedTuple):
     """What dispatch needs: K experts per token, their weights (f32) and which tokens are routed.
 
-    `fair_load_E` (modality groups only): f32 [E], the assignments expert e would get if its group's
+    `fair_load_E` (modality groups with moe.group_capacity only): f32 [E], the assignments expert e would get if its group's
     tokens spread evenly over the group's experts (K x the group's routed tokens / its experts; 0
     for an expert in no group); capacity is sized from it. None: every routed token may use every
     expert, and the fair load is K x routed tokens / E for all."""
@@ -214,7 +214,7 @@ def route(x_BTD: jax.Array, modality_BT: jax.Array | None, valid_BT: jax.Array, 
     zl = cfg.z_loss_alpha * z_loss(logits_NE, active_N) if cfg.z_loss_alpha else jnp.zeros((), jnp.float32)
     stats = _stats(group_N, counts_NE, aux, zl, balance, cfg)
     fair = None
-    if cfg.modality_groups:
+    if cfg.modality_groups and cfg.group_capacity:
         member_GE = allowed_experts(cfg)[:g].astype(np.float32)
         share_GE = member_GE * cfg.top_k / member_GE.sum(axis=1, keepdims=True)
         fair = jnp.einsum("G,GE->E", stats.tokens_G, jnp.asarray(share_GE))
