@@ -42,7 +42,7 @@ from most_jax.nn.moe.router import Routing
 # the floor also keeps small decode batches (<= 16 tokens) from dropping anything.
 MIN_CAPACITY = 16
 # Rows per block of the group-capacity buffer (at most; fewer when the uniform capacity is small).
-BLOCK_ROWS = 64
+BLOCK_ROWS = 256
 
 
 class Layout(NamedTuple):
