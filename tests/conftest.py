@@ -30,3 +30,15 @@ def compile_cache(tmp_path):
     for k, v in saved.items():
         jax.config.update(k, v)
     compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_code():
+    """Drops every module's compiled executables and traces when it ends: the whole suite in one
+    process otherwise holds thousands of them, and XLA:CPU has crashed (a segfault while compiling
+    the U2++ train step) late in such a run though every file passes alone."""
+    yield
+    jax.clear_caches()
+    import gc
+
+    gc.collect()
