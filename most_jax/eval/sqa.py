@@ -9,7 +9,6 @@ contiguous run of the normalised response's words: "Paris" matches "she lives in
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from most_jax.infer.generate import Sampling
 from most_jax.infer.speech import respond
 from most_jax.models.most import MoST
 from most_jax.speech.audio import AudioError, load_audio
-from most_jax.speech.manifest import resolve_audio_path
+from most_jax.speech.manifest import json_lines, resolve_audio_path
 
 
 class SqaError(ValueError):
@@ -51,15 +50,8 @@ def load_questions(path: str | Path, data: PreparedData, limit: int | None = Non
         raise SqaError(f"{path}: no such dialog manifest")
     extractor = data.unit_extractor()
     questions = []
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SqaError(f"{path} line {number}: not JSON ({err})") from None
-        prompt = entry.get("prompt") if isinstance(entry, dict) else None
-        response = entry.get("response") if isinstance(entry, dict) else None
+    for number, entry in json_lines(path):
+        prompt, response = entry.get("prompt"), entry.get("response")
         if not (isinstance(prompt, dict) and isinstance(prompt.get("audio"), str) and isinstance(response, dict)
                 and isinstance(response.get("text"), str) and response["text"].strip()):
             raise SqaError(f"{path} line {number}: expected a dialog with prompt.audio and a response.text answer")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 MANIFEST_FIELDS = ("id", "audio", "text", "speaker", "duration")
 
@@ -23,12 +24,9 @@ def resolve_audio_path(manifest_path: str | os.PathLike, audio: str) -> Path:
     return audio_path if audio_path.is_absolute() else Path(manifest_path).resolve().parent / audio_path
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """All entries, with `audio` resolved to an absolute path; raises ManifestError naming file:line.
-
-    Only `id` and `audio` are checked here: what to do about a missing or bad transcript is the
-    caller's policy."""
-    entries = []
+def json_lines(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL file; raises ManifestError naming
+    file:line for a line that is not a JSON object."""
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, 1):
             if not raw.strip():
@@ -39,10 +37,20 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
                 raise ManifestError(f"{path}:{line_no}: not a JSON object ({exc})") from exc
             if not isinstance(entry, dict):
                 raise ManifestError(f"{path}:{line_no}: expected a JSON object, got {type(entry).__name__}")
-            for field in ("id", "audio"):
-                if not isinstance(entry.get(field), str) or not entry[field]:
-                    raise ManifestError(f"{path}:{line_no}: field {field!r} must be a non-empty string")
-            entries.append(entry | {"audio": str(resolve_audio_path(path, entry["audio"]))})
+            yield line_no, entry
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """All entries, with `audio` resolved to an absolute path; raises ManifestError naming file:line.
+
+    Only `id` and `audio` are checked here: what to do about a missing or bad transcript is the
+    caller's policy."""
+    entries = []
+    for line_no, entry in json_lines(path):
+        for field in ("id", "audio"):
+            if not isinstance(entry.get(field), str) or not entry[field]:
+                raise ManifestError(f"{path}:{line_no}: field {field!r} must be a non-empty string")
+        entries.append(entry | {"audio": str(resolve_audio_path(path, entry["audio"]))})
     return entries
 
 
