@@ -644,6 +644,12 @@ class VocoderConfig:
     resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
     resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
     leaky_relu_slope: float = 0.1
+    # The output head: istft_n_fft 0 is HiFi-GAN's (conv_post -> tanh, one sample per step of the
+    # last upsampler); istft_n_fft > 0 is iSTFTNet's (conv_post -> log-magnitude and phase of
+    # istft_n_fft / 2 + 1 bins per frame -> inverse STFT of hop istft_hop), so the convs run at
+    # the STFT frame rate and the hop is prod(upsample_rates) x istft_hop (models/vocoder/istft.py).
+    istft_n_fft: int = 0
+    istft_hop: int = 0
     sample_rate: int = 16000
     # Discriminators (HiFi-GAN's sizes by default): periods and channels of the multi-period one (its
     # convs stride 3, the last 1), channels and groups of the 7 convs of each scale of the
@@ -657,6 +663,9 @@ class VocoderConfig:
     # duration MSE (log(1 + d)); the log-mel of the mel-L1 (HiFi-GAN's: 1024/256/1024, 80 bins, 0-8 kHz).
     mel_weight: float = 45.0
     fm_weight: float = 2.0
+    # False: the generator learns from mel-L1 (+ duration) alone and the discriminators are
+    # given zero gradients (their phase computes nothing): far cheaper per step, buzzier speech.
+    adversarial: bool = True
     dur_weight: float = 1.0
     mel_n_fft: int = 1024
     mel_hop: int = 256
@@ -667,7 +676,7 @@ class VocoderConfig:
 
     @property
     def hop(self) -> int:
-        return math.prod(self.upsample_rates)
+        return math.prod(self.upsample_rates) * max(self.istft_hop, 1)
 
     def validate(self, prefix: str = "model") -> None:
         _check(self.family == "vocoder", f"{prefix}.family",
@@ -686,6 +695,11 @@ class VocoderConfig:
             _check(rate > 0 and kernel >= rate and (kernel - rate) % 2 == 0, f"{prefix}.upsample_kernel_sizes",
                    f"kernel {kernel} for rate {rate}: needs kernel >= rate and an even difference, so each "
                    "upsampler multiplies the length by exactly its rate")
+        if self.istft_n_fft or self.istft_hop:
+            _check(self.istft_hop > 0 and self.istft_n_fft % self.istft_hop == 0
+                   and self.istft_n_fft >= 2 * self.istft_hop, f"{prefix}.istft_n_fft",
+                   f"istft_n_fft {self.istft_n_fft} and istft_hop {self.istft_hop}: the FFT size must be a multiple "
+                   "of the hop and at least two hops (or both 0: the waveform head)")
         _check(self.upsample_initial_channel % 2 ** len(self.upsample_rates) == 0, f"{prefix}.upsample_initial_channel",
                f"{self.upsample_initial_channel} must be divisible by 2^{len(self.upsample_rates)} (halved per upsampler)")
         _check(len(self.resblock_kernel_sizes) == len(self.resblock_dilation_sizes) > 0,

@@ -9,7 +9,8 @@ the segment's edge, which is not trained on; speech-resynthesis drops those runs
 The step updates the discriminators first, then the generator against the updated discriminators
 (HiFi-GAN's order), each with its own optimizer (train/step.py, `Family.phases`). Each phase's
 objective reads the other half through stop_gradient; with `ctx.phase` None the objective is both
-terms at once (the simultaneous objective, for evaluation).
+terms at once (the simultaneous objective, for evaluation). With `model.adversarial` false only the
+generator's mel-L1 (+ duration) loss is trained and the discriminators' phase is empty.
 """
 
 from __future__ import annotations
@@ -61,20 +62,24 @@ def loss_fn(model: Vocoder, mb: dict[str, jax.Array], rng: jax.Array, ctx: LossC
     sums = dict.fromkeys(SUM_KEYS, zero)
     objective = zero
     phase = ctx.phase
+    if phase == DISCRIMINATORS and not cfg.adversarial:
+        return objective, sums  # the discriminators' phase is a no-op (zero gradients)
     generator = model.generator if phase != DISCRIMINATORS else _frozen(model.generator)
     fake = generator(mb["units"], mb["speaker"], mb["lang"])
-    if phase in (None, DISCRIMINATORS):
+    if phase in (None, DISCRIMINATORS) and cfg.adversarial:
         real_scores, _ = model.discriminators(mb["audio"])
         fake_scores, _ = model.discriminators(jax.lax.stop_gradient(fake))
         loss_disc = losses.discriminator_loss(real_scores, fake_scores) * share
         sums["loss_disc"] = loss_disc
         objective = objective + loss_disc
     if phase in (None, GENERATOR):
-        disc = _frozen(model.discriminators)
-        _, real_feats = disc(mb["audio"])
-        fake_scores, fake_feats = disc(fake)
-        adv = losses.generator_adversarial_loss(fake_scores)
-        fm = losses.feature_matching_loss(real_feats, fake_feats)
+        adv = fm = zero
+        if cfg.adversarial:
+            disc = _frozen(model.discriminators)
+            _, real_feats = disc(mb["audio"])
+            fake_scores, fake_feats = disc(fake)
+            adv = losses.generator_adversarial_loss(fake_scores)
+            fm = losses.feature_matching_loss(real_feats, fake_feats)
         mel_l1 = jnp.mean(jnp.abs(mel(cfg, mb["audio"]) - mel(cfg, fake)))
         total = adv + cfg.fm_weight * fm + cfg.mel_weight * mel_l1
         dur = zero

@@ -6,6 +6,8 @@ embeddings concatenated per frame -> conv_pre (k7) -> per upsampler: leaky ReLU,
 (rate r, kernel k, padding (k - r) / 2: exactly r x longer), then the mean of the multi-receptive-
 field ResBlocks -> leaky ReLU (slope 0.01, torch's default, as both references) -> conv_post (k7)
 -> tanh. A ResBlock (HiFi-GAN's "1") is, per dilation d: x + conv(lrelu(conv_d(lrelu(x)))).
+With `istft_n_fft` set, conv_post instead predicts a log-magnitude and a phase per frequency bin
+and an inverse STFT makes the samples (iSTFTNet; models/vocoder/istft.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from most_jax.config import VocoderConfig
+from most_jax.models.vocoder import istft
 from most_jax.models.vocoder.duration import DurationPredictor
 from most_jax.nn.conv import WN_OUT, Conv1d, ConvTranspose1d
 from most_jax.nn.params import normal_param
@@ -46,7 +49,7 @@ class ResBlock(nnx.Module):
 
 
 class HifiGan(nnx.Module):
-    """[B, T, C_in] conditioning frames -> [B, T * hop] waveform in (-1, 1)."""
+    """[B, T, C_in] conditioning frames -> [B, T * hop] waveform (in (-1, 1) from the tanh head)."""
 
     def __init__(self, cfg: VocoderConfig, in_dim: int, *, rngs: nnx.Rngs):
         self.slope = cfg.leaky_relu_slope
@@ -61,7 +64,11 @@ class HifiGan(nnx.Module):
                        for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)]
         self.ups = nnx.List(ups)
         self.resblocks = nnx.List(blocks)
-        self.conv_post = Conv1d(ch // 2 ** len(ups), 1, 7, padding=3, std=_INIT_STD, weight_norm=WN_OUT, rngs=rngs)
+        self.n_fft, self.istft_hop = cfg.istft_n_fft, cfg.istft_hop
+        out = 2 * (self.n_fft // 2 + 1) if self.n_fft else 1
+        self.conv_post = Conv1d(ch // 2 ** len(ups), out, 7, padding=3, std=_INIT_STD, weight_norm=WN_OUT, rngs=rngs)
+        if self.n_fft:
+            self.conv_post.bias[...] = istft.initial_bias(self.n_fft, rngs.params())
 
     def __call__(self, x_BTC: jax.Array) -> jax.Array:
         h = self.conv_pre(x_BTC)
@@ -70,6 +77,8 @@ class HifiGan(nnx.Module):
             blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
             h = sum(block(h) for block in blocks) / self.num_kernels
         h = self.conv_post(jax.nn.leaky_relu(h, _POST_SLOPE))
+        if self.n_fft:
+            return istft.istft(istft.spectrum(h), self.n_fft, self.istft_hop)
         return jnp.tanh(h[..., 0])
 
 
