@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from most_jax.commands import UsageError
 from most_jax.commands.group import add_config_args
 
 OVERRIDE_HELP = ("override a field of the written model config, e.g. --set model.mpd_channels=[16,32] (sizes the "
@@ -12,7 +13,7 @@ OVERRIDE_HELP = ("override a field of the written model config, e.g. --set model
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("vocoder", help="unit vocoder: import-hf, import-unit-hifigan, synth, train",
+    parser = subparsers.add_parser("vocoder", help="unit vocoder: import-hf, import-unit-hifigan, synth, eval, train",
                                    description=__doc__.splitlines()[0].split(": ", 1)[1])
     sub = parser.add_subparsers(dest="vocoder_command", required=True, metavar="COMMAND")
 
@@ -48,6 +49,19 @@ def register(subparsers) -> None:
                      help="the units are frame-level already (one per hop): skip the duration predictor")
     syn.add_argument("--out", required=True, metavar="OUT.wav|OUT.npy")
     syn.set_defaults(handler=run_synth)
+
+    ev = sub.add_parser("eval", help="held-out mel L1 and unit error rate of a vocoder's resynthesis",
+                        description="Resynthesises the audio of --manifest from its frame-level units (the "
+                                    "extractor --units) and reports the log-mel L1 against the original and the unit "
+                                    "error rate of what the extractor hears in the synthesis, with the true and with "
+                                    "the predicted durations (most_jax/eval/vocoder.py). Speaker ids are the "
+                                    "manifest's speaker names in sorted order, as `most vocoder train` numbers them.")
+    ev.add_argument("checkpoint", metavar="CKPT", help="vocoder checkpoint")
+    ev.add_argument("--units", required=True, metavar="DIR", help="unit extractor directory")
+    ev.add_argument("--manifest", required=True, metavar="FILE.jsonl", help="held-out utterances")
+    ev.add_argument("--limit", type=int, default=100, metavar="N", help="at most N utterances (default 100)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(handler=run_eval)
 
     tr = sub.add_parser("train", help="train the vocoder (GAN, through the common trainer)",
                         description="Trains on the audio of --manifest with the frame-level units of the extractor "
@@ -96,6 +110,32 @@ def run_synth(args: argparse.Namespace) -> int:
     wave = synthesize(generator, units, args.speaker, args.lang, use_durations=not args.frame_units)
     write_waveform(args.out, wave, generator.cfg.sample_rate)
     print(f"wrote {args.out}: {wave.size / generator.cfg.sample_rate:.2f} s")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from most_jax.data.vocoder_batches import load_speech
+    from most_jax.eval.vocoder import evaluate_vocoder
+    from most_jax.infer.vocoder import load_vocoder
+    from most_jax.speech.units import UnitExtractor
+
+    generator = load_vocoder(args.checkpoint, "CKPT")
+    extractor = UnitExtractor.load(args.units)
+    if extractor.num_units != generator.cfg.num_units or 16000 / extractor.unit_rate != generator.cfg.hop:
+        raise UsageError(f"--units {args.units}: {extractor.num_units} units at {extractor.unit_rate:g} Hz, the vocoder "
+                         f"speaks {generator.cfg.num_units} units of {generator.cfg.hop} samples")
+    waves, speakers, _ = load_speech(args.manifest, args.limit, generator.cfg.num_speakers,
+                                     lambda m: print(m, file=sys.stderr), "vocoder eval")
+    result = evaluate_vocoder(generator, extractor, waves, speakers)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        pred = result["predicted_durations_unit_error_rate"]
+        print(f"{result['utterances']} utterances: mel L1 {result['mel_l1']:.4f}, unit error rate "
+              f"{result['unit_error_rate']:.2%} (true durations)"
+              + ("" if pred is None else f", {pred:.2%} (predicted durations)") + f", {result['seconds']:.1f} s")
     return 0
 
 

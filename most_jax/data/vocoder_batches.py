@@ -88,9 +88,6 @@ class VocoderBatches(StepBatches):
 def from_manifest(cfg: Config, units_dir: str, manifest: str, max_utterances: int,
                   log=print) -> VocoderBatches:
     """Reads up to `max_utterances` files of the manifest, extracts their aligned units."""
-    from most_jax.speech.audio import AudioError, load_audio
-    from most_jax.speech.manifest import read_manifest
-
     extractor = UnitExtractor.load(units_dir)
     model = cfg.model
     if extractor.num_units != model.num_units:
@@ -99,20 +96,32 @@ def from_manifest(cfg: Config, units_dir: str, manifest: str, max_utterances: in
     if hop != model.hop or model.sample_rate != 16000:
         raise VocoderDataError(f"{units_dir}: {extractor.unit_rate:g} Hz units are {hop:g} samples at 16 kHz, the "
                                f"model's upsample_rates multiply to {model.hop} (sample_rate {model.sample_rate})")
+    waves, speakers, names = load_speech(manifest, max_utterances, model.num_speakers, log, "vocoder train")
+    units = [aligned_units(extractor, w) for w in waves]
+    log(f"vocoder train: {len(waves)} utterances, {sum(len(w) for w in waves) / 16000 / 3600:.2f} h, "
+        f"{len(names)} speakers")
+    return VocoderBatches(cfg, waves, units, [s or 0 for s in speakers])
+
+
+def load_speech(manifest: str, max_utterances: int, num_speakers: int, log,
+                what: str) -> tuple[list[np.ndarray], list[int | None], list[str]]:
+    """(16 kHz float32 waveforms, speaker ids, speaker names) of the first `max_utterances` entries
+    of a manifest; unreadable audio is skipped with a message. A vocoder's speaker ids are the
+    manifest's speaker names in sorted order (None for every entry when it has no speakers)."""
+    from most_jax.speech.audio import AudioError, load_audio
+    from most_jax.speech.manifest import read_manifest
+
     entries = read_manifest(manifest)[:max_utterances]
     names = sorted({str(e.get("speaker", "")) for e in entries})
-    if model.num_speakers and len(names) > model.num_speakers:
-        raise VocoderDataError(f"{manifest}: {len(names)} speakers, model.num_speakers is {model.num_speakers}")
-    waves, units, speakers = [], [], []
+    if num_speakers and len(names) > num_speakers:
+        raise VocoderDataError(f"{manifest}: {len(names)} speakers, model.num_speakers is {num_speakers}")
+    waves, speakers = [], []
     for entry in entries:
         try:
             wave, _ = load_audio(entry["audio"])
         except AudioError as e:
-            log(f"vocoder train: skipping {e}")
+            log(f"{what}: skipping {e}")
             continue
         waves.append(wave.astype(np.float32))
-        units.append(aligned_units(extractor, wave))
-        speakers.append(names.index(str(entry.get("speaker", ""))) if model.num_speakers else 0)
-    log(f"vocoder train: {len(waves)} utterances, {sum(len(w) for w in waves) / 16000 / 3600:.2f} h, "
-        f"{len(names)} speakers")
-    return VocoderBatches(cfg, waves, units, speakers)
+        speakers.append(names.index(str(entry.get("speaker", ""))) if num_speakers else None)
+    return waves, speakers, names
