@@ -68,7 +68,12 @@ def accumulate_gradients(graphdef: nnx.GraphDef, params: Any, batch: dict[str, j
 
 def _sum_over_micro_batches(fn: Callable[[dict[str, jax.Array], jax.Array], Any], batch: dict[str, jax.Array],
                             count: int) -> Any:
-    """fn(micro-batch i, i) summed over `count` micro-batches with lax.scan (floats in float32)."""
+    """fn(micro-batch i, i) summed over `count` micro-batches with lax.scan (floats in float32).
+    One micro-batch is called directly: inside a while loop XLA:CPU runs convolutions and fusions
+    many times slower (the demo vocoder's step: 13.4 s in a 1-step scan against 0.86 s)."""
+    if count == 1:
+        return jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                            fn(batch, jnp.int32(0)))
     micro = _micro_batches(batch, count)
 
     def body(totals, xs):
