@@ -131,3 +131,29 @@ def test_eval_audio_lm_command(setup, capsys):
     lines[0]["fake"]["units"] = [NUM_UNITS]
     pairs_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
     cli_error(["eval", "audio-lm", str(root / "ckpt"), "--pairs", str(pairs_file)], "pair 'p0' fake has unit 50")
+
+
+def test_data_audio_lm_pairs_speaks_the_builtin_sets(tmp_path):
+    """`most data audio-lm-pairs` writes the seed's pairs, each item spoken (audio that is not silence),
+    with the units of the given extractor; the pair reader gives back the same units from the audio."""
+    from most_jax.speech import kmeans, units
+
+    rng = np.random.default_rng(0)
+    ext = units.UnitExtractor.fit([rng.normal(size=16000).astype(np.float32)], units.build_features("mfcc"), 25.0,
+                                  options=kmeans.KMeansOptions(num_clusters=8, epochs=1))
+    ext.save(tmp_path / "units")
+    out = tmp_path / "pairs"
+    assert cli.main(["data", "audio-lm-pairs", str(out), "--lexical", "2", "--syntactic", "3", "--seed", "4",
+                     "--units", str(tmp_path / "units")]) == 0
+    stored = {p.id: p for p in read_pair_set(out / "lexical.jsonl", lambda w: None)}
+    for name, expected in (("lexical", builtin.lexical_pairs(2, 4)), ("syntactic", builtin.syntactic_pairs(3, 4))):
+        lines = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert [(e["id"], e["category"], e["real"]["text"], e["fake"]["text"]) for e in lines] == \
+            [(p.id, p.category, p.real, p.fake) for p in expected]
+        for entry in lines:
+            for side in ("real", "fake"):
+                wave, rate = sf.read(out / entry[side]["audio"], dtype="float32")
+                assert rate == 16000 and np.abs(wave).max() > 0.05
+                assert entry[side]["units"] == ext.extract(wave).tolist()
+    assert set(stored) == {p.id for p in builtin.lexical_pairs(2, 4)}
+    cli_error(["data", "audio-lm-pairs", str(out), "--lexical", "1"], "exists")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import random
 import sys
 
 from most_jax.commands import UsageError
@@ -28,39 +26,17 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from most_jax.atomic import atomic_directory
-    from most_jax.corpus import pairs as pair_sets
-    from most_jax.corpus.synth import SAMPLE_RATE, SpeakerSet, Utterance, render
-    from most_jax.speech.audio import load_audio
+    from most_jax.corpus.pairs import write_spoken_pairs
     from most_jax.speech.units import UnitExtractor
 
     if args.lexical < 0 or args.syntactic < 0:
         raise UsageError("--lexical and --syntactic must be >= 0")
     extractor = UnitExtractor.load(args.units) if args.units else None
     try:  # asking for more pairs than the word lists / sentence pool make is the one ValueError here
-        sets = {"lexical": pair_sets.lexical_pairs(args.lexical, args.seed) if args.lexical else [],
-                "syntactic": pair_sets.syntactic_pairs(args.syntactic, args.seed) if args.syntactic else []}
+        write_spoken_pairs(args.out_dir, args.lexical, args.syntactic, args.seed,
+                           extractor.extract if extractor is not None else None, overwrite=args.overwrite,
+                           log=lambda m: print(m, file=sys.stderr))
     except ValueError as e:
         raise UsageError(f"--lexical/--syntactic: {e}") from None
-    speakers = SpeakerSet().speakers
-    rng = random.Random(f"pairs-speech-{args.seed}")
-    with atomic_directory(args.out_dir, overwrite=args.overwrite) as tmp:
-        (tmp / "audio").mkdir()
-        for name, pairs in sets.items():
-            lines = []
-            for pair in pairs:
-                speaker, rate, seed = rng.choice(speakers), rng.randint(150, 185), rng.randrange(2 ** 31)
-                entry = {"id": pair.id, "category": pair.category}
-                for side, text in (("real", pair.real), ("fake", pair.fake)):
-                    uid = f"{pair.id}-{side}"
-                    render(Utterance(uid, name, text, speaker, rate, seed), str(tmp / "audio"))
-                    item = {"text": text, "audio": f"audio/{uid}.wav"}
-                    if extractor is not None:
-                        wave, _ = load_audio(tmp / item["audio"], SAMPLE_RATE)
-                        item["units"] = extractor.extract(wave).tolist()
-                    entry[side] = item
-                lines.append(json.dumps(entry))
-            (tmp / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
-            print(f"audio-lm-pairs: {len(lines)} {name} pairs", file=sys.stderr)
     print(f"wrote {args.out_dir}")
     return 0

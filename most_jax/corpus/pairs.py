@@ -9,12 +9,18 @@
   words swapped).
 
 Everything is drawn from `random.Random(f"pairs-{seed}")`: a seed fixes the sets.
+`write_spoken_pairs` speaks them (eSpeak) into the JSONL layout eval/pair_sets.py reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from most_jax.corpus import lexicon as lx
 from most_jax.corpus import sentences
@@ -111,3 +117,39 @@ def syntactic_pairs(count: int, seed: int = 0) -> list[TextPair]:
         if len(pairs) == count:
             return pairs
     raise ValueError(f"only {len(pairs)} syntactic pairs found in {len(pool)} sentences, asked for {count}")
+
+
+def write_spoken_pairs(out_dir: str | Path, lexical: int, syntactic: int, seed: int = 0,
+                       units_of: Callable[[np.ndarray], np.ndarray] | None = None, overwrite: bool = False,
+                       log: Callable[[str], None] = print) -> dict[str, int]:
+    """Speaks `lexical` sWUGGY-like and `syntactic` sBLIMP-like pairs, both items of a pair by one
+    eSpeak speaker, into OUT/audio/, and writes OUT/lexical.jsonl and OUT/syntactic.jsonl (one pair a
+    line: {id, category, real: {text, audio, units?}, fake: ...}; audio paths relative to OUT; units
+    from `units_of(16 kHz waveform)` when given). The directory appears whole or not at all. Asking
+    for more pairs than the word lists / sentence pool make is a ValueError. Returns pairs per set."""
+    from most_jax.atomic import atomic_directory
+    from most_jax.corpus.synth import SAMPLE_RATE, SpeakerSet, Utterance, render
+    from most_jax.speech.audio import load_audio
+
+    sets = {"lexical": lexical_pairs(lexical, seed) if lexical else [],
+            "syntactic": syntactic_pairs(syntactic, seed) if syntactic else []}
+    speakers = SpeakerSet().speakers
+    rng = random.Random(f"pairs-speech-{seed}")
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        (tmp / "audio").mkdir()
+        for name, pairs in sets.items():
+            lines = []
+            for pair in pairs:
+                speaker, rate, utt_seed = rng.choice(speakers), rng.randint(150, 185), rng.randrange(2 ** 31)
+                entry = {"id": pair.id, "category": pair.category}
+                for side, text in (("real", pair.real), ("fake", pair.fake)):
+                    uid = f"{pair.id}-{side}"
+                    render(Utterance(uid, name, text, speaker, rate, utt_seed), str(tmp / "audio"))
+                    item = {"text": text, "audio": f"audio/{uid}.wav"}
+                    if units_of is not None:
+                        item["units"] = np.asarray(units_of(load_audio(tmp / item["audio"], SAMPLE_RATE)[0])).tolist()
+                    entry[side] = item
+                lines.append(json.dumps(entry))
+            (tmp / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
+            log(f"audio-lm-pairs: {len(lines)} {name} pairs")
+    return {name: len(pairs) for name, pairs in sets.items()}
