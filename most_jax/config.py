@@ -457,16 +457,31 @@ class DemoConfig(DemoCorpusConfig):
     asr_max_new_tokens: int = 64
     tts_eval_utterances: int = 16  # held-out utterances for the TTS unit accuracy (0: none)
     tts_max_new_tokens: int = 256
+    # `most demo --full` (full: true) adds speech out: a vocoder trained on the training audio, TTS
+    # waveforms of held-out sentences (OUT/tts_*.wav), TTS WER through the demo model as its own
+    # ASR next to its floors, and audio-LM pair accuracies on the built-in pair sets.
+    full: bool = False
+    vocoder_config: str = "vocoder_demo.yaml"  # a path or a shipped config name
+    vocoder_steps: int = 3000
+    vocoder_utterances: int = 2000  # training utterances the vocoder holds in memory
+    tts_wav_sentences: int = 4  # held-out test sentences written to OUT/tts_*.wav
+    tts_wer_utterances: int = 100  # held-out test sentences of the TTS WER
+    audio_lm_pairs: int = 200  # pairs of each built-in set (lexical, syntactic)
 
     def validate(self, prefix: str = "demo") -> None:
         super().validate(prefix)
         for name in ("text_lm_sentences", "units_k", "kmeans_epochs", "eval_batch_size", "asr_max_new_tokens",
-                     "tts_max_new_tokens"):
+                     "tts_max_new_tokens", "vocoder_steps", "vocoder_utterances", "tts_wer_utterances",
+                     "audio_lm_pairs"):
             value = getattr(self, name)
             _check(value > 0, f"{prefix}.{name}", f"must be positive, got {value}")
         _check(self.tts_eval_utterances >= 0, f"{prefix}.tts_eval_utterances", "must be >= 0")
         _check(self.tts_eval_utterances <= self.test_utterances, f"{prefix}.tts_eval_utterances",
                f"cannot exceed {prefix}.test_utterances={self.test_utterances}")
+        for name in ("tts_wav_sentences", "tts_wer_utterances") if self.full else ():
+            value = getattr(self, name)
+            _check(0 <= value <= self.test_utterances, f"{prefix}.{name}",
+                   f"must be within 0..{prefix}.test_utterances={self.test_utterances}, got {value}")
         _check(self.tokenizer_size >= 300, f"{prefix}.tokenizer_size", "must be >= 300 (256 byte pieces + text)")
         _check(self.units_rate > 0, f"{prefix}.units_rate", "must be positive")
         _check(self.units_hours > 0, f"{prefix}.units_hours", "must be positive")

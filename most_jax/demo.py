@@ -10,6 +10,14 @@ Stages, each writing its outputs under OUT:
     eval       eval.json        dev and test ASR WER and test TTS unit accuracy, by generation
     report     curves.png summary.json
 
+`most demo --full` (demo.full) adds speech out, after eval:
+
+    vocoder    vocoder/         a unit vocoder (demo.vocoder_config) trained on the training audio
+    speech     speech.json tts_*.wav   TTS waveforms of held-out sentences; TTS WER through the
+                                demo model as its own ASR, next to the original-audio and the
+                                vocoder-resynthesis floors
+    audio_lm   audio_lm/ audio_lm.json  sWUGGY-like and sBLIMP-like pair accuracies
+
 Recipe choices are judged on dev; the test WER is the reported figure. OUT/stages.json records
 each finished stage (most_jax/stages.py, shared with `most demo u2pp`): a re-run skips finished
 stages, rebuilds those whose settings changed and resumes an interrupted training run from its
@@ -36,7 +44,9 @@ SUMMARY = "summary.json"
 EVAL = "eval.json"
 CURVES = "curves.png"
 STAGES = ("corpus", "tokenizer", "units", "prepare", "train", "eval", "report")
+FULL_STAGES = ("vocoder", "speech", "audio_lm")  # with demo.full, between eval and report
 EVAL_SPLITS = ("dev", "test")
+SPEAKER = 0  # the vocoder voice of the speech stage (speaker ids: the corpus voices in sorted order)
 
 
 class Paths:
@@ -47,11 +57,16 @@ class Paths:
         self.corpus, self.tokenizer, self.units = out / "corpus", out / "tokenizer", out / "units"
         self.prepared, self.dev, self.test, self.train = out / "prepared", out / "dev", out / "test", out / "train"
         self.eval, self.curves, self.summary = out / EVAL, out / CURVES, out / SUMMARY
+        self.vocoder, self.speech, self.audio_lm_pairs = out / "vocoder", out / "speech.json", out / "audio_lm"
+        self.audio_lm = out / "audio_lm.json"
+
+    def tts_wavs(self) -> list[Path]:
+        return sorted(self.out.glob("tts_*.wav")) + [self.out / "tts_texts.json"]
 
 
 def stage_settings(cfg: Config, d: DemoConfig) -> dict[str, dict[str, Any]]:
     """What each stage's output depends on, besides the outputs of the stages before it."""
-    return {
+    settings = {
         "corpus": corpus_settings(d, text_lm_sentences=d.text_lm_sentences),
         "tokenizer": {"size": d.tokenizer_size},
         "units": {"k": d.units_k, "rate": d.units_rate, "features": d.units_features, "pooling": d.units_pooling,
@@ -66,14 +81,31 @@ def stage_settings(cfg: Config, d: DemoConfig) -> dict[str, dict[str, Any]]:
         "eval": {"batch_size": d.eval_batch_size, "asr_max_new_tokens": d.asr_max_new_tokens,
                  "tts_utterances": d.tts_eval_utterances, "tts_max_new_tokens": d.tts_max_new_tokens},
     }
+    if d.full:
+        settings.update({
+            "vocoder": {"config": to_dict(vocoder_config(d)), "utterances": d.vocoder_utterances},
+            "speech": {"wavs": d.tts_wav_sentences, "utterances": d.tts_wer_utterances, "speaker": SPEAKER,
+                       "tts_max_new_tokens": d.tts_max_new_tokens, "asr_max_new_tokens": d.asr_max_new_tokens},
+            "audio_lm": {"pairs": d.audio_lm_pairs, "seed": d.corpus_seed}})
+    return settings
+
+
+def vocoder_config(d: DemoConfig) -> Config:
+    """The speech stage's vocoder: demo.vocoder_config speaking the demo's units for demo.vocoder_steps."""
+    from most_jax.config import load_config
+
+    return load_config(d.vocoder_config, [f"model.num_units={d.units_k}", f"train.steps={d.vocoder_steps}"])
 
 
 class Demo(StagedJob):
     """Runs the stages in order; `run()` returns the summary dict."""
 
+    resumable_stages = ("train", "vocoder")
+
     def __init__(self, cfg: Config, demo: DemoConfig, out: str | Path, config_name: str = "",
                  overrides: tuple[str, ...] = (), log: Callable[[str], None] | None = None):
-        super().__init__(out, stage_settings(cfg, demo), log, total_stages=len(STAGES))
+        super().__init__(out, stage_settings(cfg, demo), log,
+                         total_stages=len(STAGES) + (len(FULL_STAGES) if demo.full else 0))
         self.cfg, self.demo = cfg, demo
         self.paths = Paths(Path(out))
         self.config_name = config_name
@@ -89,12 +121,15 @@ class Demo(StagedJob):
 
     def builders(self) -> dict[str, Callable[[], dict]]:
         return {"corpus": self.build_corpus, "tokenizer": self.build_tokenizer, "units": self.build_units,
-                "prepare": self.build_prepare, "train": self.build_train, "eval": self.build_eval}
+                "prepare": self.build_prepare, "train": self.build_train, "eval": self.build_eval,
+                "vocoder": self.build_vocoder, "speech": self.build_speech, "audio_lm": self.build_audio_lm}
 
     def outputs(self, name: str) -> list[Path]:
-        return {"corpus": [self.paths.corpus], "tokenizer": [self.paths.tokenizer], "units": [self.paths.units],
-                "prepare": [self.paths.prepared, self.paths.dev, self.paths.test], "train": [self.paths.train],
-                "eval": [self.paths.eval]}[name]
+        p = self.paths
+        return {"corpus": [p.corpus], "tokenizer": [p.tokenizer], "units": [p.units],
+                "prepare": [p.prepared, p.dev, p.test], "train": [p.train], "eval": [p.eval],
+                "vocoder": [p.vocoder], "speech": [p.speech, *p.tts_wavs()],
+                "audio_lm": [p.audio_lm_pairs, p.audio_lm]}[name]
 
     # ------------------------------------------------------------------ stages
     def build_corpus(self) -> dict:
@@ -198,6 +233,85 @@ class Demo(StagedJob):
         return {split: {"wer": result[f"asr_{split}"]["wer"], "utterances": result[f"asr_{split}"]["utterances"]}
                 for split in EVAL_SPLITS}
 
+    def build_vocoder(self) -> dict:
+        from most_jax.data.vocoder_batches import VocoderDataError, from_manifest
+
+        cfg = vocoder_config(self.demo)
+        try:
+            batches = from_manifest(cfg, str(self.paths.units), str(self.paths.corpus / "train.jsonl"),
+                                    self.demo.vocoder_utterances, log=self.say)
+        except VocoderDataError as e:
+            raise DemoError(f"demo.vocoder_config {self.demo.vocoder_config}: {e}") from None
+        self.say(f"vocoder: {cfg.train.steps} steps of {cfg.data.batch_size} x {cfg.data.seq_len} unit frames "
+                 f"({'GAN' if cfg.model.adversarial else 'mel-L1 only'})")
+        result = train(cfg, self.paths.vocoder, batches)
+        return {"steps": result.step, "mel_l1": (result.last_record or {}).get("mel_l1")}
+
+    def _speech_assets(self):
+        from most_jax.checkpoint.params_io import restore_model
+        from most_jax.data.pipeline import PreparedData
+        from most_jax.infer.vocoder import load_vocoder
+
+        _, model = restore_model(self.paths.train, ["model.moe.dispatch=dropless"])
+        return model, PreparedData(self.paths.prepared), load_vocoder(self.paths.vocoder, "the demo's vocoder")
+
+    def build_speech(self) -> dict:
+        from most_jax.eval.speech import AsrJudge, evaluate_tts, load_eval_set
+        from most_jax.infer.generate import Sampling
+        from most_jax.infer.speech import synthesize_units
+        from most_jax.infer.vocoder import synthesize_batch, write_waveform
+
+        d = self.demo
+        model, data, vocoder = self._speech_assets()
+        sampling = Sampling(max_new_tokens=d.tts_max_new_tokens)
+        items = load_eval_set(self.paths.corpus / "test.jsonl", data, d.tts_wer_utterances, keep_audio=True)
+        written = []
+        if d.tts_wav_sentences:
+            texts = [it.text for it in items[:d.tts_wav_sentences]]
+            units = synthesize_units(model, data, texts, sampling=sampling, batch_size=d.eval_batch_size)
+            spoken = [(t, u) for t, u in zip(texts, units) if len(u)]
+            waves = synthesize_batch(vocoder, [u for _, u in spoken], SPEAKER)
+            for i, ((text, _), wave) in enumerate(zip(spoken, waves)):
+                path = self.paths.out / f"tts_{i}.wav"
+                write_waveform(path, wave, vocoder.cfg.sample_rate)
+                written.append({"file": path.name, "text": text, "seconds": round(wave.size / vocoder.cfg.sample_rate, 2)})
+            write_json(self.paths.out / "tts_texts.json", written)
+            self.say(f"wrote {len(written)} TTS waveforms: {', '.join(w['file'] for w in written)}")
+        self.say(f"TTS WER: speaking {len(items)} held-out test sentences, transcribing them with the demo model")
+        judge = AsrJudge(model, data, vocoder, SPEAKER, None, max_new_tokens=d.asr_max_new_tokens)
+        result = evaluate_tts(model, data, items, sampling=sampling, batch_size=d.eval_batch_size, judge=judge)
+        result["wavs"] = written
+        write_json(self.paths.speech, result)
+        floors = result["floors"]
+        self.say(f"TTS WER {100 * result['tts_wer']['wer']:.2f}% (floors: original audio "
+                 f"{100 * floors['original']['wer']:.2f}%, vocoder resynthesis {100 * floors['resynthesis']['wer']:.2f}%)")
+        return {"tts_wer": result["tts_wer"]["wer"], "original_wer": floors["original"]["wer"],
+                "resynthesis_wer": floors["resynthesis"]["wer"], "utterances": result["utterances"]}
+
+    def build_audio_lm(self) -> dict:
+        from most_jax.checkpoint.params_io import restore_model
+        from most_jax.corpus.pairs import write_spoken_pairs
+        from most_jax.data.pipeline import PreparedData
+        from most_jax.eval.audio_lm import score_pairs
+        from most_jax.eval.pair_sets import read_pair_set
+
+        d = self.demo
+        _, model = restore_model(self.paths.train, ["model.moe.dispatch=dropless"])
+        data = PreparedData(self.paths.prepared)
+        extractor = data.unit_extractor()
+        self.say(f"speaking {d.audio_lm_pairs} lexical and {d.audio_lm_pairs} syntactic pairs")
+        write_spoken_pairs(self.paths.audio_lm_pairs, d.audio_lm_pairs, d.audio_lm_pairs, d.corpus_seed,
+                           extractor.extract, log=self.say)
+        result = {}
+        for name in ("lexical", "syntactic"):
+            pairs = read_pair_set(self.paths.audio_lm_pairs / f"{name}.jsonl", extractor.extract)
+            result[name] = score_pairs(model, data.formatter, pairs, batch_size=d.eval_batch_size)
+            self.say(f"audio-LM {name} accuracy {100 * result[name]['sum']['accuracy']:.1f}% (summed log-likelihood), "
+                     f"{100 * result[name]['mean']['accuracy']:.1f}% (length-normalised), "
+                     f"{result[name]['sum']['pairs']} pairs")
+        write_json(self.paths.audio_lm, result)
+        return {name: {score: result[name][score]["accuracy"] for score in ("sum", "mean")} for name in result}
+
     def build_report(self, this_run_seconds: float) -> dict:
         from most_jax.train.curves import loss_series, plot_losses, read_metrics
 
@@ -236,6 +350,12 @@ class Demo(StagedJob):
             "machine": {**self.machine(), "tokens_per_s_last_window": last.get("tokens_per_s")},
             "config": self.config_name, "overrides": list(self.overrides),
         }
+        if self.demo.full:
+            speech = json.loads(self.paths.speech.read_text())
+            summary["speech"] = {"tts_wer": speech["tts_wer"], "floors": speech["floors"],
+                                 "utterances": speech["utterances"], "wavs": speech["wavs"],
+                                 "vocoder": self.facts("vocoder")}
+            summary["audio_lm"] = self.facts("audio_lm")
         write_json(self.paths.summary, summary)
         return summary
 

@@ -25,7 +25,7 @@ from most_jax.atomic import atomic_file
 from most_jax.bench.timing import cpu_model
 
 LEDGER = "stages.json"
-TRAIN_STAGE = "train"  # the one stage that resumes instead of rebuilding
+TRAIN_STAGE = "train"  # resumes instead of rebuilding (a job may name more such stages)
 
 
 class DemoError(RuntimeError):
@@ -73,6 +73,7 @@ class StagedJob:
     outputs a rebuild removes."""
 
     tag = "demo"  # prefix of the progress lines
+    resumable_stages: tuple[str, ...] = (TRAIN_STAGE,)  # training stages: resumed, not rebuilt
 
     def __init__(self, out: str | Path, settings: dict[str, dict[str, Any]],
                  log: Callable[[str], None] | None = None, total_stages: int | None = None):
@@ -112,7 +113,7 @@ class StagedJob:
         if entry is not None and entry["key"] == key and entry["done"]:
             self.say(f"{header}: done already ({entry['seconds']:.0f} s when built), skipped")
             return
-        resumable = name == TRAIN_STAGE and entry is not None and entry["key"] == key
+        resumable = name in self.resumable_stages and entry is not None and entry["key"] == key
         if entry is not None and entry["key"] != key:
             changed = differences(entry["key"], key)
             self.say(f"{header}: settings changed since it was built ({', '.join(changed[:6])}); rebuilding")

@@ -162,3 +162,59 @@ def test_configured_vocabulary_and_records_do_not_key_the_training_stage():
     edited = chained_keys(stage_settings(*load_demo_config(
         "configs/demo.yaml", ["model.vocab_size=4096", "model.vocab.num_audio_units=100", "data.records=/elsewhere"])))
     assert base == edited
+
+
+TINY_VOCODER = """\
+model:
+  family: vocoder
+  num_units: 16
+  unit_embed_dim: 8
+  num_speakers: 0  # the toy corpus has 15 voices
+  dur_hidden_dim: 8
+  upsample_rates: [4]
+  upsample_kernel_sizes: [8]
+  upsample_initial_channel: 8
+  resblock_kernel_sizes: [3]
+  resblock_dilation_sizes: [[1]]
+  istft_n_fft: 320
+  istft_hop: 160
+  adversarial: false
+data: {seq_len: 16, batch_size: 2}
+train: {lr: 1.0e-3, warmup_steps: 0, log_every: 1, checkpoint_every: 100}
+"""
+
+
+def test_full_adds_speech_out_and_keeps_the_finished_stages(first_run, tmp_path, capsys):
+    """`most demo --full` after a plain run builds only the vocoder, speech and audio-LM stages; the
+    TTS WER's original-audio floor is the eval stage's test WER (the same model hearing the same units)."""
+    import shutil
+
+    import soundfile as sf
+
+    out = tmp_path / "full"
+    shutil.copytree(first_run, out)
+    (tmp_path / "voc.yaml").write_text(TINY_VOCODER)
+    extra = ["--full", "--set", f"demo.vocoder_config={tmp_path / 'voc.yaml'}", "--set", "demo.vocoder_steps=3",
+             "--set", "demo.tts_wav_sentences=2", "--set", "demo.tts_wer_utterances=6", "--set", "demo.audio_lm_pairs=3"]
+    capsys.readouterr()
+    assert cli.main(["demo", "--out", str(out), *TOY, *extra]) == 0
+    captured = capsys.readouterr()
+    for index, name in enumerate(STAGES[:-1], start=1):
+        assert f"{index}/10 {name}: done already" in captured.err, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stages_run"] == ["vocoder", "speech", "audio_lm", "report"]
+    assert summary["speech"]["vocoder"]["steps"] == 3 and summary["speech"]["utterances"] == 6
+    assert summary["speech"]["floors"]["original"]["wer"] == json.loads((out / "eval.json").read_text())["asr_test"]["wer"]
+    texts = json.loads((out / "tts_texts.json").read_text())
+    test_texts = [json.loads(line)["text"] for line in (out / "corpus" / "test.jsonl").read_text().splitlines()]
+    for entry in texts:
+        wave, rate = sf.read(out / entry["file"])
+        assert rate == 16000 and wave.size % 640 == 0 and wave.size / rate == pytest.approx(entry["seconds"], abs=0.01)
+        assert entry["text"] in test_texts
+    assert f"TTS WER {100 * summary['speech']['tts_wer']['wer']:.2f}%" in captured.out
+    for name in ("lexical", "syntactic"):
+        assert len((out / "audio_lm" / f"{name}.jsonl").read_text().splitlines()) == 3
+        assert 0.0 <= summary["audio_lm"][name]["sum"] <= 1.0 and 0.0 <= summary["audio_lm"][name]["mean"] <= 1.0
+    # the plain job on the same OUT leaves the speech stages alone
+    assert cli.main(["demo", "--out", str(out), *TOY]) == 0
+    assert "speech" not in json.loads((out / "summary.json").read_text())

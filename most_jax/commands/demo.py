@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 
+from most_jax.commands import UsageError
 from most_jax.commands.group import add_config_args
 
 DESCRIPTION = """\
@@ -28,6 +29,14 @@ WER side by side for non-streaming attention rescoring, CTC greedy and streaming
 chunk 4, rescoring at the end). Its settings: the shipped u2pp_demo.yaml (configs/u2pp_demo.yaml);
 output default runs/u2pp_demo.
 
+`most demo --full` (the MoST job; the same as --set demo.full=true) goes on after the ASR
+evaluation: it trains a unit vocoder on the training audio (demo.vocoder_config, default the
+shipped vocoder_demo.yaml), writes TTS waveforms of held-out sentences to OUT/tts_*.wav (texts in
+OUT/tts_texts.json), measures TTS WER through the demo model as its own ASR next to two floors (the
+original eSpeak audio, the vocoder's resynthesis of the reference units) and scores the built-in
+sWUGGY-like and sBLIMP-like spoken pairs (OUT/speech.json, OUT/audio_lm.json, summary.json).
+Run after a plain `most demo` with the same OUT, it builds only these stages.
+
 A re-run with the same OUT skips finished stages, rebuilds those whose settings changed (and the
 ones after them), and resumes an interrupted training run from its latest checkpoint. SIGTERM or
 Ctrl-C during training saves a checkpoint first.
@@ -45,6 +54,9 @@ def register(subparsers) -> None:
                         help="most (default): the MoST main job; u2pp: the U2++ MoE one")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="output directory (default runs/demo, or runs/u2pp_demo for u2pp)")
+    parser.add_argument("--full", action="store_true",
+                        help="MoST job: also train a vocoder, write OUT/tts_*.wav, measure TTS WER and audio-LM "
+                             "pair accuracy (demo.full=true)")
     add_config_args(parser)
     parser.set_defaults(handler=run)
 
@@ -64,9 +76,12 @@ def run(args: argparse.Namespace) -> int:
         demo_class, out = DemoConfig, args.out or "runs/demo"
     config = args.config or DEFAULT_CONFIG
     name = "most demo u2pp" if args.job == "u2pp" else "most demo"
+    if args.full and args.job == "u2pp":
+        raise UsageError("--full is an option of the MoST job (most demo --full)")
+    overrides = [*args.overrides, *(["demo.full=true"] if args.full else [])]
     try:
-        cfg, demo = load_demo_config(config, args.overrides, demo_class)
-        summary = job(cfg, demo, out, config_name=config, overrides=tuple(args.overrides)).run()
+        cfg, demo = load_demo_config(config, overrides, demo_class)
+        summary = job(cfg, demo, out, config_name=config, overrides=tuple(overrides)).run()
     except DemoInterrupted as stop:
         print(f"{name}: {stop}", file=sys.stderr)
         return 128 + int(signal.Signals[stop.signal_name])
@@ -76,6 +91,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"held-out ASR WER {100 * summary['wer']:.2f}% ({summary['word_errors']} errors / {summary['words']} "
           f"words, {summary['test_utterances']} utterances); {summary['total_seconds'] / 60:.1f} min end to end")
+    if "speech" in summary:
+        speech, floors = summary["speech"], summary["speech"]["floors"]
+        print(f"TTS WER {100 * speech['tts_wer']['wer']:.2f}% over {speech['utterances']} held-out sentences (floors: "
+              f"original audio {100 * floors['original']['wer']:.2f}%, vocoder resynthesis "
+              f"{100 * floors['resynthesis']['wer']:.2f}%); waveforms: "
+              + ", ".join(w["file"] for w in speech["wavs"]))
+        print("audio-LM pair accuracy (summed / length-normalised log-likelihood): " + ", ".join(
+            f"{name} {100 * acc['sum']:.1f}% / {100 * acc['mean']:.1f}%" for name, acc in summary["audio_lm"].items()))
     return 0
 
 
