@@ -462,7 +462,7 @@ class DemoConfig(DemoCorpusConfig):
     # ASR next to its floors, and audio-LM pair accuracies on the built-in pair sets.
     full: bool = False
     vocoder_config: str = "vocoder_demo.yaml"  # a path or a shipped config name
-    vocoder_steps: int = 3000
+    vocoder_steps: int = 2000
     vocoder_utterances: int = 2000  # training utterances the vocoder holds in memory
     tts_wav_sentences: int = 4  # held-out test sentences written to OUT/tts_*.wav
     tts_wer_utterances: int = 100  # held-out test sentences of the TTS WER

@@ -153,5 +153,6 @@ def run_train(args: argparse.Namespace) -> int:
                           stop_after=args.stop_after)
     rec = result.last_record or {}
     if rec.get("mel_l1") is not None:
-        print(f"step {result.step}: mel L1 {rec['mel_l1']:.4f}, discriminator loss {rec['loss_disc']:.4f}")
+        disc = f", discriminator loss {rec['loss_disc']:.4f}" if cfg.model.adversarial else ""
+        print(f"step {result.step}: mel L1 {rec['mel_l1']:.4f}{disc}")
     return 0
