@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from most_jax.config import Config, DemoConfig, config_from_dict, to_dict
 from most_jax.stages import (DemoError, DemoInterrupted, StagedJob, build_corpus, chained_keys, corpus_settings,
-                             differences, train, write_json)
+                             corpus_speakers, differences, train, write_json)
 
 __all__ = ["Demo", "DemoError", "DemoInterrupted", "STAGES", "chained_keys", "differences", "stage_settings"]
 
@@ -86,7 +86,7 @@ def stage_settings(cfg: Config, d: DemoConfig) -> dict[str, dict[str, Any]]:
             "vocoder": {"config": to_dict(vocoder_config(d)), "utterances": d.vocoder_utterances},
             "speech": {"wavs": d.tts_wav_sentences, "utterances": d.tts_wer_utterances, "speaker": SPEAKER,
                        "tts_max_new_tokens": d.tts_max_new_tokens, "asr_max_new_tokens": d.asr_max_new_tokens},
-            "audio_lm": {"pairs": d.audio_lm_pairs, "seed": d.corpus_seed}})
+            "audio_lm": {"pairs": d.audio_lm_pairs, "seed": d.corpus_seed, "voices": "corpus"}})
     return settings
 
 
@@ -201,15 +201,11 @@ class Demo(StagedJob):
                 "vocab_size": cfg.model.vocab_size}
 
     def build_eval(self) -> dict:
-        from most_jax.checkpoint.params_io import restore_model
-        from most_jax.data.pipeline import PreparedData
         from most_jax.eval.speech import evaluate_asr, evaluate_tts, load_eval_set
         from most_jax.infer.generate import Sampling
 
         d = self.demo
-        # Dropless routing, as `most eval` does: a row's output never depends on the rest of its batch.
-        _, model = restore_model(self.paths.train, ["model.moe.dispatch=dropless"])
-        data = PreparedData(self.paths.prepared)
+        model, data = self._trained_model()
         result, held_out = {}, {}
         for split in EVAL_SPLITS:
             items = held_out[split] = load_eval_set(getattr(self.paths, split), data)
@@ -247,22 +243,24 @@ class Demo(StagedJob):
         result = train(cfg, self.paths.vocoder, batches)
         return {"steps": result.step, "mel_l1": (result.last_record or {}).get("mel_l1")}
 
-    def _speech_assets(self):
+    def _trained_model(self):
+        """The trained MoST and its prepared assets. Dropless routing, as `most eval` does: a row's
+        output never depends on the rest of its batch."""
         from most_jax.checkpoint.params_io import restore_model
         from most_jax.data.pipeline import PreparedData
-        from most_jax.infer.vocoder import load_vocoder
 
         _, model = restore_model(self.paths.train, ["model.moe.dispatch=dropless"])
-        return model, PreparedData(self.paths.prepared), load_vocoder(self.paths.vocoder, "the demo's vocoder")
+        return model, PreparedData(self.paths.prepared)
 
     def build_speech(self) -> dict:
         from most_jax.eval.speech import AsrJudge, evaluate_tts, load_eval_set
         from most_jax.infer.generate import Sampling
         from most_jax.infer.speech import synthesize_units
-        from most_jax.infer.vocoder import synthesize_batch, write_waveform
+        from most_jax.infer.vocoder import load_vocoder, synthesize_batch, write_waveform
 
         d = self.demo
-        model, data, vocoder = self._speech_assets()
+        model, data = self._trained_model()
+        vocoder = load_vocoder(self.paths.vocoder, "the demo's vocoder")
         sampling = Sampling(max_new_tokens=d.tts_max_new_tokens)
         items = load_eval_set(self.paths.corpus / "test.jsonl", data, d.tts_wer_utterances, keep_audio=True)
         written = []
@@ -274,7 +272,8 @@ class Demo(StagedJob):
             for i, ((text, _), wave) in enumerate(zip(spoken, waves)):
                 path = self.paths.out / f"tts_{i}.wav"
                 write_waveform(path, wave, vocoder.cfg.sample_rate)
-                written.append({"file": path.name, "text": text, "seconds": round(wave.size / vocoder.cfg.sample_rate, 2)})
+                written.append({"file": path.name, "text": text,
+                                "seconds": round(wave.size / vocoder.cfg.sample_rate, 2)})
             write_json(self.paths.out / "tts_texts.json", written)
             self.say(f"wrote {len(written)} TTS waveforms: {', '.join(w['file'] for w in written)}")
         self.say(f"TTS WER: speaking {len(items)} held-out test sentences, transcribing them with the demo model")
@@ -289,19 +288,17 @@ class Demo(StagedJob):
                 "resynthesis_wer": floors["resynthesis"]["wer"], "utterances": result["utterances"]}
 
     def build_audio_lm(self) -> dict:
-        from most_jax.checkpoint.params_io import restore_model
         from most_jax.corpus.pairs import write_spoken_pairs
-        from most_jax.data.pipeline import PreparedData
         from most_jax.eval.audio_lm import score_pairs
         from most_jax.eval.pair_sets import read_pair_set
 
         d = self.demo
-        _, model = restore_model(self.paths.train, ["model.moe.dispatch=dropless"])
-        data = PreparedData(self.paths.prepared)
+        model, data = self._trained_model()
         extractor = data.unit_extractor()
         self.say(f"speaking {d.audio_lm_pairs} lexical and {d.audio_lm_pairs} syntactic pairs")
+        # spoken by the corpus's own voices: the model has heard no other
         write_spoken_pairs(self.paths.audio_lm_pairs, d.audio_lm_pairs, d.audio_lm_pairs, d.corpus_seed,
-                           extractor.extract, log=self.say)
+                           extractor.extract, corpus_speakers(d), log=self.say)
         result = {}
         for name in ("lexical", "syntactic"):
             pairs = read_pair_set(self.paths.audio_lm_pairs / f"{name}.jsonl", extractor.extract)

@@ -175,20 +175,25 @@ def corpus_settings(d, text_lm_sentences: int = 0) -> dict[str, Any]:
             "pitches": list(d.pitches), "rate_wpm": list(d.rate_wpm), "vocabulary": d.vocabulary}
 
 
+def corpus_speakers(d):
+    """The corpus's speakers (demo.voices, demo.pitches, demo.rate_wpm; empty: synth's defaults)."""
+    from most_jax.corpus import synth
+
+    try:
+        return synth.SpeakerSet(d.voices or synth.VOICES, d.pitches or synth.PITCHES, d.rate_wpm or synth.RATE_WPM)
+    except ValueError as exc:
+        raise DemoError(f"demo.voices / demo.pitches / demo.rate_wpm: {exc}") from None
+
+
 def build_corpus(out: Path, d, say: Callable[[str], None], text_lm_sentences: int = 0) -> dict:
     """The built-in eSpeak corpus in `out`: train, dev and test over disjoint sentences, plus
     text-LM sentences disjoint from all of them; returns the ledger's facts."""
     from most_jax.corpus import synth
 
-    try:
-        speaker_set = synth.SpeakerSet(d.voices or synth.VOICES, d.pitches or synth.PITCHES,
-                                       d.rate_wpm or synth.RATE_WPM)
-    except ValueError as exc:
-        raise DemoError(f"demo.voices / demo.pitches / demo.rate_wpm: {exc}") from None
     info = synth.synthesize_corpus(out, d.utterances, seed=d.corpus_seed, workers=d.workers,
                                    dev_fraction=d.dev_utterances / d.utterances,
                                    test_fraction=d.test_utterances / d.utterances, num_text_lm=text_lm_sentences,
-                                   speaker_set=speaker_set, vocabulary_limit=d.vocabulary or None, log=say)
+                                   speaker_set=corpus_speakers(d), vocabulary_limit=d.vocabulary or None, log=say)
     return {"utterances": info["utterances"], "hours": info["hours"],
             "text_lm_sentences": info["text_lm_sentences"], "vocabulary_words": info["vocabulary_size"]}
 

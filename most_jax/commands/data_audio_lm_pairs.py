@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from most_jax.commands import UsageError
+from most_jax.commands.voice_args import add_voice_args, speaker_set
 
 
 def register(subparsers) -> None:
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--units", default=None, metavar="DIR",
                         help="unit extractor (`most data train-units`) whose units to store with the audio")
+    add_voice_args(parser, rate_wpm=(150, 185))
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     parser.set_defaults(handler=_run)
 
@@ -34,7 +36,8 @@ def _run(args) -> int:
     extractor = UnitExtractor.load(args.units) if args.units else None
     try:  # asking for more pairs than the word lists / sentence pool make is the one ValueError here
         write_spoken_pairs(args.out_dir, args.lexical, args.syntactic, args.seed,
-                           extractor.extract if extractor is not None else None, overwrite=args.overwrite,
+                           extractor.extract if extractor is not None else None, speaker_set(args),
+                           overwrite=args.overwrite,
                            log=lambda m: print(m, file=sys.stderr))
     except ValueError as e:
         raise UsageError(f"--lexical/--syntactic: {e}") from None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
-from most_jax.commands import UsageError
+from most_jax.commands.voice_args import add_voice_args, speaker_set
 from most_jax.corpus import synth
 
 
@@ -23,13 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.05, help="share of utterances in test (default 0.05)")
     parser.add_argument("--text-lm", type=int, default=20000, metavar="N",
                         help="text-only sentences written to text_lm.txt (default 20000)")
-    parser.add_argument("--voices", type=_names, default=synth.VOICES, metavar="V1,V2,...",
-                        help=f"eSpeak voices (default: {','.join(synth.VOICES)})")
-    parser.add_argument("--pitches", type=_ints, default=synth.PITCHES, metavar="P1,P2,...",
-                        help=f"pitches 0..100, each voice at each (default: {','.join(map(str, synth.PITCHES))})")
-    parser.add_argument("--rate-wpm", type=_ints, default=synth.RATE_WPM, metavar="LOW,HIGH",
-                        help="speaking-rate range in words per minute, drawn per utterance "
-                             f"(default: {','.join(map(str, synth.RATE_WPM))})")
+    add_voice_args(parser)
     parser.add_argument("--vocabulary", type=int, default=None, metavar="N",
                         help="use only the generator's N most frequent words (default: every word, about 3,500); "
                              "fewer words make an easier corpus")
@@ -37,24 +29,9 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=_run)
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in _names(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _run(args) -> int:
-    try:
-        speaker_set = synth.SpeakerSet(args.voices, args.pitches, args.rate_wpm)
-    except (ValueError, TypeError) as exc:  # "pitches must be ...": SpeakerSet names the field, the flag's name
-        raise UsageError(f"--{str(exc).split()[0].replace('_', '-')}: {exc}") from None
     synth.synthesize_corpus(args.out_dir, args.num, seed=args.seed, workers=args.workers,
                             dev_fraction=args.dev_fraction, test_fraction=args.test_fraction,
-                            num_text_lm=args.text_lm, speaker_set=speaker_set, vocabulary_limit=args.vocabulary,
+                            num_text_lm=args.text_lm, speaker_set=speaker_set(args), vocabulary_limit=args.vocabulary,
                             overwrite=args.overwrite)
     return 0

@@ -120,10 +120,11 @@ def syntactic_pairs(count: int, seed: int = 0) -> list[TextPair]:
 
 
 def write_spoken_pairs(out_dir: str | Path, lexical: int, syntactic: int, seed: int = 0,
-                       units_of: Callable[[np.ndarray], np.ndarray] | None = None, overwrite: bool = False,
-                       log: Callable[[str], None] = print) -> dict[str, int]:
+                       units_of: Callable[[np.ndarray], np.ndarray] | None = None, speakers=None,
+                       overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, int]:
     """Speaks `lexical` sWUGGY-like and `syntactic` sBLIMP-like pairs, both items of a pair by one
-    eSpeak speaker, into OUT/audio/, and writes OUT/lexical.jsonl and OUT/syntactic.jsonl (one pair a
+    eSpeak speaker of `speakers` (a corpus.synth.SpeakerSet; default every voice and pitch at
+    150-185 words/min), into OUT/audio/, and writes OUT/lexical.jsonl and OUT/syntactic.jsonl (one pair a
     line: {id, category, real: {text, audio, units?}, fake: ...}; audio paths relative to OUT; units
     from `units_of(16 kHz waveform)` when given). The directory appears whole or not at all. Asking
     for more pairs than the word lists / sentence pool make is a ValueError. Returns pairs per set."""
@@ -133,14 +134,15 @@ def write_spoken_pairs(out_dir: str | Path, lexical: int, syntactic: int, seed: 
 
     sets = {"lexical": lexical_pairs(lexical, seed) if lexical else [],
             "syntactic": syntactic_pairs(syntactic, seed) if syntactic else []}
-    speakers = SpeakerSet().speakers
+    voices = speakers or SpeakerSet(rate_wpm=(150, 185))
     rng = random.Random(f"pairs-speech-{seed}")
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         (tmp / "audio").mkdir()
         for name, pairs in sets.items():
             lines = []
             for pair in pairs:
-                speaker, rate, utt_seed = rng.choice(speakers), rng.randint(150, 185), rng.randrange(2 ** 31)
+                speaker, rate = rng.choice(voices.speakers), rng.randint(*voices.rate_wpm)
+                utt_seed = rng.randrange(2 ** 31)
                 entry = {"id": pair.id, "category": pair.category}
                 for side, text in (("real", pair.real), ("fake", pair.fake)):
                     uid = f"{pair.id}-{side}"
