@@ -85,6 +85,8 @@ BAD_INPUTS = [
     ("data inspect", ["data", "inspect", "{tmp}/no_records"], ["no_records"]),
     ("data synth", ["data", "synth", "{tmp}/out", "--num", "4", "--pitches", "50,50"], ["--pitches"]),
     ("data audio-lm-pairs", ["data", "audio-lm-pairs", "{tmp}/out", "--lexical", "-1"], ["--lexical"]),
+    ("data audio-lm-pairs", ["data", "audio-lm-pairs", "{tmp}/out", "--rate-wpm", "150"], ["--rate-wpm"]),
+    ("data sqa", ["data", "sqa", "{tmp}/out", "--pitches", "500"], ["--pitches"]),
     ("bench moe", ["bench", "moe", "--paths", "nowhere"], ["--paths", "nowhere"]),
     ("bench u2pp", ["bench", "u2pp", "--threads", "all", "--dim", "100"], ["--dim 100"]),
     ("bench data", ["bench", "data", "--config", "{tmp}/absent.yaml"], ["absent.yaml"]),

@@ -34,9 +34,10 @@ def _run(args) -> int:
     if args.lexical < 0 or args.syntactic < 0:
         raise UsageError("--lexical and --syntactic must be >= 0")
     extractor = UnitExtractor.load(args.units) if args.units else None
+    speakers = speaker_set(args)
     try:  # asking for more pairs than the word lists / sentence pool make is the one ValueError here
         write_spoken_pairs(args.out_dir, args.lexical, args.syntactic, args.seed,
-                           extractor.extract if extractor is not None else None, speaker_set(args),
+                           extractor.extract if extractor is not None else None, speakers,
                            overwrite=args.overwrite,
                            log=lambda m: print(m, file=sys.stderr))
     except ValueError as e:
