@@ -283,7 +283,8 @@ class Demo(StagedJob):
         write_json(self.paths.speech, result)
         floors = result["floors"]
         self.say(f"TTS WER {100 * result['tts_wer']['wer']:.2f}% (floors: original audio "
-                 f"{100 * floors['original']['wer']:.2f}%, vocoder resynthesis {100 * floors['resynthesis']['wer']:.2f}%)")
+                 f"{100 * floors['original']['wer']:.2f}%, vocoder resynthesis "
+                 f"{100 * floors['resynthesis']['wer']:.2f}%)")
         return {"tts_wer": result["tts_wer"]["wer"], "original_wer": floors["original"]["wer"],
                 "resynthesis_wer": floors["resynthesis"]["wer"], "utterances": result["utterances"]}
 

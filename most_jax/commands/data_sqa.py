@@ -14,9 +14,10 @@ Makes a small world of facts about people (where they live, their pet, the instr
 their birth month, the food they like), writes every fact as a sentence to OUT_DIR/facts.txt
 (text-LM lines for `most data prepare --text`), and speaks two questions per fact and the short
 spoken answer with eSpeak (one speaker of --voices x --pitches per dialog) into OUT_DIR/audio/.
-OUT_DIR/{train,dev,test}.jsonl are dialog manifests, the facts split at random between them: {id, prompt: {text, audio}, response: {text,
-audio}} (audio paths relative to OUT_DIR), which `most data prepare` turns into spoken_qa_text and
-spoken_qa_speech records and `most eval sqa` scores.
+OUT_DIR/{train,dev,test}.jsonl are dialog manifests, the facts split at random between them:
+{id, prompt: {text, audio}, response: {text, audio}} (audio paths relative to OUT_DIR), which
+`most data prepare` turns into spoken_qa_text and spoken_qa_speech records and `most eval sqa`
+scores.
 """
 
 

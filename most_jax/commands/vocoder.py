@@ -124,8 +124,8 @@ def run_eval(args: argparse.Namespace) -> int:
     generator = load_vocoder(args.checkpoint, "CKPT")
     extractor = UnitExtractor.load(args.units)
     if extractor.num_units != generator.cfg.num_units or 16000 / extractor.unit_rate != generator.cfg.hop:
-        raise UsageError(f"--units {args.units}: {extractor.num_units} units at {extractor.unit_rate:g} Hz, the vocoder "
-                         f"speaks {generator.cfg.num_units} units of {generator.cfg.hop} samples")
+        raise UsageError(f"--units {args.units}: {extractor.num_units} units at {extractor.unit_rate:g} Hz, "
+                         f"the vocoder speaks {generator.cfg.num_units} units of {generator.cfg.hop} samples")
     waves, speakers, _ = load_speech(args.manifest, args.limit, generator.cfg.num_speakers,
                                      lambda m: print(m, file=sys.stderr), "vocoder eval")
     result = evaluate_vocoder(generator, extractor, waves, speakers)

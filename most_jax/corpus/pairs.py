@@ -124,9 +124,9 @@ def write_spoken_pairs(out_dir: str | Path, lexical: int, syntactic: int, seed: 
                        overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, int]:
     """Speaks `lexical` sWUGGY-like and `syntactic` sBLIMP-like pairs, both items of a pair by one
     eSpeak speaker of `speakers` (a corpus.synth.SpeakerSet; default every voice and pitch at
-    150-185 words/min), into OUT/audio/, and writes OUT/lexical.jsonl and OUT/syntactic.jsonl (one pair a
-    line: {id, category, real: {text, audio, units?}, fake: ...}; audio paths relative to OUT; units
-    from `units_of(16 kHz waveform)` when given). The directory appears whole or not at all. Asking
+    150-185 words/min), into OUT/audio/, and writes OUT/lexical.jsonl and OUT/syntactic.jsonl (one
+    pair a line: {id, category, real: {text, audio, units?}, fake: ...}; audio paths relative to
+    OUT; units from `units_of(16 kHz waveform)` when given). The directory appears whole or not at all. Asking
     for more pairs than the word lists / sentence pool make is a ValueError. Returns pairs per set."""
     from most_jax.atomic import atomic_directory
     from most_jax.corpus.synth import SAMPLE_RATE, SpeakerSet, Utterance, render
@@ -149,7 +149,8 @@ def write_spoken_pairs(out_dir: str | Path, lexical: int, syntactic: int, seed: 
                     render(Utterance(uid, name, text, speaker, rate, utt_seed), str(tmp / "audio"))
                     item = {"text": text, "audio": f"audio/{uid}.wav"}
                     if units_of is not None:
-                        item["units"] = np.asarray(units_of(load_audio(tmp / item["audio"], SAMPLE_RATE)[0])).tolist()
+                        wave = load_audio(tmp / item["audio"], SAMPLE_RATE)[0]
+                        item["units"] = np.asarray(units_of(wave)).tolist()
                     entry[side] = item
                 lines.append(json.dumps(entry))
             (tmp / f"{name}.jsonl").write_text("".join(line + "\n" for line in lines))
