@@ -87,6 +87,7 @@ BAD_INPUTS = [
     ("data audio-lm-pairs", ["data", "audio-lm-pairs", "{tmp}/out", "--lexical", "-1"], ["--lexical"]),
     ("data audio-lm-pairs", ["data", "audio-lm-pairs", "{tmp}/out", "--rate-wpm", "150"], ["--rate-wpm"]),
     ("data sqa", ["data", "sqa", "{tmp}/out", "--pitches", "500"], ["--pitches"]),
+    ("demo", ["demo", "u2pp", "--full", "--out", "{tmp}/out"], ["--full"]),
     ("bench moe", ["bench", "moe", "--paths", "nowhere"], ["--paths", "nowhere"]),
     ("bench u2pp", ["bench", "u2pp", "--threads", "all", "--dim", "100"], ["--dim 100"]),
     ("bench data", ["bench", "data", "--config", "{tmp}/absent.yaml"], ["absent.yaml"]),
