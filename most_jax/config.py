@@ -249,6 +249,10 @@ class ModelConfig:
     # Rematerialisation of each scanned layer: "none", "full" or "dots" (save matmul outputs).
     remat: str = "none"
     scan_layers: bool = True
+    # MoST-C: the width of continuous speech frames (HuBERT's hidden size, 768 for the original),
+    # which a Linear(continuous_input_dim -> hidden_size, with bias) puts in place of the token
+    # embeddings between the begin/end-of-waveform markers. 0: discrete speech units only.
+    continuous_input_dim: int = 0
     attention: AttentionConfig = AttentionConfig()
     rope: RopeConfig = RopeConfig()
     moe: MoEConfig = MoEConfig()
@@ -268,6 +272,7 @@ class ModelConfig:
         _check(self.param_dtype in ("float32", "bfloat16"), f"{prefix}.param_dtype",
                f"unknown dtype {self.param_dtype!r}")
         _check(self.remat in ("none", "full", "dots"), f"{prefix}.remat", f"unknown remat policy {self.remat!r}")
+        _check(self.continuous_input_dim >= 0, f"{prefix}.continuous_input_dim", "must be >= 0 (0: none)")
         self.attention.validate(f"{prefix}.attention")
         self.rope.validate(f"{prefix}.rope")
         self.moe.validate(f"{prefix}.moe")
@@ -322,6 +327,9 @@ class SpeechDataConfig:
             _check(getattr(self, name) >= 1, f"{prefix}.{name}", "must be >= 1")
 
 
+SPEECH_INPUTS = ("units", "features")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Training data: prepared records (`most data prepare`) -> task mixture -> packed batches."""
@@ -338,6 +346,10 @@ class DataConfig:
     packing_bins: int = 32
     num_workers: int = 0  # Grain worker processes per JAX process (0: in the main process)
     max_audio_seconds: float = 30.0  # longer utterances are skipped by `most data prepare`
+    # How MoST prompts hear speech: "units" (discrete units, MoST) or "features" (the continuous
+    # frames that `most data prepare --continuous` stored in the records, MoST-C; the model needs
+    # model.continuous_input_dim equal to their width). Speech outputs are units either way.
+    speech_input: str = "units"
     speech: SpeechDataConfig = SpeechDataConfig()  # U2++ only
 
     def validate(self, prefix: str = "data") -> None:
@@ -347,6 +359,8 @@ class DataConfig:
         _check(self.num_workers >= 0, f"{prefix}.num_workers", f"must be >= 0, got {self.num_workers}")
         _check(self.max_audio_seconds > 0, f"{prefix}.max_audio_seconds", "must be positive")
         _check(bool(self.records), f"{prefix}.records", "must name a prepared records directory")
+        _check(self.speech_input in SPEECH_INPUTS, f"{prefix}.speech_input",
+               f"must be one of {', '.join(SPEECH_INPUTS)}, got {self.speech_input!r}")
         self.mixture.validate(f"{prefix}.mixture")
         self.speech.validate(f"{prefix}.speech")
 
@@ -851,6 +865,9 @@ class Config:
                f"{self.train.micro_batches} does not divide data.batch_size={self.data.batch_size}")
         _check(self.train.eval_every == 0 or bool(self.data.eval_records), "train.eval_every",
                f"{self.train.eval_every} asks for a held-out evaluation, but data.eval_records names no records")
+        if self.data.speech_input == "features":
+            _check(getattr(self.model, "continuous_input_dim", 0) > 0, "data.speech_input",
+                   "'features' needs a model with continuous speech input (model.continuous_input_dim > 0)")
 
 
 def _check(ok: bool, field: str, message: str) -> None:

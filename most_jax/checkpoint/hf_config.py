@@ -12,6 +12,9 @@ Spellings accepted on import:
 * MoST adds `use_modality_aware_routing`, `text_expert_indices`, `audio_expert_indices`: each index
   list must be a contiguous range and becomes a modality group (text = modality 0, audio = 1).
   Token ids map to modalities with the original MoST vocabulary layout (`VocabConfig` defaults).
+* MoST-C (`use_continuous_audio: true`) adds `hubert_hidden_size` (-> `continuous_input_dim`) and
+  its waveform markers `begin/end_audio_wave_token_id` (100504/100505 in the original layout);
+  its HuBERT is a checkpoint of its own (`most hubert import-hf`), not part of this one.
 * `norm_topk_prob` is read as the code that runs the checkpoint reads it (SPEC section 1):
   MoST's code divides then scales; a deepseek_v2 config with DeepSeek's `auto_map` runs the remote
   code, which divides or scales; any other deepseek_v2 config runs transformers' class, which only
@@ -101,7 +104,7 @@ def model_config_from_hf(hf: HFConfig) -> ModelConfig:
     hf.expect("mlp_bias", (False,), False)
     hf.expect("moe_layer_freq", (1,), 1)
     hf.expect("scoring_func", ("softmax",), "softmax")
-    hf.expect("use_continuous_audio", (False,), False)
+    hf.expect("use_continuous_audio", (False, True), False)
     heads = int(hf.require("num_attention_heads"))
     if hf.get("num_key_value_heads", heads) != heads:
         raise hf.error("num_key_value_heads", f"MLA needs num_key_value_heads == num_attention_heads ({heads}), "
@@ -129,6 +132,7 @@ def model_config_from_hf(hf: HFConfig) -> ModelConfig:
         rope=_rope_from_hf(hf),
         moe=MoEConfig() if dense_model else _moe_from_hf(hf),
         vocab=_most_vocab(hf),
+        continuous_input_dim=_continuous_input_dim(hf),
     )
     try:
         cfg.validate("model")
@@ -194,7 +198,37 @@ def _modality_groups(hf: HFConfig, num_experts: int) -> tuple[ModalityGroup, ...
     return tuple(groups)
 
 
+# MoST-C's config.json (`use_continuous_audio: true`): HuBERT's width and the waveform markers.
+WAVE_ID_FIELDS = {"begin_audio_wave_token_id": "begin_wave_id", "end_audio_wave_token_id": "end_wave_id"}
+
+
+def _continuous_input_dim(hf: HFConfig) -> int:
+    if not hf.get("use_continuous_audio", False):
+        return 0
+    if hf.data["model_type"] != "MoST":
+        raise hf.error("use_continuous_audio", "continuous audio input is a MoST-C field (model_type MoST)")
+    dim = hf.require("hubert_hidden_size")
+    if not isinstance(dim, int) or dim <= 0:
+        raise hf.error("hubert_hidden_size", f"expected a positive integer, got {dim!r}")
+    return dim
+
+
 def _most_vocab(hf: HFConfig) -> VocabConfig:
+    vocab = _declared_vocab(hf)
+    if not hf.get("use_continuous_audio", False):
+        return vocab
+    # MoST-C names its waveform markers; our own exports carry them in the layout too, and must agree.
+    for field, ours in WAVE_ID_FIELDS.items():
+        value = hf.get(field, getattr(vocab, ours))
+        if not isinstance(value, int) or value < 0:
+            raise hf.error(field, f"expected a token id, got {value!r}")
+        if hf.has(VOCAB_FIELD) and value != getattr(vocab, ours):
+            raise hf.error(field, f"{value} differs from {VOCAB_FIELD}.{ours}={getattr(vocab, ours)}")
+        vocab = dataclasses.replace(vocab, **{ours: value})
+    return vocab
+
+
+def _declared_vocab(hf: HFConfig) -> VocabConfig:
     """The `most_jax_vocab` layout when the file carries one (our exports of MoST do), else the
     original MoST layout (fixed id thresholds, whatever the vocabulary size: every id of a small
     vocabulary is text, as in the original) with bos/eos/pad as the checkpoint declares them."""
@@ -326,6 +360,12 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str) -> dict[str, Any]:
             "aux_loss_alpha": moe.aux_loss_alpha,
             "seq_aux": moe.seq_aux,
         })
+    if cfg.continuous_input_dim:
+        if model_type != "MoST":
+            raise ConfigError("model.continuous_input_dim: continuous audio input (MoST-C) has no deepseek_v2 "
+                              "equivalent; export as MoST")
+        out.update({"use_continuous_audio": True, "hubert_hidden_size": cfg.continuous_input_dim,
+                    **{field: getattr(cfg.vocab, ours) for field, ours in WAVE_ID_FIELDS.items()}})
     if model_type == "MoST":
         out.update(_most_routing_fields(moe, dense_model))
         out[VOCAB_FIELD] = to_dict(cfg.vocab)

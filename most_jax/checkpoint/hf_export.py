@@ -94,7 +94,8 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, model_type: str | Non
     dtype = dtype or cfg.param_dtype
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
-    model_type = model_type or ("MoST" if cfg.moe.modality_groups and cfg.num_moe_layers else "deepseek_v2")
+    model_type = model_type or ("MoST" if (cfg.moe.modality_groups and cfg.num_moe_layers) or cfg.continuous_input_dim
+                                else "deepseek_v2")
     hf_config = {**hf_config_from_model(cfg, model_type), "torch_dtype": dtype}
     step = step_dir(checkpoint)
     stored = StoredParams(step / PARAMS_ITEM)

@@ -65,6 +65,10 @@ def layer_rules(cfg: ModelConfig, moe: bool) -> list[Rule]:
 
 
 EMBED = Rule("model.embed_tokens.weight", ("embed", "embedding"), False)
+# MoST-C's projection of continuous speech frames (HF Linear(hubert_hidden_size -> hidden_size)).
+# The original release's modeling code was not available to check its tensor names; these are ours.
+SPEECH_PROJ = (Rule("model.audio_projection.weight", ("speech_proj", "kernel"), True),
+               Rule("model.audio_projection.bias", ("speech_proj", "bias"), False))
 HEAD = Rule("lm_head.weight", ("lm_head",), True)
 FINAL_NORM = Rule("model.norm.weight", ("final_norm", "scale"), False)
 # HF projection name -> our stacked expert leaf ([E, D, F] for gate/up, [E, F, D] for down).
@@ -99,6 +103,8 @@ def release_layout(cfg: ModelConfig, expected: dict[Path_, jax.ShapeDtypeStruct]
         return TensorMap(name, path, layer, expert, rule.transpose, tuple(shape[::-1] if rule.transpose else shape))
 
     out = [one(EMBED, EMBED.hf, EMBED.ours, None)]
+    if cfg.continuous_input_dim:
+        out += [one(rule, rule.hf, rule.ours, None) for rule in SPEECH_PROJ]
     for layer in range(cfg.num_layers):
         stack, index = stack_of(cfg, layer)
         is_moe = stack == "moe_layers"

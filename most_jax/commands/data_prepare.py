@@ -41,6 +41,13 @@ def register(subparsers) -> None:
                         help="most (default): MoST records of unit ids; u2pp: U2++ utterance records (16-bit PCM + "
                              "WeNet token ids, no --units) with the lengths index u2pp.json and the global CMVN "
                              "statistics global_cmvn.json")
+    parser.add_argument("--continuous-hubert", default=None, metavar="CKPT",
+                        help="MoST-C: also store each speech pair's continuous frames, the hidden states of this "
+                             "HuBERT checkpoint (`most hubert import-hf` / `most hubert train`), for "
+                             "data.speech_input=features")
+    parser.add_argument("--continuous-layer", type=int, default=None, metavar="N",
+                        help="the HuBERT layer of --continuous-hubert (0: the first layer's input, N: the output "
+                             "of layer N; default: the last, as MoST-C)")
     parser.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     parser.set_defaults(handler=_run)
 
@@ -50,8 +57,17 @@ def _run(args) -> int:
         raise UsageError("give at least one of --manifest, --text, --tfds")
     if args.family == "u2pp" and (args.text or args.units):
         raise UsageError("--family u2pp takes speech only (--manifest, --tfds); drop --text and --units")
+    if args.continuous_layer is not None and args.continuous_hubert is None:
+        raise UsageError("--continuous-layer needs --continuous-hubert")
+    continuous = None
+    if args.continuous_hubert is not None:
+        if args.family != "most":
+            raise UsageError("--continuous-hubert is for MoST records (--family most)")
+        continuous = ("hubert", {"checkpoint": args.continuous_hubert,
+                                 "layer": _last_layer(args.continuous_hubert) if args.continuous_layer is None
+                                 else args.continuous_layer})
     options = PrepareOptions(args.tokenizer, args.units, args.max_audio_seconds, args.max_tokens, args.num_shards,
-                             args.workers, family=args.family)
+                             args.workers, family=args.family, continuous=continuous)
     items = [item for path in args.manifest for item in manifest_items(path)]
     items += [item for path in args.text for item in text_items(path)]
     total = None if args.tfds else len(items)
@@ -60,3 +76,15 @@ def _run(args) -> int:
     report = prepare(stream, args.out, options, total=total, overwrite=args.overwrite)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _last_layer(checkpoint: str) -> int:
+    from most_jax.checkpoint.params_io import CheckpointError, load_config
+
+    try:
+        cfg = load_config(checkpoint)
+    except (CheckpointError, FileNotFoundError) as err:
+        raise UsageError(f"--continuous-hubert {checkpoint}: {err}") from None
+    if cfg.model.family != "hubert":
+        raise UsageError(f"--continuous-hubert {checkpoint}: a {cfg.model.family} checkpoint, not hubert")
+    return cfg.model.num_hidden_layers

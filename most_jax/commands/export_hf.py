@@ -34,8 +34,8 @@ def register(subparsers) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="Hugging Face directory to create")
     parser.add_argument("--model-type", choices=("MoST", "deepseek_v2"), default=None,
-                        help="config.json model_type (default: MoST if the model routes by modality, "
-                             "else deepseek_v2)")
+                        help="config.json model_type (default: MoST if the model routes by modality or "
+                             "hears continuous speech (MoST-C), else deepseek_v2)")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
                         help="tensor dtype in the files (default: the checkpoint's parameter dtype)")
     parser.add_argument("--max-shard-size", type=parse_size, default=MAX_SHARD_BYTES, metavar="SIZE",

@@ -11,7 +11,8 @@ import numpy as np
 from most_jax.atomic import atomic_file
 from most_jax.commands import UsageError
 from most_jax.commands.speech_args import add_model_args, load_model_and_assets
-from most_jax.infer.speech import synthesize_units, transcribe
+from most_jax.data.records import CONTINUOUS_FILE
+from most_jax.infer.speech import synthesize_units, transcribe, transcribe_features
 from most_jax.speech.audio import load_audio
 
 TTS_DESCRIPTION = """\
@@ -26,7 +27,10 @@ Every file is written to a temporary name and renamed when complete.
 def register(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="ASR or TTS by generation with a checkpoint")
     sub = parser.add_subparsers(dest="generate_command", required=True, metavar="TASK")
-    asr = sub.add_parser("asr", help="print the transcript of each audio file")
+    asr = sub.add_parser("asr", help="print the transcript of each audio file",
+                         description="Prints each AUDIO's transcript. A MoST-C checkpoint (model.continuous_input_dim "
+                                     "> 0) whose assets hold continuous features (continuous.json) hears the audio "
+                                     "as those continuous frames; any other hears the assets' speech units.")
     add_model_args(asr, max_new_tokens=128)
     asr.add_argument("audio", nargs="+", metavar="AUDIO", help="wav/flac files (any rate or channel count)")
     asr.set_defaults(handler=run_asr)
@@ -45,14 +49,16 @@ def register(subparsers) -> None:
 
 def run_asr(args: argparse.Namespace) -> int:
     model, data, sampling = load_model_and_assets(args)
-    extractor = data.unit_extractor()
-    units = []
+    continuous = bool(model.cfg.continuous_input_dim) and (data.directory / CONTINUOUS_FILE).is_file()
+    extract = data.continuous_features() if continuous else data.unit_extractor().extract
+    inputs = []
     for path in args.audio:
         wave, _ = load_audio(path)
-        units.append(np.asarray(extractor.extract(wave), np.int32))
-        if units[-1].size == 0:
-            raise UsageError(f"{path}: too short to yield any speech units")
-    texts = transcribe(model, data, units, sampling=sampling, batch_size=args.batch_size, seed=args.seed)
+        inputs.append(np.asarray(extract(wave), np.float32 if continuous else np.int32))
+        if len(inputs[-1]) == 0:
+            raise UsageError(f"{path}: too short to yield any {'continuous frames' if continuous else 'speech units'}")
+    run = transcribe_features if continuous else transcribe
+    texts = run(model, data, inputs, sampling=sampling, batch_size=args.batch_size, seed=args.seed)
     for path, text in zip(args.audio, texts):
         print(f"{path}\t{text}")
     return 0

@@ -18,6 +18,12 @@ A batch is a dict of int32 NumPy arrays, all [B, T]:
     positions    0, 1, ... restarting at every segment; 0 on padding
     task         the task id (tasks.TASK_IDS) of each token; -1 on padding
 
+With `data.speech_input: features` (MoST-C) ASR prompts hear the records' continuous frames, and
+every batch has two more arrays:
+
+    features     float32 [B, T, F]: a frame's features at its position, 0 elsewhere
+    continuous   int32 [B, T]: 1 at the continuous frames, 0 elsewhere
+
 A record that does not decode, or a sequence longer than `seq_len`, is dropped with a warning
 instead of stopping the run.
 """
@@ -80,6 +86,25 @@ class PreparedData:
                                 f"version); re-run `most data prepare --units DIR`")
         return UnitExtractor.load(path)
 
+    def continuous_features(self):
+        """The frame features the records' continuous speech was computed with (`most data
+        prepare --continuous`), for new audio at generation time."""
+        from most_jax.speech.units import build_features
+
+        spec = self._continuous_spec()
+        return build_features(spec["kind"], spec["config"])
+
+    def continuous_dim(self) -> int:
+        """The width of the records' continuous speech frames."""
+        return int(self._continuous_spec()["dim"])
+
+    def _continuous_spec(self) -> dict:
+        path = self.directory / rec.CONTINUOUS_FILE
+        if not path.is_file():
+            raise PipelineError(f"{self.directory}: no {rec.CONTINUOUS_FILE}; its records hold no continuous speech "
+                                f"features (prepare with `most data prepare --continuous-hubert CKPT`)")
+        return json.loads(path.read_text())
+
     def records(self, kind: str):
         """Every decoded record of `kind`, in order."""
         source = self.source(kind)
@@ -91,11 +116,16 @@ class PreparedData:
         return 0 if source is None else len(source)
 
 
-def format_record(formatter: Formatter, task: str, record: rec.Record) -> Example:
-    """The `Example` of `task` built from a decoded record of kind TASK_KIND[task]."""
+def format_record(formatter: Formatter, task: str, record: rec.Record, speech_input: str = "units") -> Example:
+    """The `Example` of `task` built from a decoded record of kind TASK_KIND[task]; with
+    `speech_input` "features", ASR hears the record's continuous frames."""
     a = record.arrays
     instruction = a.get("instruction")
     if task == "asr":
+        if speech_input == "features":
+            if "features" not in a:
+                raise ValueError(f"record {record.id!r} has no continuous features (prepared without --continuous)")
+            return formatter.asr(a["text"], features=a["features"])
         return formatter.asr(a["text"], a["units"])
     if task == "tts":
         return formatter.tts(a["text"], a["units"])
@@ -129,22 +159,35 @@ def training_columns(example: Example, pad_id: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class _FormatTask:
-    """Record bytes -> packable columns, or None (dropped) for a bad record or an over-long sequence."""
+    """Record bytes -> packable columns (and, when `feature_dim` > 0, features and the continuous
+    mask, zeros for a sequence without frames), or None (dropped) for a bad record or an over-long
+    sequence."""
 
     formatter: Formatter
     task: str
     seq_len: int
+    speech_input: str = "units"
+    feature_dim: int = 0
 
     def __call__(self, data: bytes):
         try:
-            example = format_record(self.formatter, self.task, rec.decode_record(data))
+            example = format_record(self.formatter, self.task, rec.decode_record(data), self.speech_input)
+            if example.features is not None and example.features.shape[1] != self.feature_dim:
+                raise ValueError(f"continuous features of width {example.features.shape[1]}, the data has "
+                                 f"{self.feature_dim}")
         except (rec.RecordError, KeyError, ValueError) as err:
             _warn_dropped(f"a {self.task} record: {err}")
             return None
         if len(example) > self.seq_len:
             _warn_dropped(f"a {self.task} sequence of {len(example)} tokens (> seq_len {self.seq_len})")
             return None
-        return {"columns": training_columns(example, self.formatter.layout.pad_id)}
+        out = {"columns": training_columns(example, self.formatter.layout.pad_id)}
+        if self.feature_dim:
+            n = len(example)
+            out["features"] = (np.zeros((n, self.feature_dim), np.float16) if example.features is None
+                               else example.features.astype(np.float16))
+            out["continuous"] = np.zeros(n, np.int32) if example.continuous is None else example.continuous
+        return out
 
 
 _dropped = 0
@@ -173,6 +216,9 @@ class _Unpack:
             out[name][padding] = value
         out["segment_ids"] = segment_ids
         out["positions"] = np.where(padding, 0, batch["columns_positions"]).astype(np.int32)
+        if "features" in batch:  # the packer pads these with zeros, as they should be
+            out["features"] = batch["features"].astype(np.float32)
+            out["continuous"] = batch["continuous"].astype(np.int32)
         return out
 
 
@@ -226,7 +272,7 @@ def _check_fits(cfg: DataConfig, data: PreparedData, task: str) -> None:
     shortest = None
     for i in range(len(source)):
         try:
-            length = len(format_record(data.formatter, task, rec.decode_record(source[i])))
+            length = len(format_record(data.formatter, task, rec.decode_record(source[i]), cfg.speech_input))
         except (rec.RecordError, KeyError, ValueError):
             continue
         if length <= cfg.seq_len:
@@ -253,14 +299,17 @@ def _batches(cfg: DataConfig, data: PreparedData, weights: dict[str, float], pro
              process_count: int) -> grain.IterDataset:
     """The tasks' record streams (this process's slice, shuffled, repeated), mixed by weight, packed
     and batched."""
+    feature_dim = data.continuous_dim() if cfg.speech_input == "features" else 0
     streams = []
     for task in weights:
         stream = grain.MapDataset.source(data.source(TASK_KIND[task]))[process_index::process_count]
         # Seeds differ per task so two tasks over the same records do not walk them in step.
         stream = stream.shuffle(seed=cfg.seed * len(TASKS) + TASK_IDS[task]).repeat()
-        streams.append(stream.map(_FormatTask(data.formatter, task, cfg.seq_len)))
+        streams.append(stream.map(_FormatTask(data.formatter, task, cfg.seq_len, cfg.speech_input, feature_dim)))
     mixed = grain.MapDataset.mix(streams, list(weights.values())) if len(streams) > 1 else streams[0]
+    lengths = {"columns": cfg.seq_len}
+    if feature_dim:
+        lengths.update(features=cfg.seq_len, continuous=cfg.seq_len)
     packed = grain.experimental.FirstFitPackIterDataset(
-        mixed.to_iter_dataset(), length_struct={"columns": cfg.seq_len}, num_packing_bins=cfg.packing_bins,
-        seed=cfg.seed)
+        mixed.to_iter_dataset(), length_struct=lengths, num_packing_bins=cfg.packing_bins, seed=cfg.seed)
     return packed.batch(cfg.batch_size // process_count, drop_remainder=True).map(_Unpack(data.layout.pad_id))

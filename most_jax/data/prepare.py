@@ -23,9 +23,15 @@ in report.json, skips under "skipped", repairs under "repaired":
   * a transcript the tokenizer maps onto special ids: skipped, "bad_transcript"
   * audio longer than --max-audio-seconds, or a formatted sequence longer than --max-tokens:
     skipped, "over_length" (truncating would put the transcript out of step with the speech)
-  * audio that yields no units: skipped, "no_units"
+  * audio that yields no units: skipped, "no_units" (no continuous frame, MoST-C: "no_features")
   * a line that is not a JSON object of one of the shapes above: skipped, "bad_manifest_line"
 Output is written to a temporary sibling directory and renamed onto OUT only on success.
+
+MoST-C (`continuous`, `most data prepare --continuous-hubert CKPT`): every speech pair also
+stores its continuous frames (HuBERT's hidden states of one layer, the last by default, in
+evaluation mode: no dropout, no masking) as "features", float16 [frames, F], and continuous.json
+names the features so generation computes the same ones for new audio. The HuBERT encoder runs
+here, once, not in the training step: it stays frozen and out of the step's cost.
 
 U2++ mode (`family="u2pp"`, `most data prepare --family u2pp`): speech pairs become "utterance"
 records of 16-bit PCM (features are computed at training time, so dither and speed perturbation
@@ -86,6 +92,9 @@ class PrepareOptions:
     num_shards: int = 1
     workers: int = 1
     family: str = "most"  # "most": MoST records (units); "u2pp": utterance records (PCM + WeNet ids)
+    # MoST-C: (feature kind, its config) of the continuous frames added to every speech pair as
+    # "features" (e.g. ("hubert", {"checkpoint": DIR, "layer": 12})); None: units only
+    continuous: tuple[str, dict] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +147,7 @@ class Worker:
         self.u2pp = options.family == "u2pp"
         self.layout, self.extractor = load_layout(self.tokenizer, None if self.u2pp else options.units_dir)
         self.formatter = Formatter(self.layout, self.tokenizer)
+        self.continuous = continuous_features(options)
 
     def __call__(self, item: Item) -> Outcome:
         out = Outcome()
@@ -267,7 +277,12 @@ class Worker:
     def _speech_pair(self, record_id: str, text_ids: np.ndarray, wave: np.ndarray, out: Outcome) -> None:
         if not self.u2pp:
             units, seconds = self._wave_units(wave, out)
-            self._pair(record_id, text_ids, units, seconds, out)
+            features = None
+            if self.continuous is not None:
+                features = np.asarray(self.continuous(wave), np.float32)
+                if len(features) == 0:
+                    raise Skip("no_features", f"{seconds:.2f} s of audio make no continuous frame")
+            self._pair(record_id, text_ids, units, seconds, out, features)
             return
         from most_jax.speech.features import fbank
 
@@ -295,9 +310,14 @@ class Worker:
         if longest > self.options.max_tokens:
             raise Skip("over_length", f"{longest} tokens > {self.options.max_tokens}")
 
-    def _pair(self, record_id: str, text_ids, units, seconds: float, out: Outcome) -> None:
-        self._check_length(self.formatter.asr(text_ids, units), self.formatter.tts(text_ids, units))
-        record = rec.Record(record_id, "pair", {"text": text_ids, "units": units}, seconds)
+    def _pair(self, record_id: str, text_ids, units, seconds: float, out: Outcome, features=None) -> None:
+        examples = [self.formatter.asr(text_ids, units), self.formatter.tts(text_ids, units)]
+        arrays = {"text": text_ids, "units": units}
+        if features is not None:
+            examples.append(self.formatter.asr(text_ids, features=features))
+            arrays["features"] = features
+        self._check_length(*examples)
+        record = rec.Record(record_id, "pair", arrays, seconds)
         out.records.append(("pair", rec.encode_record(record)))
         out.seconds += seconds
         out.units += len(units)
@@ -337,6 +357,19 @@ class Worker:
         task = {"spoken_qa_text": "spoken_qa_text", "spoken_qa_speech": "spoken_qa_speech", "instruct": "instruct"}
         self._check_length(format_record(self.formatter, task[kind], record))
         out.records.append((kind, rec.encode_record(record)))
+
+
+def continuous_features(options: PrepareOptions):
+    """The FrameFeatures of `options.continuous`, or None."""
+    if options.continuous is None:
+        return None
+    from most_jax.speech.units import build_features
+
+    kind, config = options.continuous
+    try:
+        return build_features(kind, config)
+    except ValueError as err:
+        raise PrepareError(f"continuous features: {err}") from None
 
 
 def _too_long(path: Path, max_seconds: float) -> bool:
@@ -495,6 +528,9 @@ def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions,
         raise PrepareError(f"--num-shards must be >= 1, got {options.num_shards}")
     if options.family not in FAMILIES:
         raise PrepareError(f"--family must be one of {FAMILIES}, got {options.family!r}")
+    if options.continuous is not None and options.family != "most":
+        raise PrepareError("continuous speech features are for MoST records (--family most)")
+    continuous = continuous_features(options)
     tokenizer = load_tokenizer(options.tokenizer_dir)
     try:
         layout, _ = load_layout(tokenizer, None if options.family == "u2pp" else options.units_dir)
@@ -547,6 +583,10 @@ def prepare(items: Iterable[Item], out_dir: str | Path, options: PrepareOptions,
         else:
             (tmp / rec.LAYOUT_FILE).write_text(json.dumps(layout.to_dict(), indent=2))
         copy_tokenizer(options.tokenizer_dir, tmp / rec.TOKENIZER_DIR)
+        if continuous is not None:
+            spec = {"kind": continuous.kind, "config": continuous.config(), "dim": continuous.dim,
+                    "frame_rate": continuous.frame_rate}
+            (tmp / rec.CONTINUOUS_FILE).write_text(json.dumps(spec, indent=2))
         if options.units_dir is not None and options.family == "most":
             # Generation and evaluation extract units from new audio with this same codebook.
             shutil.copytree(options.units_dir, tmp / rec.UNITS_DIR)

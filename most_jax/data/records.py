@@ -5,6 +5,8 @@ A prepared directory (written by `most data prepare`) holds
     layout.json                      the vocabulary layout (`VocabLayout.to_dict`)
     tokenizer/                       a copy of the text tokenizer used
     units/                           a copy of the unit extractor used (when the inputs had audio)
+    continuous.json                  MoST-C: the frame features of the records' continuous speech
+                                     ({"kind", "config", "dim", "frame_rate"}, `--continuous-hubert`)
     {kind}-SSSSS-of-NNNNN.array_record   records of each kind: "pair" (speech + transcript),
                                      "text" (text only), and the dialog kinds "spoken_qa_text",
                                      "spoken_qa_speech", "instruct" (prompt -> response)
@@ -18,6 +20,9 @@ Header: {"id", "kind", "seconds", "arrays": {name: length}}. Array names: "text"
 The U2++ kind "utterance" (`most data prepare --family u2pp`) holds "pcm", 16 kHz mono 16-bit samples,
 stored as little-endian int16 (the header's optional "dtypes" names arrays that are not int32), and
 "target", the transcript's token ids in WeNet's convention (tokenizer id + 1: 0 is the CTC blank).
+A MoST-C "pair" (`most data prepare --continuous`) adds "features", the utterance's continuous
+speech frames [frames, F] stored as little-endian float16 (the header's optional "shapes" gives
+the shape of an array with more than one dimension).
 The HuBERT pretraining kind "hubert" (`most hubert prepare`, data/hubert_data.py) holds "pcm" (int16, as
 "utterance") and "units", the k-means id of every unit-rate frame (no dedup): the frame targets.
 """
@@ -34,6 +39,7 @@ KINDS = ("pair", "text", "spoken_qa_text", "spoken_qa_speech", "instruct", "utte
 LAYOUT_FILE = "layout.json"
 TOKENIZER_DIR = "tokenizer"
 UNITS_DIR = "units"
+CONTINUOUS_FILE = "continuous.json"  # MoST-C: the frame features behind the records' "features"
 REPORT_FILE = "report.json"
 
 
@@ -52,16 +58,23 @@ class Record:
         return self.arrays.get(name)
 
 
+# Stored dtype of an array by its in-memory dtype; everything else is stored as int32.
+_STORED = {np.dtype(np.int16): "<i2", np.dtype(np.float16): "<f2", np.dtype(np.float32): "<f2"}
+
+
 def encode_record(record: Record) -> bytes:
+    """Float arrays are stored as float16."""
     if record.kind not in KINDS:
         raise RecordError(f"record {record.id!r}: unknown kind {record.kind!r}")
-    arrays = {k: np.ascontiguousarray(v, "<i2" if np.asarray(v).dtype == np.int16 else "<i4")
-              for k, v in record.arrays.items()}
+    arrays = {k: np.ascontiguousarray(v, _STORED.get(np.asarray(v).dtype, "<i4")) for k, v in record.arrays.items()}
     header = {"id": record.id, "kind": record.kind, "seconds": record.seconds,
-              "arrays": {k: int(v.shape[0]) for k, v in arrays.items()}}
-    narrow = {k: "<i2" for k, v in arrays.items() if v.dtype.itemsize == 2}
-    if narrow:
-        header["dtypes"] = narrow
+              "arrays": {k: int(v.size) for k, v in arrays.items()}}
+    other = {k: v.dtype.str for k, v in arrays.items() if v.dtype.str != "<i4"}
+    if other:
+        header["dtypes"] = other
+    shapes = {k: list(v.shape) for k, v in arrays.items() if v.ndim > 1}
+    if shapes:
+        header["shapes"] = shapes
     return json.dumps(header).encode() + b"\n" + b"".join(v.tobytes() for v in arrays.values())
 
 
@@ -70,10 +83,11 @@ def decode_record(data: bytes) -> Record:
     try:
         header = json.loads(data[:end])
         offset, arrays = end + 1, {}
-        dtypes = header.get("dtypes", {})
+        dtypes, shapes = header.get("dtypes", {}), header.get("shapes", {})
         for name, length in header["arrays"].items():
             dtype = np.dtype(dtypes.get(name, "<i4"))
-            arrays[name] = np.frombuffer(data, dtype, count=length, offset=offset).astype(dtype.newbyteorder("="))
+            array = np.frombuffer(data, dtype, count=length, offset=offset).astype(dtype.newbyteorder("="))
+            arrays[name] = array.reshape(shapes[name]) if name in shapes else array
             offset += dtype.itemsize * length
         if end < 0 or offset != len(data):
             raise ValueError(f"{len(data) - offset} bytes left over after the arrays")

@@ -5,7 +5,10 @@ The MoST template (SPEC section 2), with `+` joining token pieces:
     prompt   = BOS + instruction + "\\n\\n" + input + EOS + "\\n\\nOutput: "
     response = BOS + output + EOS
 
-Audio is `<begin_of_audio> + units + <end_of_audio>`. BOS, EOS and the audio markers are
+Audio is `<begin_of_audio> + units + <end_of_audio>`; MoST-C hears speech as continuous frames
+instead, `<begin_of_waveform> + frames + <end_of_waveform>` (`Formatter.wave`), each frame one
+position whose input is the frame's features (`Example.features`, `Example.continuous`), its
+token id the pad id, its modality audio. BOS, EOS and the audio markers are
 inserted as their ids from the vocabulary layout, never spelled as strings (the original
 release spelled them in ASCII, so they never became the special tokens). Instructions and the
 separators are ordinary text, encoded once per formatter.
@@ -22,7 +25,7 @@ import dataclasses
 import numpy as np
 
 from most_jax.data.tokenizers import TextTokenizer
-from most_jax.vocab import VocabLayout
+from most_jax.vocab import AUDIO, VocabLayout
 
 TASKS = ("asr", "tts", "text_lm", "unit_lm", "spoken_qa_text", "spoken_qa_speech", "instruct")
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
@@ -40,15 +43,62 @@ TEMPLATE_TEXTS = (ASR_INSTRUCTION, TTS_INSTRUCTION, SPOKEN_QA_TEXT_INSTRUCTION, 
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One formatted sequence: int32 arrays of equal length and the task id."""
+    """One formatted sequence: int32 arrays of equal length and the task id; for a sequence with
+    continuous speech frames, `features` float32 [n, F] (zero rows elsewhere) and `continuous`
+    int32 [n] (1 at the frames)."""
 
     tokens: np.ndarray
     modality: np.ndarray
     loss_mask: np.ndarray
     task: int
+    features: np.ndarray | None = None
+    continuous: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Frames:
+    """Continuous speech frames float32 [n, F], one sequence position each (MoST-C)."""
+
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+def _join(pieces) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(tokens, features, continuous) of pieces that are id arrays, Frames or tuples of pieces;
+    features/continuous are None when no piece is Frames. Frame positions hold token id -1 (the
+    caller puts the pad id there)."""
+    flat = []
+
+    def walk(piece):
+        if isinstance(piece, tuple):
+            for p in piece:
+                walk(p)
+        else:
+            flat.append(piece)
+
+    walk(tuple(pieces))
+    tokens = np.concatenate([np.full(len(p), -1, np.int32) if isinstance(p, Frames) else np.asarray(p, np.int32)
+                             for p in flat])
+    frames = [p for p in flat if isinstance(p, Frames)]
+    if not frames:
+        return tokens, None, None
+    dims = {p.values.shape[1] for p in frames}
+    if len(dims) != 1:
+        raise ValueError(f"continuous frames of different widths in one sequence: {sorted(dims)}")
+    features = np.zeros((len(tokens), dims.pop()), np.float32)
+    continuous = np.zeros(len(tokens), np.int32)
+    start = 0
+    for p in flat:
+        if isinstance(p, Frames):
+            features[start:start + len(p)] = p.values
+            continuous[start:start + len(p)] = 1
+        start += len(p)
+    return tokens, features, continuous
 
 
 class Formatter:
@@ -67,6 +117,8 @@ class Formatter:
         self._eos = np.asarray([layout.eos_id], np.int32)
         self._boa = np.asarray([layout.begin_audio_id], np.int32)
         self._eoa = np.asarray([layout.end_audio_id], np.int32)
+        self._bow = np.asarray([layout.config.begin_wave_id], np.int32)
+        self._eow = np.asarray([layout.config.end_wave_id], np.int32)
 
     # ------------------------------------------------------------------ pieces
     def text(self, text_ids) -> np.ndarray:
@@ -79,41 +131,60 @@ class Formatter:
     def audio(self, units) -> np.ndarray:
         return np.concatenate([self._boa, self.layout.units_to_tokens(units), self._eoa])
 
-    def prompt_response(self, task: str, instruction: np.ndarray | None, source: np.ndarray,
-                        target: np.ndarray) -> Example:
-        """BOS [instruction "\\n\\n"] source EOS "\\n\\nOutput: " | BOS target EOS; loss on the response."""
+    def wave(self, features) -> tuple:
+        """Continuous speech (MoST-C): float [n, F] frames between the begin/end-of-waveform markers."""
+        features = np.asarray(features, np.float32)
+        if features.ndim != 2 or len(features) == 0:
+            raise ValueError(f"continuous speech features must be [frames > 0, dims], got shape {features.shape}")
+        if not np.isfinite(features).all():
+            raise ValueError("continuous speech features are not all finite")
+        return self._bow, Frames(features), self._eow
+
+    def prompt_response(self, task: str, instruction: np.ndarray | None, source, target) -> Example:
+        """BOS [instruction "\\n\\n"] source EOS "\\n\\nOutput: " | BOS target EOS; loss on the response.
+        `source` and `target` are id arrays or `wave` pieces."""
         prompt = self._prompt(instruction, source)
-        response = np.concatenate([self._bos, target, self._eos])
-        tokens = np.concatenate([prompt, response])
-        loss_mask = np.concatenate([np.zeros(len(prompt), np.int32), np.ones(len(response), np.int32)])
-        return self._example(task, tokens, loss_mask)
+        response = (self._bos, target, self._eos)
+        n_prompt, n_response = (len(_join(p)[0]) for p in (prompt, response))
+        loss_mask = np.concatenate([np.zeros(n_prompt, np.int32), np.ones(n_response, np.int32)])
+        return self._example(task, (prompt, response), loss_mask)
 
-    def _prompt(self, instruction: np.ndarray | None, source: np.ndarray) -> np.ndarray:
-        head = [] if instruction is None else [instruction, self._separator]
-        return np.concatenate([self._bos, *head, source, self._eos, self._output_marker])
+    def _prompt(self, instruction: np.ndarray | None, source) -> tuple:
+        head = () if instruction is None else (instruction, self._separator)
+        return (self._bos, *head, source, self._eos, self._output_marker)
 
-    def generation_prompt(self, task: str, source: np.ndarray) -> np.ndarray:
-        """The tokens a model continues to answer `task` for `source` (formatted text or audio):
+    def generation_prompt(self, task: str, source) -> Example:
+        """What a model continues to answer `task` for `source` (formatted text, audio or wave):
         the prompt plus the fixed start of the response (BOS, and begin-of-audio for speech
-        answers), so generation emits only the content and then EOS or end-of-audio."""
+        answers), so generation emits only the content and then EOS or end-of-audio. Its
+        loss_mask is all zero."""
         if task not in ("asr", "tts", "spoken_qa_text", "spoken_qa_speech"):
             raise ValueError(f"no generation prompt for task {task!r}")
-        head = [self._bos, self._boa] if task in ("tts", "spoken_qa_speech") else [self._bos]
-        return np.concatenate([self._prompt(self._instruction[task], source), *head]).astype(np.int32)
+        head = (self._bos, self._boa) if task in ("tts", "spoken_qa_speech") else (self._bos,)
+        pieces = (self._prompt(self._instruction[task], source), *head)
+        return self._example(task, pieces, np.zeros(len(_join(pieces)[0]), np.int32))
 
-    def _example(self, task: str, tokens: np.ndarray, loss_mask: np.ndarray) -> Example:
-        tokens = tokens.astype(np.int32)
-        return Example(tokens, np.asarray(self.layout.modality(tokens), np.int32), loss_mask, TASK_IDS[task])
+    def _example(self, task: str, pieces, loss_mask: np.ndarray) -> Example:
+        tokens, features, continuous = _join(pieces)
+        modality = np.asarray(self.layout.modality(np.maximum(tokens, 0)), np.int32)
+        if continuous is not None:
+            tokens = np.where(continuous != 0, self.layout.pad_id, tokens).astype(np.int32)
+            modality = np.where(continuous != 0, AUDIO, modality).astype(np.int32)
+        return Example(tokens, modality, loss_mask, TASK_IDS[task], features, continuous)
 
     def _language_model(self, task: str, body: np.ndarray) -> Example:
-        tokens = np.concatenate([self._bos, body, self._eos])
-        loss_mask = np.ones(len(tokens), np.int32)
+        pieces = (self._bos, body, self._eos)
+        loss_mask = np.ones(len(_join(pieces)[0]), np.int32)
         loss_mask[0] = 0  # nothing predicts the first BOS
-        return self._example(task, tokens, loss_mask)
+        return self._example(task, pieces, loss_mask)
 
     # ------------------------------------------------------------------ tasks
-    def asr(self, text_ids, units) -> Example:
-        return self.prompt_response("asr", self._instruction["asr"], self.audio(units), self.text(text_ids))
+    def asr(self, text_ids, units=None, features=None) -> Example:
+        """Speech -> transcript; the speech as units, or as continuous `features` (MoST-C)."""
+        if (units is None) == (features is None):
+            raise ValueError("an ASR example needs exactly one of units or continuous features")
+        speech = self.audio(units) if features is None else self.wave(features)
+        return self.prompt_response("asr", self._instruction["asr"], speech, self.text(text_ids))
 
     def tts(self, text_ids, units) -> Example:
         return self.prompt_response("tts", self._instruction["tts"], self.text(text_ids), self.audio(units))

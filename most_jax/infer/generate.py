@@ -2,7 +2,9 @@
 
 Prompts of different lengths are left-padded to one length, so every row's next token is read
 at the same slot; padded slots are marked invalid and never attended to, and each row's positions
-count only its real tokens. The whole loop (prefill, then one token per step until every row has
+count only its real tokens. A prompt may carry continuous speech frames (MoST-C): features [n, F]
+and a continuous mask aligned with its tokens, which the prefill projects in place of those
+tokens' embeddings. The whole loop (prefill, then one token per step until every row has
 stopped or `max_new_tokens` is reached) runs inside one jitted `lax.while_loop`.
 """
 
@@ -100,16 +102,33 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, width_multiple: int 
     return tokens, valid
 
 
+def left_pad_frames(frames: Sequence[tuple[np.ndarray, np.ndarray]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features [B, width, F] float32, continuous [B, width] int32) of per-prompt (features [n, F],
+    continuous [n]), right-aligned as `left_pad` aligns the tokens."""
+    dims = {f.shape[1] for f, _ in frames}
+    if len(dims) != 1:
+        raise ValueError(f"prompt features of different widths: {sorted(dims)}")
+    features = np.zeros((len(frames), width, dims.pop()), np.float32)
+    continuous = np.zeros((len(frames), width), np.int32)
+    for row, (f, c) in enumerate(frames):
+        if len(f) != len(c):
+            raise ValueError(f"prompt {row}: {len(f)} feature rows for a continuous mask of {len(c)}")
+        features[row, width - len(f):] = f
+        continuous[row, width - len(c):] = c
+    return features, continuous
+
+
 @nnx.jit(static_argnames=("sampling", "stop_ids"))
-def _generate(model: MoST, prompt_BT, prompt_valid_BT, allowed_V, key, *, sampling: Sampling,
-              stop_ids: tuple[int, ...]):
+def _generate(model: MoST, prompt_BT, prompt_valid_BT, allowed_V, key, features_BTF=None, continuous_BT=None, *,
+              sampling: Sampling, stop_ids: tuple[int, ...]):
     b, p = prompt_BT.shape
     n = sampling.max_new_tokens
     cache = model.init_cache(b, p + n)
     slot_valid_BS = jnp.zeros((b, p + n), bool).at[:, :p].set(prompt_valid_BT)
     prompt_positions_BT = jnp.maximum(jnp.cumsum(prompt_valid_BT, axis=1) - 1, 0).astype(jnp.int32)
     logits_BTV, cache = model.decode(prompt_BT, cache, index=jnp.int32(0), slot_valid_BS=slot_valid_BS,
-                                     positions_BT=prompt_positions_BT)
+                                     positions_BT=prompt_positions_BT, features_BTF=features_BTF,
+                                     continuous_BT=continuous_BT)
     stops = jnp.asarray(stop_ids, jnp.int32)
     key, sub = jax.random.split(key)
     first_B = choose(logits_BTV[:, -1], allowed_V, sampling, sub)
@@ -140,8 +159,10 @@ def _generate(model: MoST, prompt_BT, prompt_valid_BT, allowed_V, key, *, sampli
 
 
 def generate(model: MoST, prompts: Sequence[Sequence[int]], *, allowed: np.ndarray, stop_ids: Sequence[int],
-             sampling: Sampling = Sampling(), seed: int = 0, width_multiple: int = 1) -> list[list[int]]:
-    """Continues each prompt; returns the new ids of each row, up to and excluding its stop id."""
+             sampling: Sampling = Sampling(), seed: int = 0, width_multiple: int = 1,
+             frames: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> list[list[int]]:
+    """Continues each prompt; returns the new ids of each row, up to and excluding its stop id.
+    `frames`: per prompt, (features [n, F], continuous [n]) of its continuous speech (MoST-C)."""
     sampling.validate()
     cfg = model.cfg
     if allowed.shape != (cfg.vocab_size,):
@@ -151,8 +172,17 @@ def generate(model: MoST, prompts: Sequence[Sequence[int]], *, allowed: np.ndarr
         if bad:
             raise ValueError(f"prompt {row} has token ids outside 0..{cfg.vocab_size - 1}: {bad[:5]}")
     tokens, valid = left_pad(prompts, cfg.vocab.pad_id, width_multiple)
+    features = continuous = None
+    if frames is not None:
+        if len(frames) != len(prompts):
+            raise ValueError(f"{len(frames)} frame sets for {len(prompts)} prompts")
+        for row, (prompt, (_, c)) in enumerate(zip(prompts, frames)):
+            if len(c) != len(prompt):
+                raise ValueError(f"prompt {row}: a continuous mask of {len(c)} for {len(prompt)} tokens")
+        features, continuous = (jnp.asarray(a) for a in left_pad_frames(frames, tokens.shape[1]))
     out, _ = _generate(model, jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(allowed),
-                       jax.random.key(seed), sampling=sampling, stop_ids=tuple(int(s) for s in stop_ids))
+                       jax.random.key(seed), features, continuous, sampling=sampling,
+                       stop_ids=tuple(int(s) for s in stop_ids))
     results = []
     for row in np.asarray(out).tolist():
         stop = next((i for i, t in enumerate(row) if t in stop_ids), len(row))

@@ -15,13 +15,13 @@ from flax import nnx
 
 from most_jax.config import ModelConfig
 from most_jax.nn.attention import MLAttention, attention_mask
-from most_jax.nn.mlp import SwiGLU
+from most_jax.nn.mlp import Linear, SwiGLU
 from most_jax.nn.moe import MoE, MoEStats
 from most_jax.nn.norms import RMSNorm
 from most_jax.nn.params import DTYPES, normal_param
 from most_jax.nn.rope import rope_angles
 from most_jax.nn.stack import layer_stack, run_stack
-from most_jax.vocab import modality_of_tokens
+from most_jax.vocab import AUDIO, modality_of_tokens
 
 
 class DecoderLayer(nnx.Module):
@@ -69,6 +69,12 @@ def _run_stack(stack: DecoderLayer, cfg: ModelConfig, x_BTD, inputs: tuple, meth
     return run_stack(stack, x_BTD, inputs, scan=cfg.scan_layers, remat=cfg.remat, method=method, per_layer=per_layer)
 
 
+def default_modality(cfg: ModelConfig, tokens_BT: jax.Array, continuous_BT: jax.Array | None) -> jax.Array:
+    """The tokens' modality ids, continuous speech frames (MoST-C) audio."""
+    modality_BT = modality_of_tokens(cfg.vocab, tokens_BT)
+    return modality_BT if continuous_BT is None else jnp.where(continuous_BT != 0, AUDIO, modality_BT)
+
+
 class DecodeCache(NamedTuple):
     """MLA latent cache: per stack (dense, moe) latent [L, B, S, M] and rope key [L, B, S, R]."""
 
@@ -90,20 +96,39 @@ class MoST(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embed = Embed(cfg, rngs=rngs)
+        if cfg.continuous_input_dim:
+            # MoST-C: continuous speech frames -> the embedding space (a Linear with bias)
+            self.speech_proj = Linear(cfg.continuous_input_dim, cfg.hidden_size, (None, "embed"), rngs=rngs,
+                                      std=cfg.init_std, param_dtype=cfg.param_dtype, dtype=cfg.dtype, bias=True)
         self.dense_layers = _layer_stack(cfg, cfg.first_k_dense_replace, False, rngs)
         self.moe_layers = _layer_stack(cfg, cfg.num_moe_layers, True, rngs)
         self.final_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.param_dtype)
         self.lm_head = normal_param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), cfg.init_std,
                                     cfg.param_dtype)
 
+    def input_embeddings(self, tokens_BT: jax.Array, features_BTF: jax.Array | None = None,
+                         continuous_BT: jax.Array | None = None) -> jax.Array:
+        """[B, T, D]: the token embeddings, and at the positions `continuous_BT` marks (MoST-C's
+        speech frames) the projected `features_BTF` instead."""
+        x_BTD = self.embed(tokens_BT)
+        if features_BTF is None:
+            return x_BTD
+        if not hasattr(self, "speech_proj"):
+            raise ValueError("continuous speech features given to a model without continuous input "
+                             "(model.continuous_input_dim is 0)")
+        frames_BTD = self.speech_proj(features_BTF)
+        return jnp.where(continuous_BT[..., None] != 0, frames_BTD.astype(x_BTD.dtype), x_BTD)
+
     def hidden_states(self, tokens_BT: jax.Array, *, modality_BT: jax.Array | None = None,
                       segment_ids_BT: jax.Array | None = None,
                       positions_BT: jax.Array | None = None,
+                      features_BTF: jax.Array | None = None, continuous_BT: jax.Array | None = None,
                       embeds_BTD: jax.Array | None = None) -> tuple[jax.Array, MoEStats | None]:
         """Final-normed hidden states [B, T, D] and the MoE layers' stats (leading layer axis).
 
-        `embeds_BTD`, when given, replaces the token embeddings (continuous inputs such as MoST-C's
-        projected speech features); `tokens_BT` still supplies the modality ids."""
+        `features_BTF` / `continuous_BT`: continuous speech frames and where they go (see
+        `input_embeddings`), audio by default modality. `embeds_BTD`, when given, replaces the input
+        embeddings altogether; `tokens_BT` still supplies the default modality ids."""
         cfg = self.cfg
         b, t = tokens_BT.shape
         if segment_ids_BT is None:
@@ -111,10 +136,12 @@ class MoST(nnx.Module):
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         if modality_BT is None:
-            modality_BT = modality_of_tokens(cfg.vocab, tokens_BT)
+            modality_BT = default_modality(cfg, tokens_BT, continuous_BT)
         cos_BTR, sin_BTR = rope_angles(cfg.rope, cfg.attention.qk_rope_head_dim, positions_BT)
         inputs = (cos_BTR, sin_BTR, attention_mask(segment_ids_BT), modality_BT, segment_ids_BT != 0)
-        x_BTD = self.embed(tokens_BT) if embeds_BTD is None else embeds_BTD.astype(DTYPES[cfg.dtype])
+        if embeds_BTD is None:
+            embeds_BTD = self.input_embeddings(tokens_BT, features_BTF, continuous_BT)
+        x_BTD = embeds_BTD.astype(DTYPES[cfg.dtype])
         if self.dense_layers is not None:
             x_BTD, _ = _run_stack(self.dense_layers, cfg, x_BTD, inputs)
         stats = None
@@ -132,7 +159,6 @@ class MoST(nnx.Module):
         h_BTD, stats = self.hidden_states(tokens_BT, **kwargs)
         return self.logits(h_BTD), stats
 
-
     def init_cache(self, batch: int, length: int, dtype: str | None = None) -> DecodeCache:
         """An empty latent cache for `batch` rows of up to `length` tokens."""
         cfg = self.cfg
@@ -147,22 +173,24 @@ class MoST(nnx.Module):
         return DecodeCache(dense=zeros(cfg.first_k_dense_replace), moe=zeros(cfg.num_moe_layers))
 
     def decode(self, tokens_BT: jax.Array, cache: DecodeCache, *, index: jax.Array, slot_valid_BS: jax.Array,
-               positions_BT: jax.Array, modality_BT: jax.Array | None = None) -> tuple[jax.Array, DecodeCache]:
+               positions_BT: jax.Array, modality_BT: jax.Array | None = None, features_BTF: jax.Array | None = None,
+               continuous_BT: jax.Array | None = None) -> tuple[jax.Array, DecodeCache]:
         """Logits [B, T, V] of T new tokens written at cache slots index..index+T-1.
 
         `slot_valid_BS` marks the cache slots holding real tokens (the new ones included); each new
-        token attends to the valid slots at or before its own slot.
+        token attends to the valid slots at or before its own slot. `features_BTF` / `continuous_BT`
+        as for `hidden_states` (a prompt's continuous speech frames).
         """
         cfg = self.cfg
         t, s = tokens_BT.shape[1], slot_valid_BS.shape[1]
         if modality_BT is None:
-            modality_BT = modality_of_tokens(cfg.vocab, tokens_BT)
+            modality_BT = default_modality(cfg, tokens_BT, continuous_BT)
         slot_T = index + jnp.arange(t)
         mask_BTS = slot_valid_BS[:, None, :] & (jnp.arange(s)[None, :] <= slot_T[:, None])[None]
         valid_BT = jax.lax.dynamic_slice_in_dim(slot_valid_BS, index, t, axis=1)
         cos_BTR, sin_BTR = rope_angles(cfg.rope, cfg.attention.qk_rope_head_dim, positions_BT)
         inputs = (cos_BTR, sin_BTR, mask_BTS, modality_BT, valid_BT, index)
-        x_BTD = self.embed(tokens_BT)
+        x_BTD = self.input_embeddings(tokens_BT, features_BTF, continuous_BT)
         new = {}
         for name, stack in (("dense", self.dense_layers), ("moe", self.moe_layers)):
             if stack is not None:

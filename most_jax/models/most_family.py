@@ -22,10 +22,16 @@ from most_jax.scaling.accounting import train_flops_per_step
 
 # Every array is [B, T] int32; `targets` are already the next tokens (the pipeline shifts).
 BATCH_KEYS = ("tokens", "targets", "loss_mask", "modality", "segment_ids", "positions", "task")
+# MoST-C (data.speech_input "features") adds float32 [B, T, F] features and int32 [B, T] continuous.
 
 
 def batch_spec(cfg: Config) -> dict[str, jax.ShapeDtypeStruct]:
-    return {k: jax.ShapeDtypeStruct((cfg.data.batch_size, cfg.data.seq_len), np.int32) for k in BATCH_KEYS}
+    rows = (cfg.data.batch_size, cfg.data.seq_len)
+    spec = {k: jax.ShapeDtypeStruct(rows, np.int32) for k in BATCH_KEYS}
+    if cfg.data.speech_input == "features":
+        spec["features"] = jax.ShapeDtypeStruct((*rows, cfg.model.continuous_input_dim), np.float32)
+        spec["continuous"] = jax.ShapeDtypeStruct(rows, np.int32)
+    return spec
 
 
 def step_totals(batch: dict[str, jax.Array]) -> jax.Array:
@@ -37,7 +43,8 @@ def loss_fn(model: MoST, mb: dict[str, jax.Array], _rng: jax.Array, ctx: LossCon
     """(this micro-batch's share of the step objective, additive sums); MoST is deterministic,
     so the rng goes unused."""
     logits_BTV, stats = model(mb["tokens"], modality_BT=mb["modality"], segment_ids_BT=mb["segment_ids"],
-                              positions_BT=mb["positions"])
+                              positions_BT=mb["positions"], features_BTF=mb.get("features"),
+                              continuous_BT=mb.get("continuous"))
     zero = jnp.zeros((), jnp.float32)
     aux = zero if stats is None else stats.aux_loss.sum()
     z = zero if stats is None else stats.z_loss.sum()
@@ -65,6 +72,8 @@ def check_batch(batch: dict[str, np.ndarray], model_cfg: ModelConfig) -> None:
         if ids.min() < 0 or ids.max() >= model_cfg.vocab_size:
             raise ValueError(f"batch[{key!r}] holds ids in {ids.min()}..{ids.max()}, outside the vocabulary "
                              f"0..{model_cfg.vocab_size - 1}")
+    if "features" in batch and not np.isfinite(batch["features"]).all():
+        raise ValueError("batch['features'] holds non-finite continuous speech features")
 
 
 def moe_layers(model_cfg: ModelConfig) -> tuple[tuple[str, MoEConfig], ...]:
@@ -138,6 +147,7 @@ def _batches(cfg: Config) -> Iterator[dict[str, np.ndarray]]:
 
     data = PreparedData(cfg.data.records)
     check_vocab(cfg, data)
+    check_continuous(cfg, data)
     return iter(build_dataset(cfg.data, data))
 
 
@@ -147,6 +157,7 @@ def _eval_batches(cfg: Config) -> list[dict[str, np.ndarray]]:
 
     data = PreparedData(cfg.data.eval_records)
     check_vocab(cfg, data)
+    check_continuous(cfg, data)
     return build_eval_batches(cfg.data, data, cfg.train.eval_batches)
 
 
@@ -160,6 +171,16 @@ def check_vocab(cfg: Config, data) -> None:
         wrong.append(f"model.vocab_size={cfg.model.vocab_size} (data needs {layout.vocab_size})")
     if wrong:
         raise ConfigError(f"the config does not match the vocabulary of {data.directory}: {'; '.join(wrong)}")
+
+
+def check_continuous(cfg: Config, data) -> None:
+    """With continuous speech input, the records' frames must have the model's input width."""
+    if cfg.data.speech_input != "features":
+        return
+    dim = data.continuous_dim()
+    if dim != cfg.model.continuous_input_dim:
+        raise ConfigError(f"model.continuous_input_dim={cfg.model.continuous_input_dim}, but the continuous "
+                          f"features of {data.directory} have {dim} dims")
 
 
 def _build(model_cfg: ModelConfig, rngs: nnx.Rngs) -> MoST:
