@@ -461,7 +461,9 @@ class DemoConfig(DemoCorpusConfig):
     tokenizer_size: int = 1000  # sentencepiece BPE pieces
     units_k: int = 256
     units_rate: float = 25.0  # Hz
-    units_features: str = "mfcc"
+    units_features: str = "mfcc"  # or "hubert": the layer units_hubert_layer of the checkpoint units_hubert
+    units_hubert: str | None = None  # a HuBERT checkpoint (`most hubert train` / `import-hf`) for hubert units
+    units_hubert_layer: int = 0  # 0: the first layer's input, N: the output of layer N
     units_pooling: str = "stack"  # how frames are grouped to the unit rate: stack (concatenate) or mean
     units_cmvn: bool = False  # normalise each utterance's frames (mean/variance) before the codebook
     units_min_run: int = 1  # drop runs of one unit shorter than this many unit frames (before dedup)
@@ -502,6 +504,14 @@ class DemoConfig(DemoCorpusConfig):
         _check(self.units_min_run >= 1, f"{prefix}.units_min_run", f"must be >= 1, got {self.units_min_run}")
         _check(self.units_pooling in ("stack", "mean"), f"{prefix}.units_pooling",
                f"must be stack or mean, got {self.units_pooling!r}")
+        _check((self.units_features == "hubert") == bool(self.units_hubert), f"{prefix}.units_hubert",
+               "names the HuBERT checkpoint exactly when units_features is hubert")
+
+    def units_feature_options(self) -> dict | None:
+        """The frame features' options for `fit_from_manifest` (None: the kind's defaults)."""
+        if self.units_features != "hubert":
+            return None
+        return {"checkpoint": self.units_hubert, "layer": self.units_hubert_layer}
 
 
 @dataclasses.dataclass(frozen=True)

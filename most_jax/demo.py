@@ -71,7 +71,9 @@ def stage_settings(cfg: Config, d: DemoConfig) -> dict[str, dict[str, Any]]:
         "tokenizer": {"size": d.tokenizer_size},
         "units": {"k": d.units_k, "rate": d.units_rate, "features": d.units_features, "pooling": d.units_pooling,
                   "cmvn": d.units_cmvn, "min_run": d.units_min_run, "hours": d.units_hours,
-                  "epochs": d.kmeans_epochs},
+                  "epochs": d.kmeans_epochs,
+                  # only when set, so the keys of runs made before the option existed still hold
+                  **({"feature_options": d.units_feature_options()} if d.units_feature_options() else {})},
         "prepare": {"max_audio_seconds": cfg.data.max_audio_seconds, "max_tokens": cfg.data.seq_len},
         # data.records and the vocabulary are filled in from the prepare stage's outputs (whose
         # key the train key chains), so the configured ones are left out of it
@@ -151,7 +153,8 @@ class Demo(StagedJob):
         d = self.demo
         options = kmeans.KMeansOptions(num_clusters=d.units_k, epochs=d.kmeans_epochs, seed=d.corpus_seed)
         fit = fit_from_manifest(self.paths.corpus / "train.jsonl", self.paths.units, features=d.units_features,
-                                unit_rate=d.units_rate, pooling=d.units_pooling, utterance_cmvn=d.units_cmvn,
+                                feature_options=d.units_feature_options(), unit_rate=d.units_rate,
+                                pooling=d.units_pooling, utterance_cmvn=d.units_cmvn,
                                 min_run=d.units_min_run, max_hours=d.units_hours, options=options, log=self.say)
         return {"k": d.units_k, "fit_hours": fit["hours"], "units_per_second": fit["units_per_second"]}
 

@@ -258,3 +258,34 @@ def test_train_units_cli(tmp_path, capsys):
     assert main(args + ["--rate", "100", "--utterance-cmvn", "--min-run", "3"]) == 0
     loaded = units.UnitExtractor.load(tmp_path / "u")
     assert (loaded.unit_rate, loaded.utterance_cmvn, loaded.min_run) == (100.0, True, 3)
+
+
+def test_unit_consistency_separates_what_was_said_from_who_said_it():
+    from most_jax.eval.unit_consistency import normalised_distance, unit_consistency
+
+    assert normalised_distance([], []) == 0.0
+    assert normalised_distance([1, 2, 3], []) == 1.0
+    assert normalised_distance([1, 2, 3, 4], [1, 3, 4]) == 0.25
+    waves_a, waves_b = synthetic_waves(6, seed=1), synthetic_waves(6, seed=2)
+    sentence = {w.tobytes(): i for ws in (waves_a, waves_b) for i, w in enumerate(ws)}
+    voice = {w.tobytes(): v for v, ws in enumerate((waves_a, waves_b)) for w in ws}
+    # units that spell the sentence whoever speaks it, and units that only tell the voice apart
+    content = unit_consistency(lambda w: [sentence[w.tobytes()]] * 3 + [7], waves_a, waves_b)
+    speaker = unit_consistency(lambda w: [voice[w.tobytes()]] * 4, waves_a, waves_b)
+    assert content["same"] == 0.0 and content["different"] == 0.75 and content["same_over_different"] == 0.0
+    assert speaker["same"] == speaker["different"] == 1.0 and speaker["same_over_different"] == 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        unit_consistency(lambda w: [0], waves_a[:1], waves_b[:1])
+
+
+def test_eval_units_cli(fitted, tmp_path, capsys):
+    from cli_check import cli_error
+
+    fitted.save(tmp_path / "u")
+    assert main(["eval", "units", str(tmp_path / "u"), "--sentences", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    r = result["extractors"][str(tmp_path / "u")]
+    assert result["voices"] == ["en-us", "en-gb-x-rp"] and r["sentences"] == 3
+    assert 0 <= r["same"] <= 1 and 0 < r["different"] <= 1 and r["units_per_second"] > 0
+    cli_error(["eval", "units", str(tmp_path / "u"), "--voices", "en-us"], "exactly two voices")
+    cli_error(["eval", "units", str(tmp_path / "nothing")], "not a unit extractor")

@@ -77,6 +77,28 @@ def register(subparsers) -> None:
                     help="override a field of the checkpoint's config")
     lm.add_argument("--json", action="store_true", help="print the result as one JSON object")
     lm.set_defaults(handler=run_audio_lm)
+    units = sub.add_parser("units", help="voice dependence of speech units: same-sentence vs different-sentence "
+                                         "unit edit distance across two voices",
+                           description=UNITS_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    units.add_argument("units", nargs="+", metavar="UNITS_DIR", help="unit extractors (`most data train-units`)")
+    units.add_argument("--sentences", type=int, default=50, help="sentences spoken by each voice (default 50)")
+    units.add_argument("--voices", default="en-us,en-gb-x-rp", metavar="A,B",
+                       help="the two eSpeak voices (default en-us,en-gb-x-rp)")
+    units.add_argument("--rate-wpm", type=int, default=170, help="speaking rate of both voices (default 170)")
+    units.add_argument("--vocabulary", type=int, default=500,
+                       help="sentences over the generator's N most frequent words (default 500, the demo's)")
+    units.add_argument("--seed", type=int, default=12345, help="sentence seed (default 12345)")
+    units.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    units.set_defaults(handler=run_units)
+
+
+UNITS_DESCRIPTION = """\
+Speaks --sentences built-in sentences (corpus generator, --seed) in two eSpeak voices and reports, for
+each unit extractor, the mean normalised unit edit distance (Levenshtein / the longer sequence)
+between the two voices' units of the same sentence ("same") and of different sentences
+("different"), and their ratio: units that carry what was said rather than who said it score
+"same" far below "different". No model is needed.
+"""
 
 
 def _add_judge_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -210,4 +232,43 @@ def run_audio_lm(args: argparse.Namespace) -> int:
         cats = ", ".join(f"{k} {100 * v['accuracy']:.1f}% ({v['pairs']})" for k, v in acc["by_category"].items())
         print(f"audio-LM accuracy ({label} log-likelihood) {100 * acc['accuracy']:.2f}% over {acc['pairs']} pairs: "
               f"{cats}")
+    return 0
+
+
+def run_units(args: argparse.Namespace) -> int:
+    import soxr
+
+    from most_jax.corpus import espeak
+    from most_jax.corpus.sentences import unique_sentences
+    from most_jax.eval.unit_consistency import unit_consistency
+    from most_jax.speech.units import UnitExtractor
+
+    voices = [v.strip() for v in args.voices.split(",") if v.strip()]
+    if len(voices) != 2:
+        raise UsageError(f"--voices needs exactly two voices, got {args.voices!r}")
+    if args.sentences < 2:
+        raise UsageError(f"--sentences must be >= 2, got {args.sentences}")
+    extractors = {}
+    for path in args.units:
+        try:
+            extractors[path] = UnitExtractor.load(path)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{path}: not a unit extractor ({e})") from None
+    texts = unique_sentences(args.seed, args.sentences, args.vocabulary)
+    waves = {}
+    for voice in voices:
+        try:
+            spoken = [espeak.synthesize(t, voice=voice, rate=args.rate_wpm, seed=i) for i, t in enumerate(texts)]
+        except (ValueError, espeak.ESpeakError) as e:
+            raise UsageError(f"--voices {voice}: {e}") from None
+        waves[voice] = [soxr.resample(w, rate, 16000, quality="HQ").astype(np.float32) for w, rate in spoken]
+    results = {path: unit_consistency(extractor.extract, waves[voices[0]], waves[voices[1]])
+               for path, extractor in extractors.items()}
+    if args.json:
+        print(json.dumps({"voices": voices, "sentences": len(texts), "extractors": results}))
+        return 0
+    for path, r in results.items():
+        print(f"{path}: same sentence {r['same']:.3f}, different sentences {r['different']:.3f}, ratio "
+              f"{r['same_over_different']:.3f} ({r['units_per_second']:.1f} units/s; {voices[0]} vs {voices[1]}, "
+              f"{r['sentences']} sentences)")
     return 0
