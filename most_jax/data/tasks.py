@@ -68,6 +68,11 @@ class Frames:
         return int(self.values.shape[0])
 
 
+def _length(pieces) -> int:
+    """len(_join(pieces)[0]) without building the arrays."""
+    return sum(_length(p) if isinstance(p, tuple) else len(p) for p in pieces)
+
+
 def _join(pieces) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(tokens, features, continuous) of pieces that are id arrays, Frames or tuples of pieces;
     features/continuous are None when no piece is Frames. Frame positions hold token id -1 (the
@@ -145,7 +150,7 @@ class Formatter:
         `source` and `target` are id arrays or `wave` pieces."""
         prompt = self._prompt(instruction, source)
         response = (self._bos, target, self._eos)
-        n_prompt, n_response = (len(_join(p)[0]) for p in (prompt, response))
+        n_prompt, n_response = _length(prompt), _length(response)
         loss_mask = np.concatenate([np.zeros(n_prompt, np.int32), np.ones(n_response, np.int32)])
         return self._example(task, (prompt, response), loss_mask)
 
@@ -162,7 +167,7 @@ class Formatter:
             raise ValueError(f"no generation prompt for task {task!r}")
         head = (self._bos, self._boa) if task in ("tts", "spoken_qa_speech") else (self._bos,)
         pieces = (self._prompt(self._instruction[task], source), *head)
-        return self._example(task, pieces, np.zeros(len(_join(pieces)[0]), np.int32))
+        return self._example(task, pieces, np.zeros(_length(pieces), np.int32))
 
     def _example(self, task: str, pieces, loss_mask: np.ndarray) -> Example:
         tokens, features, continuous = _join(pieces)
@@ -174,7 +179,7 @@ class Formatter:
 
     def _language_model(self, task: str, body: np.ndarray) -> Example:
         pieces = (self._bos, body, self._eos)
-        loss_mask = np.ones(len(_join(pieces)[0]), np.int32)
+        loss_mask = np.ones(_length(pieces), np.int32)
         loss_mask[0] = 0  # nothing predicts the first BOS
         return self._example(task, pieces, loss_mask)
 
