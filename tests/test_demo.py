@@ -154,6 +154,13 @@ def test_corpus_settings_rebuild_the_corpus_and_unit_pooling_the_units():
     assert differences(base["units"], pooled["units"]) == ["settings.pooling"]
     smoothed = chained_keys(stage_settings(*load_demo_config("configs/demo.yaml", ["demo.units_min_run=2"])))
     assert differences(base["units"], smoothed["units"]) == ["settings.min_run"]
+    hubert = ["demo.units_features=hubert", "demo.units_hubert=/ck/hubert", "demo.units_hubert_layer=3"]
+    heard = chained_keys(stage_settings(*load_demo_config("configs/demo.yaml", hubert)))
+    assert sorted(differences(base["units"], heard["units"])) == ["settings.feature_options", "settings.features"]
+    assert heard["units"]["settings"]["feature_options"] == {"checkpoint": "/ck/hubert", "layer": 3}
+    for half in (hubert[:1], hubert[1:2]):  # a HuBERT kind without a checkpoint, or the reverse
+        with pytest.raises(ConfigError, match=r"demo\.units_hubert"):
+            load_demo_config("configs/demo.yaml", half)
 
 
 def test_configured_vocabulary_and_records_do_not_key_the_training_stage():
