@@ -77,3 +77,27 @@ def test_preset_and_layer_errors_name_the_argument(tiny, tmp_path):
     cli_error([*base, "--features", "hubert", "--hubert", str(ck), "--layer", "3"], r"layer 3 is not a layer .*0\.\.2")
     cli_error([*base, "--features", "hubert", "--layer", "1"], r"needs --hubert CKPT and --layer N")
     assert not (tmp_path / "u").exists()
+
+
+def test_prepare_writes_the_hubert_units_of_each_utterance(tiny, tmp_path):
+    from data_corpus import make_tokenizer, sentences
+    from most_jax.data.pipeline import PreparedData
+
+    _, ck, manifest, waves = tiny
+    texts = sentences(len(waves), seed=2)
+    with open(tmp_path / "pairs.jsonl", "w") as f:  # the fixture's audio, with transcripts
+        for i, line in enumerate(manifest.read_text().splitlines()):
+            entry = json.loads(line)
+            f.write(json.dumps({**entry, "audio": str(manifest.parent / entry["audio"]), "text": texts[i]}) + "\n")
+    assert main(["data", "train-units", "--manifest", str(manifest), "--out", str(tmp_path / "units"),
+                 "--features", "hubert", "--hubert", str(ck), "--layer", str(LAYER), "--k", "6", "--rate", "25",
+                 "--pooling", "mean", "--epochs", "2"]) == 0
+    assert main(["data", "prepare", "--manifest", str(tmp_path / "pairs.jsonl"), "--out", str(tmp_path / "prep"),
+                 "--tokenizer", str(make_tokenizer(tmp_path / "tok")), "--units", str(tmp_path / "units"),
+                 "--workers", "1"]) == 0
+    data = PreparedData(tmp_path / "prep")
+    extractor = data.unit_extractor()
+    assert extractor.features.kind == "hubert" and extractor.unit_rate == 25.0
+    records = {r.id: r for r in data.records("pair")}
+    for i, wave in enumerate(waves):
+        np.testing.assert_array_equal(records[f"u{i}"].arrays["units"], extractor.extract(wave))
