@@ -23,7 +23,7 @@ in report.json, skips under "skipped", repairs under "repaired":
   * a transcript the tokenizer maps onto special ids: skipped, "bad_transcript"
   * audio longer than --max-audio-seconds, or a formatted sequence longer than --max-tokens:
     skipped, "over_length" (truncating would put the transcript out of step with the speech)
-  * audio that yields no units: skipped, "no_units" (no continuous frame, MoST-C: "no_features")
+  * audio that yields no units: skipped, "no_units" (no continuous frame or a non-finite one, MoST-C: "no_features")
   * a line that is not a JSON object of one of the shapes above: skipped, "bad_manifest_line"
 Output is written to a temporary sibling directory and renamed onto OUT only on success.
 
@@ -280,8 +280,8 @@ class Worker:
             features = None
             if self.continuous is not None:
                 features = np.asarray(self.continuous(wave), np.float32)
-                if len(features) == 0:
-                    raise Skip("no_features", f"{seconds:.2f} s of audio make no continuous frame")
+                if len(features) == 0 or not np.isfinite(features).all():
+                    raise Skip("no_features", f"{seconds:.2f} s of audio make no (finite) continuous frames")
             self._pair(record_id, text_ids, units, seconds, out, features)
             return
         from most_jax.speech.features import fbank
