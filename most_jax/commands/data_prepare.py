@@ -63,9 +63,7 @@ def _run(args) -> int:
     if args.continuous_hubert is not None:
         if args.family != "most":
             raise UsageError("--continuous-hubert is for MoST records (--family most)")
-        continuous = ("hubert", {"checkpoint": args.continuous_hubert,
-                                 "layer": _last_layer(args.continuous_hubert) if args.continuous_layer is None
-                                 else args.continuous_layer})
+        continuous = ("hubert", {"checkpoint": args.continuous_hubert, "layer": args.continuous_layer})
     options = PrepareOptions(args.tokenizer, args.units, args.max_audio_seconds, args.max_tokens, args.num_shards,
                              args.workers, family=args.family, continuous=continuous)
     items = [item for path in args.manifest for item in manifest_items(path)]
@@ -77,14 +75,3 @@ def _run(args) -> int:
     print(json.dumps(report, indent=2))
     return 0
 
-
-def _last_layer(checkpoint: str) -> int:
-    from most_jax.checkpoint.params_io import CheckpointError, load_config
-
-    try:
-        cfg = load_config(checkpoint)
-    except (CheckpointError, FileNotFoundError) as err:
-        raise UsageError(f"--continuous-hubert {checkpoint}: {err}") from None
-    if cfg.model.family != "hubert":
-        raise UsageError(f"--continuous-hubert {checkpoint}: a {cfg.model.family} checkpoint, not hubert")
-    return cfg.model.num_hidden_layers

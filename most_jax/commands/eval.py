@@ -236,11 +236,9 @@ def run_audio_lm(args: argparse.Namespace) -> int:
 
 
 def run_units(args: argparse.Namespace) -> int:
-    import soxr
-
-    from most_jax.corpus import espeak
+    from most_jax.corpus.espeak import ESpeakError
     from most_jax.corpus.sentences import unique_sentences
-    from most_jax.eval.unit_consistency import unit_consistency
+    from most_jax.eval.unit_consistency import spoken, unit_consistency
     from most_jax.speech.units import UnitExtractor
 
     voices = [v.strip() for v in args.voices.split(",") if v.strip()]
@@ -258,10 +256,9 @@ def run_units(args: argparse.Namespace) -> int:
     waves = {}
     for voice in voices:
         try:
-            spoken = [espeak.synthesize(t, voice=voice, rate=args.rate_wpm, seed=i) for i, t in enumerate(texts)]
-        except (ValueError, espeak.ESpeakError) as e:
-            raise UsageError(f"--voices {voice}: {e}") from None
-        waves[voice] = [soxr.resample(w, rate, 16000, quality="HQ").astype(np.float32) for w, rate in spoken]
+            waves[voice] = spoken(texts, voice, args.rate_wpm)
+        except (ValueError, ESpeakError) as e:
+            raise UsageError(f"--voices {voice} at --rate-wpm {args.rate_wpm}: {e}") from None
     results = {path: unit_consistency(extractor.extract, waves[voices[0]], waves[voices[1]])
                for path, extractor in extractors.items()}
     if args.json:

@@ -369,7 +369,7 @@ def continuous_features(options: PrepareOptions):
     try:
         return build_features(kind, config)
     except ValueError as err:
-        raise PrepareError(f"continuous features: {err}") from None
+        raise PrepareError(f"continuous features (--continuous-hubert): {err}") from None
 
 
 def _too_long(path: Path, max_seconds: float) -> bool:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from most_jax.eval.wer import edit_distance
+from most_jax.speech.audio import SAMPLE_RATE, resample
 
 
 def normalised_distance(a: Sequence, b: Sequence) -> float:
@@ -31,7 +32,15 @@ def unit_consistency(extract: Callable[[np.ndarray], np.ndarray], waves_a: Seque
     n = len(units_a)
     same = [normalised_distance(units_a[i], units_b[i]) for i in range(n)]
     different = [normalised_distance(units_a[i], units_b[(i + 1) % n]) for i in range(n)]
-    seconds = sum(len(w) for w in (*waves_a, *waves_b)) / 16000
+    seconds = sum(len(w) for w in (*waves_a, *waves_b)) / SAMPLE_RATE
     return {"sentences": n, "same": float(np.mean(same)), "different": float(np.mean(different)),
             "same_over_different": float(np.mean(same) / np.mean(different)) if np.mean(different) else None,
             "units_per_second": sum(len(u) for u in (*units_a, *units_b)) / seconds}
+
+
+def spoken(texts: Sequence[str], voice: str, rate_wpm: int) -> list[np.ndarray]:
+    """`texts` spoken by one eSpeak voice, 16 kHz (ValueError / ESpeakError for a bad voice or rate)."""
+    from most_jax.corpus import espeak
+
+    waves = [espeak.synthesize(text, voice=voice, rate=rate_wpm, seed=i) for i, text in enumerate(texts)]
+    return [resample(wave, rate, SAMPLE_RATE) for wave, rate in waves]

@@ -53,15 +53,18 @@ def _load(checkpoint: str):
 
 @dataclasses.dataclass(frozen=True)
 class HubertFeatures:
-    """Layer `layer` hidden states of the HuBERT checkpoint `checkpoint` (a directory)."""
+    """Layer `layer` hidden states of the HuBERT checkpoint `checkpoint` (a directory); layer None:
+    the last (MoST-C's continuous features)."""
 
     checkpoint: str
-    layer: int
+    layer: int | None = None
     kind = "hubert"
 
     def __post_init__(self):
         object.__setattr__(self, "checkpoint", str(Path(self.checkpoint).resolve()))
         layers = self._cfg.num_hidden_layers
+        if self.layer is None:
+            object.__setattr__(self, "layer", layers)
         if not 0 <= self.layer <= layers:
             raise ValueError(f"layer {self.layer} is not a layer of {self.checkpoint} (0..{layers}: 0 is the "
                              "first layer's input, N the output of layer N)")
